@@ -1,0 +1,187 @@
+"""The paper's random architecture sampler with rejection (Appendix 9), vectorised and seeded.
+
+Each candidate: length ``L ~ U(2, 50)``; per layer ``t ~ U(1, 8)``, ``k ~ U(1, 10)``,
+``s ~ U(1, 10)``, ``o ~ U(16, 4096)``, ``p ~ U(1, 10)`` (all inclusive). The last layer is replaced
+by Linear to the class count, unused fields become 0, channel fields repeat the input's count,
+pooling padding is capped at k // 2 (PyTorch's limit) and Dropout's field is ``p - 1`` (a rate in
+0.0 .. 0.9). A candidate is rejected if it has no Conv, if any layer collapses the spatial size
+below 1x1 or is spatial after the first Linear, or if it exceeds the parameter or MAC caps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ac_jax.arch.batch import FieldRanges, batch_analyze, batch_legalize
+from ac_jax.arch.spec import Arch, LayerType
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """Appendix 9 ranges plus the rejection caps.
+
+    The default caps (1M parameters, 100M MACs per image) keep a 5-epoch x 5-seed Fashion-MNIST
+    training of one architecture within seconds on a GPU; CONV-7 (708,010 parameters, 74.5M
+    MACs) lies inside them, so its neighbourhood can be sampled under the same caps.
+    """
+
+    min_len: int = 2
+    max_len: int = 50
+    max_kernel: int = 10
+    max_stride: int = 10
+    min_channels: int = 16
+    max_channels: int = 4096
+    max_padding: int = 10
+    max_params: int = 1_000_000
+    max_macs: int = 100_000_000
+    batch: int = 4096  # candidates drawn per vectorised round
+
+
+@dataclasses.dataclass(frozen=True)
+class SampledBatch:
+    archs: list[Arch]
+    matrices: np.ndarray  # [n, max_len, 5]
+    num_params: np.ndarray
+    macs: np.ndarray
+    candidates: int  # drawn to get these
+
+
+def _draw(rng: np.random.Generator, cfg: SamplerConfig, num_classes: int) -> np.ndarray:
+    n, rows = cfg.batch, cfg.max_len
+    lengths = rng.integers(cfg.min_len, cfg.max_len + 1, size=n)
+    t = rng.integers(1, 9, size=(n, rows))
+    k = rng.integers(1, cfg.max_kernel + 1, size=(n, rows))
+    o = rng.integers(cfg.min_channels, cfg.max_channels + 1, size=(n, rows))
+    s = rng.integers(1, cfg.max_stride + 1, size=(n, rows))
+    p = rng.integers(1, cfg.max_padding + 1, size=(n, rows))
+    p = np.where(t == LayerType.DROPOUT, p - 1, p)
+    mats = np.stack([t, k, o, s, p], axis=-1)
+    positions = np.arange(rows)[None, :]
+    mats[positions >= lengths[:, None]] = 0
+    mats[np.arange(n), lengths - 1] = (LayerType.LINEAR, 0, num_classes, 0, 0)
+    return mats, lengths
+
+
+def sample_batches(
+    input_shape: Sequence[int],
+    num_classes: int,
+    seed: int,
+    cfg: SamplerConfig = SamplerConfig(),
+) -> Iterator[SampledBatch]:
+    """Endless stream of accepted architectures, in a fixed order for a given seed."""
+    rng = np.random.default_rng(seed)
+    while True:
+        raw, lengths = _draw(rng, cfg, num_classes)
+        # Cheap whole-matrix pre-filter before the per-position walk: a Conv must exist and no
+        # Conv or pooling layer may follow the first Linear (which would be rejected anyway).
+        types = raw[:, :, 0]
+        positions = np.arange(cfg.max_len)[None, :]
+        spatial = (types == LayerType.CONV) | (types == LayerType.MAXPOOL)
+        spatial |= types == LayerType.AVGPOOL
+        first_linear = np.where(types == LayerType.LINEAR, positions, cfg.max_len).min(axis=1)
+        last_spatial = np.where(spatial, positions, -1).max(axis=1)
+        plausible = (last_spatial < first_linear) & (types == LayerType.CONV).any(axis=1)
+        raw, lengths = raw[plausible], lengths[plausible]
+        ranges = FieldRanges(cfg.max_kernel, cfg.max_stride, cfg.max_padding, cfg.max_channels)
+        legal, legal_lengths = batch_legalize(raw, input_shape, num_classes, cfg.max_len, ranges)
+        unchanged = legal_lengths == lengths  # legalize dropped nothing: no collapsed layer
+        legal, legal_lengths, lengths = legal[unchanged], legal_lengths[unchanged], lengths[unchanged]
+        info = batch_analyze(legal, input_shape, num_classes)
+        accept = (
+            info.valid
+            & (info.num_conv > 0)
+            & (info.num_params <= cfg.max_params)
+            & (info.macs <= cfg.max_macs)
+        )
+        idx = np.flatnonzero(accept)
+        archs = [
+            Arch.from_matrix(legal[i, : legal_lengths[i]], input_shape, num_classes) for i in idx
+        ]
+        yield SampledBatch(archs, legal[idx], info.num_params[idx], info.macs[idx], cfg.batch)
+
+
+def sample(
+    num: int,
+    input_shape: Sequence[int],
+    num_classes: int,
+    seed: int = 0,
+    cfg: SamplerConfig = SamplerConfig(),
+) -> tuple[list[Arch], float]:
+    """The first `num` accepted architectures for `seed`, and the acceptance rate."""
+    archs: list[Arch] = []
+    drawn = 0
+    for batch in sample_batches(input_shape, num_classes, seed, cfg):
+        archs.extend(batch.archs)
+        drawn += batch.candidates
+        if len(archs) >= num:
+            break
+    return archs[:num], len(archs) / max(drawn, 1)
+
+
+def _mutate(rng: np.random.Generator, arch: Arch, cfg: SamplerConfig) -> np.ndarray:
+    """One random edit of `arch` as a raw matrix (legalised by the caller)."""
+    width = 2.0 ** rng.uniform(-4.0, 0.5)  # global width multiplier
+    drop_prob = rng.uniform(0.0, 0.6)
+    rows = []
+    for index, layer in enumerate(arch.layers):
+        last = index == len(arch.layers) - 1
+        t, k, o, s, p = layer
+        if not last and rng.random() < drop_prob:
+            continue
+        if t in (LayerType.CONV, LayerType.LINEAR) and not last:
+            o = int(round(o * width * 2.0 ** rng.uniform(-1.0, 1.0)))
+        if t == LayerType.CONV and rng.random() < 0.15:
+            k = int(rng.integers(1, 8))
+            p = k // 2 if rng.random() < 0.7 else int(rng.integers(0, k + 1))
+        if t in (LayerType.CONV, LayerType.MAXPOOL, LayerType.AVGPOOL) and rng.random() < 0.1:
+            s = int(rng.integers(1, 4))
+        rows.append((t, k, o, s, p))
+        if not last and rng.random() < 0.1:
+            kind = int(rng.integers(0, 4))
+            extra = [
+                (LayerType.DROPOUT, 0, 0, 0, int(rng.integers(1, 6))),
+                (LayerType.BATCHNORM, 0, 0, 0, 0),
+                (LayerType.RELU, 0, 0, 0, 0),
+                (LayerType.MAXPOOL, 2, 0, 2, 0),
+            ][kind]
+            rows.append(extra)
+    return np.asarray(rows, np.int64).reshape(-1, 5)
+
+
+def sample_neighbourhood(
+    seed_arch: Arch, num: int, seed: int = 0, cfg: SamplerConfig = SamplerConfig()
+) -> list[Arch]:
+    """`num` distinct random edits of `seed_arch`, valid and within the caps (deterministic).
+
+    Not in the paper: the Appendix 9 sampler almost never produces networks like the ones users
+    compress (its accepted architectures have one Conv on average), so the surrogate sees
+    none of CONV-7's neighbourhood. Edits: a global width multiplier 2^U(-4, 0.5) times a
+    per-layer 2^U(-1, 1) on Conv/Linear widths, each layer dropped with probability U(0, 0.6),
+    occasional new kernel sizes, strides and inserted Dropout/BatchNorm/ReLU/MaxPool layers.
+    """
+    rng = np.random.default_rng([seed, 0x5EED])
+    ranges = FieldRanges(cfg.max_kernel, cfg.max_stride, cfg.max_padding, cfg.max_channels)
+    seen: set[Arch] = {seed_arch}
+    out: list[Arch] = []
+    attempts = 0
+    while len(out) < num:
+        attempts += 1
+        if attempts > 1000 + 100 * num:
+            raise ValueError(f"could not find {num} valid neighbours of the seed architecture")
+        raw = _mutate(rng, seed_arch, cfg)[None]
+        legal, lengths = batch_legalize(
+            raw, seed_arch.input_shape, seed_arch.num_classes, cfg.max_len, ranges
+        )
+        info = batch_analyze(legal, seed_arch.input_shape, seed_arch.num_classes)
+        if not (info.num_conv[0] > 0 and info.num_params[0] <= cfg.max_params):
+            continue
+        if info.macs[0] > cfg.max_macs:
+            continue
+        arch = Arch.from_matrix(legal[0, : lengths[0]], seed_arch.input_shape, seed_arch.num_classes)
+        if arch not in seen:
+            seen.add(arch)
+            out.append(arch)
+    return out

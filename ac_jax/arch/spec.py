@@ -1,0 +1,207 @@
+"""The layer-sequence representation of an architecture (paper Section 4, eq. 7; Appendix 9).
+
+Every layer is five integers ``[t, k, o, s, p]``: type, kernel, out channels, stride, padding.
+
+| t | type      | k        | o                         | s      | p                                 | params   |
+|---|-----------|----------|---------------------------|--------|-----------------------------------|----------|
+| 0 | (end)     | 0        | 0                         | 0      | 0                                 | -        |
+| 1 | Conv      | kernel   | out channels              | stride | zero padding                      | k*k*c*o+o|
+| 2 | MaxPool   | kernel   | = input channels          | stride | padding, at most k // 2 (PyTorch) | 0        |
+| 3 | BatchNorm | 0        | = input channels/features | 0      | 0                                 | 2*c      |
+| 4 | ReLU      | 0        | = input channels/features | 0      | 0                                 | 0        |
+| 5 | Sigmoid   | 0        | = input channels/features | 0      | 0                                 | 0        |
+| 6 | Dropout   | 0        | = input channels/features | 0      | rate in tenths: rate = p / 10     | 0        |
+| 7 | AvgPool   | kernel   | = input channels          | stride | padding, at most k // 2 (PyTorch) | 0        |
+| 8 | Linear    | 0        | out features              | 0      | 0                                 | n*o+o    |
+
+Kernels are square, Conv and Linear carry a bias (PyTorch's defaults), BatchNorm is affine. The input
+is flattened implicitly before the first Linear (as in the paper); after it only BatchNorm, ReLU,
+Sigmoid, Dropout and Linear may follow. Type 0 marks padding / the end of a sequence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+NUM_FIELDS = 5
+
+
+class LayerType(enum.IntEnum):
+    """Layer types, numbered as in the paper's Appendix 9 (0 is the end-of-sequence marker)."""
+
+    END = 0
+    CONV = 1
+    MAXPOOL = 2
+    BATCHNORM = 3
+    RELU = 4
+    SIGMOID = 5
+    DROPOUT = 6
+    AVGPOOL = 7
+    LINEAR = 8
+
+
+SPATIAL_TYPES = frozenset({LayerType.CONV, LayerType.MAXPOOL, LayerType.AVGPOOL})
+POOL_TYPES = frozenset({LayerType.MAXPOOL, LayerType.AVGPOOL})
+# Layers whose `o` field repeats the input channels (or features, after flattening).
+CHANNEL_PRESERVING_TYPES = frozenset(
+    {
+        LayerType.MAXPOOL,
+        LayerType.BATCHNORM,
+        LayerType.RELU,
+        LayerType.SIGMOID,
+        LayerType.DROPOUT,
+        LayerType.AVGPOOL,
+    }
+)
+# Dropout's rate is stored in the padding field in tenths, so rates 0.0 .. 0.9 are representable.
+DROPOUT_RATE_DENOMINATOR = 10
+MAX_DROPOUT_FIELD = 9
+
+
+class Layer(NamedTuple):
+    """One layer ``[t, k, o, s, p]``; see the module docstring for what each field means per type."""
+
+    t: int
+    k: int = 0
+    o: int = 0
+    s: int = 0
+    p: int = 0
+
+    @property
+    def type(self) -> LayerType:
+        return LayerType(self.t)
+
+    @property
+    def dropout_rate(self) -> float:
+        if self.t != LayerType.DROPOUT:
+            raise ValueError(f"{self} is not a Dropout layer")
+        return self.p / DROPOUT_RATE_DENOMINATOR
+
+
+def conv(kernel: int, out: int, stride: int = 1, padding: int = 0) -> Layer:
+    return Layer(LayerType.CONV, kernel, out, stride, padding)
+
+
+def maxpool(kernel: int, stride: int | None = None, padding: int = 0) -> Layer:
+    # `o` is filled in by `Arch` (it repeats the input channels).
+    return Layer(LayerType.MAXPOOL, kernel, 0, kernel if stride is None else stride, padding)
+
+
+def avgpool(kernel: int, stride: int | None = None, padding: int = 0) -> Layer:
+    return Layer(LayerType.AVGPOOL, kernel, 0, kernel if stride is None else stride, padding)
+
+
+def batchnorm() -> Layer:
+    return Layer(LayerType.BATCHNORM)
+
+
+def relu() -> Layer:
+    return Layer(LayerType.RELU)
+
+
+def sigmoid() -> Layer:
+    return Layer(LayerType.SIGMOID)
+
+
+def dropout(rate: float) -> Layer:
+    field = round(rate * DROPOUT_RATE_DENOMINATOR)
+    if not 0 <= field <= MAX_DROPOUT_FIELD or abs(field / DROPOUT_RATE_DENOMINATOR - rate) > 1e-9:
+        raise ValueError(
+            f"dropout rate {rate} is not representable: rates are multiples of 0.1 in [0, 0.9]"
+        )
+    return Layer(LayerType.DROPOUT, 0, 0, 0, field)
+
+
+def linear(out: int) -> Layer:
+    return Layer(LayerType.LINEAR, 0, out, 0, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """A sequential CNN: input shape ``(H, W, C)``, number of classes, and its layers.
+
+    Frozen and hashable, so it can be a static argument of `jax.jit` or a dictionary key. The
+    channel-repeating `o` fields are filled in on construction (a layer written with ``o=0`` gets
+    its input's channel count), so two spellings of the same network compare equal. Validity
+    (shapes, field ranges, last layer Linear to `num_classes`) is checked by `validate`, not here,
+    because `legalize` and the parsers build intermediate, not yet valid, sequences.
+    """
+
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    layers: tuple[Layer, ...]
+
+    def __post_init__(self):
+        if len(self.input_shape) != 3 or min(self.input_shape) < 1:
+            raise ValueError(f"input_shape must be (H, W, C) of positive ints, got {self.input_shape}")
+        object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
+        object.__setattr__(self, "num_classes", int(self.num_classes))
+        object.__setattr__(self, "layers", _fill_channel_fields(self.input_shape, self.layers))
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def to_matrix(self, max_len: int | None = None) -> np.ndarray:
+        """The ``[T, 5]`` int matrix, zero-padded to `max_len` rows (the end marker is t = 0)."""
+        rows = np.asarray([tuple(layer) for layer in self.layers], dtype=np.int64).reshape(-1, 5)
+        if max_len is None:
+            return rows
+        if len(rows) > max_len:
+            raise ValueError(f"architecture has {len(rows)} layers, more than max_len={max_len}")
+        return np.concatenate([rows, np.zeros((max_len - len(rows), NUM_FIELDS), np.int64)])
+
+    @classmethod
+    def from_matrix(
+        cls, matrix: np.ndarray, input_shape: Sequence[int], num_classes: int
+    ) -> "Arch":
+        """Reads rows up to the first ``t == 0``; fields are taken as they are (see `legalize`)."""
+        layers = []
+        for row in np.asarray(matrix).reshape(-1, NUM_FIELDS):
+            if int(row[0]) == LayerType.END:
+                break
+            layers.append(Layer(*(int(v) for v in row)))
+        return cls(tuple(input_shape), num_classes, tuple(layers))
+
+    def replace_layers(self, layers: Sequence[Layer]) -> "Arch":
+        return Arch(self.input_shape, self.num_classes, tuple(layers))
+
+    # Convenience accessors; the work is done in `shapes`.
+    @property
+    def num_params(self) -> int:
+        from ac_jax.arch import shapes
+
+        return shapes.analyze(self).num_params
+
+    @property
+    def macs(self) -> int:
+        from ac_jax.arch import shapes
+
+        return shapes.analyze(self).macs
+
+
+def _fill_channel_fields(
+    input_shape: tuple[int, int, int], layers: Sequence[Sequence[int]]
+) -> tuple[Layer, ...]:
+    """Sets `o` of channel-preserving layers to the running channel (or feature) count."""
+    channels = input_shape[2]
+    flat_features = None
+    out = []
+    for raw in layers:
+        if len(raw) != NUM_FIELDS:
+            raise ValueError(f"a layer has 5 fields [t, k, o, s, p], got {tuple(raw)}")
+        layer = Layer(*(int(v) for v in raw))
+        if layer.t not in LayerType.__members__.values() or layer.t == LayerType.END:
+            raise ValueError(f"layer type must be 1..8, got {layer.t} in {tuple(layer)}")
+        current = channels if flat_features is None else flat_features
+        if layer.t in CHANNEL_PRESERVING_TYPES:
+            layer = layer._replace(o=current)
+        elif layer.t == LayerType.CONV:
+            channels = layer.o
+        elif layer.t == LayerType.LINEAR:
+            flat_features = layer.o
+        out.append(layer)
+    return tuple(out)

@@ -1,0 +1,297 @@
+"""Fills an archset: sample the plan, train each architecture (seeds vmapped), store, resume.
+
+The plan is deterministic: position i of the plan is the same architecture for any `num`
+(growing an archset keeps its first records), and shard K/N takes positions i with i % N == K.
+While one architecture trains, background threads compile the next ones (XLA releases the GIL),
+and the persistent compilation cache makes a restarted run skip recompiling.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import os
+import platform
+import socket
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+
+from ac_jax.arch import shapes, zoo
+from ac_jax.arch.sampler import sample, sample_neighbourhood
+from ac_jax.arch.spec import Arch
+from ac_jax.archset.store import ArchsetStore, Record
+from ac_jax.child.trainer import ChildTrainer, to_device
+from ac_jax.config import ArchsetConfig, Config
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedArch:
+    idx: int
+    arch: Arch
+    source: str  # "appendix9" or "neighbourhood:<model>"
+
+
+def plan(cfg: ArchsetConfig, input_shape, num_classes: int, num: int) -> list[PlannedArch]:
+    """The first `num` architectures of the deterministic plan (prefix-stable in `num`)."""
+    fraction = cfg.neighbourhood_fraction
+    is_neighbour = [
+        int((i + 1) * fraction) > int(i * fraction) for i in range(num)
+    ]  # evenly interleaved, and the same prefix for any num
+    num_neighbours = sum(is_neighbour)
+    # Spare draws so that duplicates (a neighbour equal to a random one) can be skipped; both
+    # samplers are prefix-stable, so the spares do not change the earlier picks.
+    random_archs, _ = sample(num + 8, input_shape, num_classes, cfg.sample_seed, cfg.sampler)
+    neighbours: list[Arch] = []
+    if num_neighbours:
+        seed_arch = zoo.get(cfg.neighbourhood_of, input_shape, num_classes)
+        neighbours = sample_neighbourhood(
+            seed_arch, num_neighbours + num_neighbours // 4 + 8, cfg.sample_seed, cfg.sampler
+        )
+    source = f"neighbourhood:{cfg.neighbourhood_of}"
+    out, seen = [], set()
+    random_iter, neighbour_iter = iter(random_archs), iter(neighbours)
+    for i, neighbour in enumerate(is_neighbour):
+        pool, src = (neighbour_iter, source) if neighbour else (random_iter, "appendix9")
+        arch = next(a for a in pool if a not in seen)
+        seen.add(arch)
+        out.append(PlannedArch(i, arch, src))
+    return out
+
+
+def versions() -> dict:
+    import flax
+    import optax
+
+    device = jax.devices()[0]
+    return {
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "device": getattr(device, "device_kind", str(device)),
+    }
+
+
+def archset_meta(cfg: Config, input_shape, num_classes: int) -> dict:
+    """What the records' numbers depend on; resuming with other values is refused."""
+    a = cfg.archset
+    return {
+        "dataset": cfg.dataset,
+        "input_shape": list(input_shape),
+        "num_classes": num_classes,
+        "schedule": dataclasses.asdict(a.schedule),
+        "seeds": a.seeds,
+        "sampler": dataclasses.asdict(a.sampler),
+        "sample_seed": a.sample_seed,
+        "neighbourhood_fraction": a.neighbourhood_fraction,
+        "neighbourhood_of": a.neighbourhood_of,
+    }
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> None:
+    """Persistent XLA cache: a restarted run reuses the programs it already compiled."""
+    path = path or os.environ.get("AC_JAX_COMPILE_CACHE", str(Path.home() / ".cache/ac_jax/xla"))
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@dataclasses.dataclass
+class RunStats:
+    trained: int = 0
+    failed: int = 0
+    skipped: int = 0
+    wall_seconds: float = 0.0
+    compile_wait_seconds: float = 0.0  # compile time not hidden behind training
+    compile_seconds: float = 0.0  # total compile time, including the hidden part
+    train_seconds: float = 0.0
+
+    @property
+    def exposed_compile_fraction(self) -> float:
+        return self.compile_wait_seconds / self.wall_seconds if self.wall_seconds else 0.0
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def generate(
+    cfg: Config,
+    num: int,
+    out: str | Path,
+    shard: tuple[int, int] = (0, 1),
+    dataset=None,
+    progress: bool = True,
+    on_record: Callable[[Record], None] | None = None,
+) -> RunStats:
+    """Trains the plan's architectures that are in `shard` and not yet in `out`."""
+    from ac_jax.data import load
+
+    a = cfg.archset
+    if dataset is None:
+        dataset = load(cfg.dataset, cfg.data_dir)
+    k, n = shard
+    if not 0 <= k < n:
+        raise ValueError(f"shard must be K/N with 0 <= K < N, got {k}/{n}")
+    store = ArchsetStore(out, archset_meta(cfg, dataset.input_shape, dataset.num_classes))
+    done = store.done_indices()
+    todo = [
+        p for p in plan(a, dataset.input_shape, dataset.num_classes, num)
+        if p.idx % n == k and p.idx not in done
+    ]
+    stats = RunStats(skipped=sum(1 for i in done if i < num and i % n == k))
+    if not todo:
+        store.close()
+        return stats
+    data = to_device(dataset, a.schedule, seed=a.sample_seed)
+    trainer = ChildTrainer(data, a.schedule, a.seeds)
+    seeds = list(range(a.seeds))
+    start = time.perf_counter()
+    bar = _progress_bar(len(todo), progress, initial_done=stats.skipped)
+
+    def compile_quietly(arch):
+        try:
+            return trainer.compile(arch)[1]
+        except Exception:  # reported by `train`, which compiles again and records the failure
+            return 0.0
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, a.compile_workers)) as pool:
+        pending: collections.deque = collections.deque()
+        upcoming = iter(todo)
+
+        def refill():
+            while len(pending) < a.compile_workers + 1:
+                nxt = next(upcoming, None)
+                if nxt is None:
+                    return
+                valid = shapes.is_valid(nxt.arch)
+                future = pool.submit(compile_quietly, nxt.arch) if valid else None
+                pending.append((nxt, future))
+
+        refill()
+        while pending:
+            planned, future = pending.popleft()
+            waited = time.perf_counter()
+            compile_seconds = future.result() if future is not None else 0.0
+            stats.compile_wait_seconds += time.perf_counter() - waited
+            refill()
+            result = trainer.train(planned.arch, seeds)
+            info = shapes.analyze(planned.arch)
+            record = Record(
+                idx=planned.idx,
+                arch=planned.arch,
+                source=planned.source,
+                num_params=info.num_params,
+                macs=info.macs,
+                status=result.status,
+                reason=result.reason,
+                seed_accuracies=result.seed_accuracies,
+                mean_accuracy=result.mean_accuracy if result.seed_accuracies else None,
+                epoch_losses=result.epoch_losses,
+                compile_seconds=result.compile_seconds or compile_seconds,
+                train_seconds=result.train_seconds,
+                worker=_worker_name(),
+                finished_at=time.time(),
+            )
+            store.add(record)
+            stats.trained += 1
+            stats.failed += not result.ok
+            stats.compile_seconds += record.compile_seconds
+            stats.train_seconds += result.train_seconds
+            stats.wall_seconds = time.perf_counter() - start
+            if on_record is not None:
+                on_record(record)
+            if bar is not None:
+                bar.set_postfix(
+                    acc=f"{record.mean_accuracy:.3f}" if record.mean_accuracy is not None else "-",
+                    failed=stats.failed,
+                    compile_exposed=f"{stats.exposed_compile_fraction:.0%}",
+                )
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    store.close()
+    stats.wall_seconds = time.perf_counter() - start
+    return stats
+
+
+def _progress_bar(total: int, enabled: bool, initial_done: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="archset", unit="arch", dynamic_ncols=True,
+                postfix={"resumed": initial_done})
+
+
+def summarize(path: str | Path) -> dict:
+    """Counts, accuracy statistics and timing of an archset file."""
+    with ArchsetStore(path, readonly=True) as store:
+        records = store.records()
+        meta = store.meta
+    ok = [r for r in records if r.status == "ok"]
+    acc = np.array([r.mean_accuracy for r in ok]) if ok else np.zeros(0)
+    statuses = collections.Counter(r.status for r in records)
+    train = np.array([r.train_seconds for r in records]) if records else np.zeros(0)
+    return {
+        "path": str(path),
+        "dataset": meta.get("dataset"),
+        "records": len(records),
+        "statuses": dict(statuses),
+        "sources": dict(collections.Counter(r.source.split(":")[0] for r in records)),
+        "accuracy_mean": float(acc.mean()) if acc.size else None,
+        "accuracy_median": float(np.median(acc)) if acc.size else None,
+        "accuracy_max": float(acc.max()) if acc.size else None,
+        "params_median": float(np.median([r.num_params for r in records])) if records else None,
+        "train_seconds_total": float(train.sum()),
+        "compile_seconds_total": float(sum(r.compile_seconds for r in records)),
+        "schedule": meta.get("schedule"),
+        "seeds": meta.get("seeds"),
+    }
+
+
+def plot(path: str | Path, out_dir: str | Path) -> list[Path]:
+    """Accuracy histogram and accuracy vs log10(params) scatter, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with ArchsetStore(path, readonly=True) as store:
+        records = store.records(("ok",))
+        dataset = store.meta.get("dataset")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    acc = np.array([r.mean_accuracy for r in records])
+    params = np.array([r.num_params for r in records])
+    neighbour = np.array([r.source != "appendix9" for r in records], bool)
+    stem = Path(path).stem
+    paths = [out_dir / f"{stem}_accuracy_hist.png", out_dir / f"{stem}_accuracy_vs_params.png"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist([acc[~neighbour], acc[neighbour]], bins=40, stacked=True,
+            label=["Appendix 9 sampler", "neighbourhood"])
+    ax.set_xlabel("mean test accuracy over seeds")
+    ax.set_ylabel("architectures")
+    ax.set_title(f"{dataset}: {len(acc)} trained architectures")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(np.log10(params[~neighbour]), acc[~neighbour], s=8, alpha=0.6,
+               label="Appendix 9 sampler")
+    ax.scatter(np.log10(params[neighbour]), acc[neighbour], s=8, alpha=0.6, label="neighbourhood")
+    ax.set_xlabel("log10(parameters)")
+    ax.set_ylabel("mean test accuracy")
+    ax.set_title(f"{dataset}: accuracy vs size")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=120)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,107 @@
+"""The child network: a Flax module built from an `Arch`, with the PyTorch export's semantics.
+
+Same layers, shapes, parameter count and default initialisation as the exported PyTorch module
+(Conv/Linear weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), BatchNorm scale 1 and bias 0,
+momentum 0.1 in PyTorch's convention, eps 1e-5). Layout is NHWC, so the implicit flatten before the
+first Linear orders features (H, W, C) instead of PyTorch's (C, H, W): parameter counts and
+function class are identical, weight tensors are permutations of each other.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ac_jax.arch import shapes
+from ac_jax.arch.spec import Arch, LayerType
+from ac_jax.child.conv import conv2d
+
+# PyTorch's default kaiming_uniform(a=sqrt(5)) is U(-b, b) with b = 1 / sqrt(fan_in).
+_torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _torch_bias_init(fan_in: int):
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class Conv(nn.Module):
+    """Square Conv2d with bias (PyTorch's default init); see `conv.conv2d` for `impl`."""
+
+    features: int
+    kernel_size: int
+    stride: int
+    padding: int
+    dtype: jnp.dtype = jnp.float32
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x):
+        k, c = self.kernel_size, x.shape[-1]
+        kernel = self.param("kernel", _torch_kernel_init, (k, k, c, self.features))
+        bias = self.param("bias", _torch_bias_init(k * k * c), (self.features,))
+        y = conv2d(x, kernel.astype(self.dtype), self.stride, self.padding, self.impl)
+        return y + bias.astype(self.dtype)
+
+
+class ChildNet(nn.Module):
+    """Applies the layers of `arch` to NHWC float images; returns logits ``[B, num_classes]``."""
+
+    arch: Arch
+    dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
+    conv_impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        shapes.validate(self.arch)
+        x = x.astype(self.dtype)
+        for layer in self.arch.layers:
+            t, k, o, s, p = layer
+            if t == LayerType.CONV:
+                x = Conv(o, k, s, p, self.dtype, self.conv_impl)(x)
+            elif t == LayerType.MAXPOOL:
+                x = nn.max_pool(x, (k, k), strides=(s, s), padding=((p, p), (p, p)))
+            elif t == LayerType.AVGPOOL:
+                x = nn.avg_pool(
+                    x, (k, k), strides=(s, s), padding=((p, p), (p, p)), count_include_pad=True
+                )
+            elif t == LayerType.BATCHNORM:
+                x = nn.BatchNorm(
+                    use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
+                )(x)
+            elif t == LayerType.RELU:
+                x = nn.relu(x)
+            elif t == LayerType.SIGMOID:
+                x = nn.sigmoid(x)
+            elif t == LayerType.DROPOUT:
+                if p > 0:
+                    x = nn.Dropout(layer.dropout_rate, deterministic=not train)(x)
+            elif t == LayerType.LINEAR:
+                if x.ndim > 2:
+                    x = x.reshape(x.shape[0], -1)
+                fan_in = x.shape[-1]
+                x = nn.Dense(
+                    o,
+                    dtype=self.dtype,
+                    kernel_init=_torch_kernel_init,
+                    bias_init=_torch_bias_init(fan_in),
+                )(x)
+        return x.astype(jnp.float32)
+
+
+def count_params(params) -> int:
+    return sum(int(v.size) for v in jax.tree_util.tree_leaves(params))
+
+
+def init_variables(arch: Arch, key: jax.Array, dtype=jnp.float32):
+    """Flax variables (``params`` and, with BatchNorm, ``batch_stats``) for one network."""
+    model = ChildNet(arch, dtype)
+    dummy = jnp.zeros((1, *arch.input_shape), jnp.float32)
+    return model.init({"params": key}, dummy, train=False)

@@ -1,0 +1,314 @@
+"""Trains all seeds of one architecture together: one compiled program, one host sync.
+
+Seeds are a `jax.vmap` axis over parameters, optimizer state, batch statistics, dropout keys and
+data order. Epochs and minibatches run inside `lax.scan`, the dataset stays on the device as uint8
+and is normalised (and, for CIFAR, augmented) inside the step. The program returns per-seed test
+accuracy and per-epoch mean training loss; a non-finite loss marks a seed as diverged.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ac_jax.arch import shapes
+from ac_jax.arch.spec import Arch
+from ac_jax.child.model import ChildNet
+from ac_jax.data.device import preprocess
+
+
+# How often each traced function was traced (Python side effect at trace time); tests use it to
+# check that the whole training is one program whose step is traced once, not per epoch/step.
+TRACE_COUNTS: collections.Counter = collections.Counter()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSchedule:
+    """How a child network is trained (paper Section 5.2.1 and our proxies).
+
+    The learning rate is divided by `lr_decay_factor` at each epoch in `lr_decay_epochs`. The last
+    incomplete minibatch of an epoch is dropped (static shapes). `train_subset`/`test_subset` take
+    a fixed random subset of the data (None: all of it).
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    lr_decay_epochs: tuple[int, ...] = ()
+    lr_decay_factor: float = 10.0
+    optimizer: str = "adam"
+    train_subset: int | None = None
+    test_subset: int | None = None
+    eval_batch_size: int = 500
+    compute_dtype: str = "float32"  # "bfloat16" trades exactness for speed on GPUs
+    conv_impl: str = "auto"  # see ac_jax.child.conv.conv2d
+    seed_axis: str = "vmap"  # "vmap": seeds batched; "map": seeds one after another in-program
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DeviceData:
+    """A dataset resident on the device (uint8 images, int32 labels); test set padded."""
+
+    train_x: jax.Array
+    train_y: jax.Array
+    test_x: jax.Array  # padded to a multiple of the eval batch size
+    test_y: jax.Array
+    test_mask: jax.Array  # 1 for real test images, 0 for padding
+    num_test: int
+    augment: bool
+    input_shape: tuple[int, int, int]
+    num_classes: int
+
+    @property
+    def signature(self) -> tuple:
+        return (
+            self.train_x.shape,
+            self.test_x.shape,
+            self.augment,
+            self.input_shape,
+            self.num_classes,
+        )
+
+
+def to_device(dataset, schedule: TrainSchedule, seed: int = 0) -> DeviceData:
+    """Puts a `ac_jax.data.Dataset` on the default device, subset per `schedule`."""
+    if schedule.train_subset is not None or schedule.test_subset is not None:
+        dataset = dataset.subset(schedule.train_subset, schedule.test_subset, seed=seed)
+    eval_batch = min(schedule.eval_batch_size, len(dataset.test_y))
+    padded = -(-len(dataset.test_y) // eval_batch) * eval_batch
+    pad = padded - len(dataset.test_y)
+    test_x = np.concatenate([dataset.test_x, np.zeros((pad, *dataset.test_x.shape[1:]), np.uint8)])
+    test_y = np.concatenate([dataset.test_y, np.zeros(pad, np.int32)])
+    mask = np.concatenate([np.ones(len(dataset.test_y), np.float32), np.zeros(pad, np.float32)])
+    if len(dataset.train_y) < schedule.batch_size:
+        raise ValueError(
+            f"training set has {len(dataset.train_y)} images, fewer than one batch of "
+            f"{schedule.batch_size}"
+        )
+    return DeviceData(
+        train_x=jnp.asarray(dataset.train_x, jnp.uint8),
+        train_y=jnp.asarray(dataset.train_y, jnp.int32),
+        test_x=jnp.asarray(test_x, jnp.uint8),
+        test_y=jnp.asarray(test_y, jnp.int32),
+        test_mask=jnp.asarray(mask),
+        num_test=len(dataset.test_y),
+        augment=bool(dataset.augment),
+        input_shape=tuple(dataset.input_shape),
+        num_classes=int(dataset.num_classes),
+    )
+
+
+def make_optimizer(schedule: TrainSchedule, steps_per_epoch: int) -> optax.GradientTransformation:
+    boundaries = {
+        epoch * steps_per_epoch: 1.0 / schedule.lr_decay_factor for epoch in schedule.lr_decay_epochs
+    }
+    lr = optax.piecewise_constant_schedule(schedule.lr, boundaries)
+    if schedule.optimizer == "adam":
+        return optax.adam(lr)
+    if schedule.optimizer == "sgd":
+        return optax.sgd(lr, momentum=0.9, nesterov=True)
+    raise ValueError(f"unknown optimizer {schedule.optimizer!r}; use 'adam' or 'sgd'")
+
+
+def build_program(arch: Arch, schedule: TrainSchedule, data: DeviceData):
+    """The un-jitted function ``(seed_keys [S, 2]) -> (accuracy [S], epoch_loss [S, E])``.
+
+    The data arrays are arguments (not closed-over constants) so they are not baked into the
+    executable and one compiled program serves any data of the same shapes.
+    """
+    model = ChildNet(arch, jnp.dtype(schedule.compute_dtype), schedule.conv_impl)
+    num_train = data.train_x.shape[0]
+    steps = num_train // schedule.batch_size
+    eval_batch = min(schedule.eval_batch_size, data.test_x.shape[0])
+    eval_steps = data.test_x.shape[0] // eval_batch
+    tx = make_optimizer(schedule, steps)
+    augment = data.augment
+
+    def init(key):
+        dummy = jnp.zeros((1, *arch.input_shape), jnp.float32)
+        variables = model.init({"params": key}, dummy, train=False)
+        params = variables["params"]
+        return params, variables.get("batch_stats", {}), tx.init(params)
+
+    def train_step(state, batch_idx, key, train_x, train_y):
+        TRACE_COUNTS["train_step"] += 1
+        params, batch_stats, opt_state = state
+        aug_key, dropout_key = jax.random.split(key)
+        x = preprocess(aug_key, train_x[batch_idx], augment)
+        y = train_y[batch_idx]
+
+        def loss_fn(p):
+            logits, updates = model.apply(
+                {"params": p, "batch_stats": batch_stats},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": dropout_key},
+            )
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, updates.get("batch_stats", {})
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
+
+    def evaluate(params, batch_stats, test_x, test_y, test_mask):
+        def body(correct, i):
+            x = jax.lax.dynamic_slice_in_dim(test_x, i * eval_batch, eval_batch)
+            y = jax.lax.dynamic_slice_in_dim(test_y, i * eval_batch, eval_batch)
+            m = jax.lax.dynamic_slice_in_dim(test_mask, i * eval_batch, eval_batch)
+            variables = {"params": params, "batch_stats": batch_stats}
+            logits = model.apply(variables, preprocess(None, x, False), train=False)
+            hits = (jnp.argmax(logits, -1) == y).astype(jnp.float32) * m
+            return correct + hits.sum(), None
+
+        correct, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), jnp.arange(eval_steps))
+        return correct / data.num_test
+
+    def one_seed(key, train_x, train_y, test_x, test_y, test_mask):
+        init_key, order_key, step_key = jax.random.split(key, 3)
+        state = init(init_key)
+
+        def epoch(state, e):
+            perm = jax.random.permutation(jax.random.fold_in(order_key, e), num_train)
+            batches = perm[: steps * schedule.batch_size].reshape(steps, schedule.batch_size)
+            keys = jax.random.split(jax.random.fold_in(step_key, e), steps)
+
+            def step(state, xs):
+                return train_step(state, xs[0], xs[1], train_x, train_y)
+
+            state, losses = jax.lax.scan(step, state, (batches, keys))
+            return state, losses.mean()
+
+        state, epoch_loss = jax.lax.scan(epoch, state, jnp.arange(schedule.epochs))
+        params, batch_stats, _ = state
+        return evaluate(params, batch_stats, test_x, test_y, test_mask), epoch_loss
+
+    def program(seed_keys, train_x, train_y, test_x, test_y, test_mask):
+        TRACE_COUNTS["program"] += 1
+        args = (train_x, train_y, test_x, test_y, test_mask)
+        if schedule.seed_axis == "vmap":
+            return jax.vmap(lambda k: one_seed(k, *args))(seed_keys)
+        if schedule.seed_axis == "map":
+            return jax.lax.map(lambda k: one_seed(k, *args), seed_keys)
+        raise ValueError(f"unknown seed_axis {schedule.seed_axis!r}; use 'vmap' or 'map'")
+
+    return program
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """Outcome of training one architecture with several seeds."""
+
+    status: str  # "ok", "diverged", "oom" or "error"
+    reason: str
+    seed_accuracies: tuple[float, ...]
+    epoch_losses: tuple[tuple[float, ...], ...]  # [seed][epoch]
+    compile_seconds: float
+    train_seconds: float
+
+    @property
+    def mean_accuracy(self) -> float:
+        return float(np.mean(self.seed_accuracies)) if self.seed_accuracies else float("nan")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def _seed_keys(seeds: Sequence[int]) -> jax.Array:
+    return jnp.stack([jax.random.key_data(jax.random.key(int(s))) for s in seeds])
+
+
+def _classify_error(err: Exception) -> tuple[str, str]:
+    text = str(err)
+    if "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text:
+        return "oom", "out of memory: " + text.splitlines()[0][:300]
+    return "error", f"{type(err).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+class ChildTrainer:
+    """Compiles (and caches) one program per architecture and trains seeds together.
+
+    `compile` may be called from background threads to overlap XLA compilation of the next
+    architectures with training of the current one.
+    """
+
+    def __init__(self, data: DeviceData, schedule: TrainSchedule, num_seeds: int):
+        self.data = data
+        self.schedule = schedule
+        self.num_seeds = num_seeds
+        self._compiled: dict[Arch, tuple[object, float]] = {}
+        self._lock = threading.Lock()
+
+    def _args(self, seeds: Sequence[int]):
+        d = self.data
+        return (_seed_keys(seeds), d.train_x, d.train_y, d.test_x, d.test_y, d.test_mask)
+
+    def compile(self, arch: Arch):
+        """AOT-compiles the program for `arch` (cached); returns (executable, seconds)."""
+        with self._lock:
+            if arch in self._compiled:
+                return self._compiled[arch]
+        start = time.perf_counter()
+        program = build_program(arch, self.schedule, self.data)
+        args = self._args(range(self.num_seeds))
+        executable = jax.jit(program).lower(*args).compile()
+        entry = (executable, time.perf_counter() - start)
+        with self._lock:
+            self._compiled[arch] = entry
+        return entry
+
+    def forget(self, arch: Arch) -> None:
+        with self._lock:
+            self._compiled.pop(arch, None)
+
+    def train(self, arch: Arch, seeds: Sequence[int]) -> TrainResult:
+        """Trains `arch` once per seed; failures are returned as a result, never raised."""
+        if len(seeds) != self.num_seeds:
+            raise ValueError(f"trainer was built for {self.num_seeds} seeds, got {len(seeds)}")
+        try:
+            shapes.validate(arch)
+        except shapes.InvalidArchError as err:
+            return TrainResult("error", f"invalid architecture: {err}", (), (), 0.0, 0.0)
+        try:
+            executable, compile_seconds = self.compile(arch)
+            start = time.perf_counter()
+            accuracy, epoch_loss = executable(*self._args(seeds))
+            accuracy, epoch_loss = jax.device_get((accuracy, epoch_loss))  # the one host sync
+            train_seconds = time.perf_counter() - start
+        except Exception as err:  # XLA reports OOM and runtime failures as generic errors
+            status, reason = _classify_error(err)
+            return TrainResult(status, reason, (), (), 0.0, 0.0)
+        finally:
+            self.forget(arch)
+        finite = np.isfinite(epoch_loss).all(axis=1)
+        status, reason = "ok", ""
+        if not finite.all():
+            bad = [int(s) for s, f in zip(seeds, finite) if not f]
+            first_epoch = int(np.argmin(np.isfinite(epoch_loss[~finite][0])))
+            status = "diverged"
+            reason = f"non-finite training loss for seeds {bad} (first at epoch {first_epoch})"
+        return TrainResult(
+            status=status,
+            reason=reason,
+            seed_accuracies=tuple(float(a) for a in accuracy),
+            epoch_losses=tuple(tuple(float(v) for v in row) for row in epoch_loss),
+            compile_seconds=compile_seconds,
+            train_seconds=train_seconds,
+        )
+
+
+def train_arch(
+    arch: Arch, data: DeviceData, schedule: TrainSchedule, seeds: Sequence[int] = (0, 1, 2, 3, 4)
+) -> TrainResult:
+    """Convenience wrapper: trains `arch` with `seeds` on `data`."""
+    return ChildTrainer(data, schedule, len(seeds)).train(arch, seeds)

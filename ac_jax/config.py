@@ -1,0 +1,61 @@
+"""The experiment configuration: one frozen dataclass tree; `configs/<name>.py` build instances."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any
+
+from ac_jax.arch.sampler import SamplerConfig
+from ac_jax.child.trainer import TrainSchedule
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchsetConfig:
+    """What the archset holds and how each architecture is trained (paper Section 5)."""
+
+    num: int = 1500
+    seeds: int = 5
+    schedule: TrainSchedule = TrainSchedule(epochs=5, batch_size=64, lr=0.01)
+    sampler: SamplerConfig = SamplerConfig()
+    sample_seed: int = 0
+    # Fraction of architectures drawn around the zoo model (`neighbourhood_of`) instead of from
+    # the Appendix 9 sampler; 0 is the paper's setting. See `sampler.sample_neighbourhood`.
+    neighbourhood_fraction: float = 0.0
+    neighbourhood_of: str = "conv7"
+    compile_workers: int = 2  # background threads compiling the next architectures
+    path: str = "archsets/fashion_mnist.sqlite"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a stage needs; `bin/*` scripts take overrides of its fields from flags."""
+
+    name: str
+    dataset: str
+    data_dir: str | None = None
+    # The paper's full training schedule, used to verify a compressed architecture.
+    final_schedule: TrainSchedule = TrainSchedule(
+        epochs=50, batch_size=64, lr=0.01, lr_decay_epochs=(30,)
+    )
+    default_model: str = "conv7"
+    archset: ArchsetConfig = ArchsetConfig()
+    surrogate: Any = None  # ac_jax.surrogate.SurrogateConfig
+    compress: Any = None  # ac_jax.compress.CompressConfig
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+def get_config(name: str, variant: str | None = None) -> Config:
+    """Loads ``configs/<name>.py`` and calls its ``get_config(variant)``."""
+    module_name = name.replace("-", "_")
+    try:
+        module = importlib.import_module(f"configs.{module_name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"configs.{module_name}":
+            raise
+        from configs import available
+
+        raise ValueError(f"no config {name!r}; available: {', '.join(available())}") from None
+    return module.get_config(variant) if variant is not None else module.get_config()

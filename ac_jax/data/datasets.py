@@ -1,0 +1,287 @@
+"""The in-memory ``Dataset`` type, the dataset registry, and ``load`` (find files or TFDS, read)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ac_jax.data import formats, tfds_source
+
+DATA_DIR_ENV = "AC_JAX_DATA_DIR"
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+SOURCES = ("auto", "files", "tfds")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is in none of the places searched; the message says where to put it."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """A whole image-classification dataset in host memory, NHWC uint8 images, int32 labels."""
+
+    name: str
+    train_x: np.ndarray  # [N, H, W, C] uint8
+    train_y: np.ndarray  # [N] int32
+    test_x: np.ndarray  # [M, H, W, C] uint8
+    test_y: np.ndarray  # [M] int32
+    num_classes: int
+    augment: bool = False  # train with random crop (4-pixel padding) + horizontal flip
+
+    def __post_init__(self):
+        for split, x, y in (("train", self.train_x, self.train_y),
+                            ("test", self.test_x, self.test_y)):
+            if x.dtype != np.uint8 or x.ndim != 4:
+                raise ValueError(f"{self.name} {split}_x: {x.dtype}{list(x.shape)}, "
+                                 "expected uint8 [N, H, W, C]")
+            if y.dtype != np.int32 or y.shape != x.shape[:1]:
+                raise ValueError(f"{self.name} {split}_y: {y.dtype}{list(y.shape)}, "
+                                 f"expected int32 [{len(x)}]")
+            if y.size and (y.min() < 0 or y.max() >= self.num_classes):
+                raise ValueError(f"{self.name} {split}_y: labels outside 0..{self.num_classes - 1}")
+        if self.train_x.shape[1:] != self.test_x.shape[1:]:
+            raise ValueError(f"{self.name}: train and test images differ in shape")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of one image."""
+        return tuple(int(d) for d in self.train_x.shape[1:])
+
+    def subset(self, train: int | None, test: int | None, seed: int = 0) -> Dataset:
+        """The first ``train`` / ``test`` examples of a class-stratified shuffle (None: all).
+
+        Deterministic in ``seed``. Each class keeps (up to rounding) its share of the split, and
+        the chosen examples keep their original order. A larger subset of the same seed contains
+        every smaller one.
+        """
+        train_idx = _stratified_indices(self.train_y, train, seed)
+        test_idx = _stratified_indices(self.test_y, test, seed + 1)
+        return dataclasses.replace(
+            self,
+            train_x=self.train_x[train_idx], train_y=self.train_y[train_idx],
+            test_x=self.test_x[test_idx], test_y=self.test_y[test_idx],
+        )
+
+    def __repr__(self) -> str:  # the default would print the arrays
+        return (f"Dataset({self.name!r}, train={len(self.train_x)}, test={len(self.test_x)}, "
+                f"input_shape={self.input_shape}, num_classes={self.num_classes}, "
+                f"augment={self.augment})")
+
+
+def _stratified_indices(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray | slice:
+    if n is None:
+        return slice(None)  # a view, not a copy of the whole split
+    if not 0 <= n <= len(labels):
+        raise ValueError(f"subset of {n} examples requested from a split of {len(labels)}")
+    order = np.random.default_rng(seed).permutation(len(labels))
+    shuffled = labels[order]
+    # Rank of each example within its class (in shuffled order), as a fraction of the class
+    # size: sorting by it interleaves the classes in proportion to their sizes.
+    counts = np.bincount(shuffled)
+    rank = np.empty(len(labels), np.int64)
+    for c in np.flatnonzero(counts):
+        members = np.flatnonzero(shuffled == c)
+        rank[members] = np.arange(len(members))
+    position = (rank + 0.5) / counts[shuffled]
+    chosen = order[np.argsort(position, kind="stable")[:n]]
+    return np.sort(chosen)
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """How to find, read and describe one dataset."""
+
+    name: str
+    title: str
+    num_classes: int
+    augment: bool
+    tfds_name: str
+    subfolders: tuple[str, ...]  # tried under data_dir, after data_dir itself
+    required: tuple[str, ...]  # files that must all be in a folder for it to count
+    read: Callable[[Path], formats.Splits]
+    how_to_get: str
+    gz_ok: bool = False  # each required file may also be present as name.gz
+    archive: str | None = None  # read directly when present in data_dir
+    system_dirs: tuple[Path, ...] = ()
+
+    def folders(self, data_dir: Path | None) -> list[Path]:
+        """Every folder that may hold the files, in search order."""
+        found = []
+        if data_dir is not None:
+            found += [data_dir] + [data_dir / s for s in self.subfolders]
+        return found + list(self.system_dirs)
+
+    def locate(self, data_dir: Path | None) -> Path | None:
+        """The first folder holding all required files, else the archive in data_dir, else None."""
+        for folder in self.folders(data_dir):
+            if formats.find_files(folder, list(self.required), self.gz_ok) is not None:
+                return folder
+        if self.archive and data_dir is not None and (data_dir / self.archive).is_file():
+            return data_dir / self.archive
+        return None
+
+    def looked_for(self, data_dir: Path | None) -> list[str]:
+        """Human-readable descriptions of every place searched."""
+        files = ", ".join(f + ("[.gz]" if self.gz_ok else "") for f in self.required)
+        lines = [f"{folder}/{{{files}}}" for folder in self.folders(data_dir)]
+        if self.archive and data_dir is not None:
+            lines.append(str(data_dir / self.archive))
+        if data_dir is None:
+            lines.append(f"(no data dir: pass --data-dir / data_dir= or set ${DATA_DIR_ENV})")
+        return lines
+
+
+_TFDS_HINT = (
+    "Or use TensorFlow Datasets: on a machine with internet run `tfds build {tfds} "
+    "--file_format=array_record --data_dir DIR` (array_record is readable without TensorFlow), "
+    "copy DIR here and pass it as --data-dir."
+)
+
+_SPECS = [
+    DatasetSpec(
+        name="fashion_mnist", title="Fashion-MNIST", num_classes=10, augment=False,
+        tfds_name="fashion_mnist", subfolders=("fashion-mnist", "fashion_mnist"),
+        required=tuple(formats.FASHION_MNIST_FILES.values()), gz_ok=True,
+        read=formats.read_fashion_mnist, system_dirs=(FASHION_MNIST_SYSTEM_DIR,),
+        how_to_get=(
+            "Install the Debian package (`sudo apt-get install dataset-fashion-mnist`, which puts "
+            f"the files in {FASHION_MNIST_SYSTEM_DIR}), or download the four idx files from "
+            "https://github.com/zalandoresearch/fashion-mnist (data/fashion/) into --data-dir."
+        ),
+    ),
+    DatasetSpec(
+        name="cifar10", title="CIFAR-10", num_classes=10, augment=True, tfds_name="cifar10",
+        subfolders=(formats.CIFAR10_FOLDER,),
+        required=tuple(formats.CIFAR10_TRAIN + formats.CIFAR10_TEST),
+        read=formats.read_cifar10, archive=formats.CIFAR10_ARCHIVE,
+        how_to_get=(
+            "Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it into "
+            "--data-dir (`tar xzf cifar-10-python.tar.gz -C DATA_DIR`, giving "
+            f"DATA_DIR/{formats.CIFAR10_FOLDER}/), or just put the .tar.gz there."
+        ),
+    ),
+    DatasetSpec(
+        name="cifar100", title="CIFAR-100", num_classes=100, augment=True, tfds_name="cifar100",
+        subfolders=(formats.CIFAR100_FOLDER,),
+        required=tuple(formats.CIFAR100_TRAIN + formats.CIFAR100_TEST),
+        read=formats.read_cifar100, archive=formats.CIFAR100_ARCHIVE,
+        how_to_get=(
+            "Download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and extract it into "
+            "--data-dir (`tar xzf cifar-100-python.tar.gz -C DATA_DIR`, giving "
+            f"DATA_DIR/{formats.CIFAR100_FOLDER}/), or just put the .tar.gz there."
+        ),
+    ),
+    DatasetSpec(
+        name="svhn", title="SVHN", num_classes=10, augment=False, tfds_name="svhn_cropped",
+        subfolders=("svhn",), required=tuple(formats.SVHN_FILES), read=formats.read_svhn,
+        how_to_get=(
+            "Download http://ufldl.stanford.edu/housenumbers/train_32x32.mat and "
+            "http://ufldl.stanford.edu/housenumbers/test_32x32.mat into --data-dir."
+        ),
+    ),
+]
+SPECS = {spec.name: spec for spec in _SPECS}
+DATASETS = tuple(SPECS) + ("synthetic",)
+
+_ALIASES = {
+    "fashion_mnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "fmnist": "fashion_mnist",
+    "cifar10": "cifar10", "cifar100": "cifar100",
+    "svhn": "svhn", "svhn_cropped": "svhn",
+    "synthetic": "synthetic",
+}
+
+
+def canonical_name(name: str) -> str:
+    """The registry name for ``name``: case, ``-``/``_`` and spaces do not matter."""
+    key = name.strip().lower().replace("-", "_").replace(" ", "_")
+    # cifar_10 / cifar_100 -> cifar10 / cifar100
+    key = key.replace("cifar_", "cifar")
+    if key not in _ALIASES:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return _ALIASES[key]
+
+
+# --------------------------------------------------------------------------------------------
+# load
+# --------------------------------------------------------------------------------------------
+
+
+def load(name: str, data_dir: str | Path | None = None, source: str = "auto",
+         train_subset: int | None = None, test_subset: int | None = None,
+         seed: int = 0) -> Dataset:
+    """Load dataset ``name`` (any spelling :func:`canonical_name` accepts).
+
+    Where it looks, in order, with ``source="auto"``:
+
+    1. the original files under ``data_dir`` (default: ``$AC_JAX_DATA_DIR``), directly or in the
+       dataset's usual sub-folder (``cifar-10-batches-py/``, ``fashion-mnist/``, ``svhn/``...) or,
+       for CIFAR, the downloaded ``.tar.gz``; Fashion-MNIST also in
+       ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``);
+    2. a TFDS-prepared copy in ``data_dir`` (default: TFDS's own data dir), if TFDS is installed.
+
+    ``source="files"`` and ``source="tfds"`` search only one of the two; ``synthetic`` ignores
+    ``source`` and ``data_dir`` and takes its default sizes, seeded with ``seed``.
+    ``train_subset`` / ``test_subset`` keep that many examples (:meth:`Dataset.subset` with
+    ``seed``). Raises :class:`DatasetNotFoundError` when the dataset is nowhere, ``ValueError``
+    naming the file when a file is corrupt or truncated.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    name = canonical_name(name)
+    if name == "synthetic":
+        from ac_jax.data.synthetic import synthetic
+
+        dataset = synthetic(seed=seed)
+    else:
+        dataset = _load_real(SPECS[name], _resolve_data_dir(data_dir), source)
+    if train_subset is None and test_subset is None:
+        return dataset
+    return dataset.subset(train_subset, test_subset, seed)
+
+
+def _resolve_data_dir(data_dir: str | Path | None) -> Path | None:
+    if data_dir is None:
+        data_dir = os.environ.get(DATA_DIR_ENV) or None
+    return None if data_dir is None else Path(data_dir).expanduser()
+
+
+def _load_real(spec: DatasetSpec, data_dir: Path | None, source: str) -> Dataset:
+    if source in ("auto", "files"):
+        location = spec.locate(data_dir)
+        if location is not None:
+            return _make(spec, spec.read(location), spec.num_classes)
+    # With data_dir None, TFDS uses its own default data dir.
+    if source in ("auto", "tfds") and tfds_source.is_prepared(spec.tfds_name, data_dir):
+        splits, num_classes = tfds_source.load_splits(spec.tfds_name, data_dir)
+        return _make(spec, splits, num_classes)
+    raise DatasetNotFoundError(not_found_message(spec, data_dir, source))
+
+
+def _make(spec: DatasetSpec, splits: formats.Splits, num_classes: int) -> Dataset:
+    return Dataset(spec.name, *splits, num_classes=num_classes, augment=spec.augment)
+
+
+def not_found_message(spec: DatasetSpec, data_dir: Path | None, source: str) -> str:
+    """Where ``spec`` was looked for, where to put it, and how to get it."""
+    lines = [f"{spec.title} not found (source={source!r})."]
+    if source in ("auto", "files"):
+        lines.append("Looked for the original files in:")
+        lines += [f"  {place}" for place in spec.looked_for(data_dir)]
+    if source in ("auto", "tfds"):
+        where = data_dir if data_dir is not None else tfds_source.default_data_dir()
+        if tfds_source.module_available("tensorflow_datasets"):
+            lines.append(f"Looked for a prepared TFDS {spec.tfds_name!r} in {where}: not there.")
+        else:
+            lines.append(f"TFDS {spec.tfds_name!r}: tensorflow_datasets is not installed.")
+    lines.append(f"To get it: {spec.how_to_get}")
+    lines.append(_TFDS_HINT.format(tfds=spec.tfds_name))
+    return "\n".join(lines)

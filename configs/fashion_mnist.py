@@ -1,0 +1,49 @@
+"""Fashion-MNIST, CONV-7 (paper Sections 5.1-5.3); the embedded default task.
+
+Variants:
+  default  what we ship: the paper's archset budget (1500 architectures, 5 epochs x 5 seeds,
+           full training set), half of them drawn around CONV-7 (see sampler.sample_neighbourhood)
+  paper    the same with the pure Appendix 9 sampler
+  cpu      the reduced proxy used for the archset built on a 2-core CPU: 1 epoch x 2 seeds on a
+           6,000-image stratified training subset, tested on 2,000 test images
+"""
+
+import dataclasses
+
+from ac_jax.arch.sampler import SamplerConfig
+from ac_jax.child.trainer import TrainSchedule
+from ac_jax.config import ArchsetConfig, Config
+
+
+def get_config(variant: str = "default") -> Config:
+    proxy = TrainSchedule(epochs=5, batch_size=64, lr=0.01)
+    archset = ArchsetConfig(
+        num=1500,
+        seeds=5,
+        schedule=proxy,
+        sampler=SamplerConfig(),
+        neighbourhood_fraction=0.5,
+        neighbourhood_of="conv7",
+        path="archsets/fashion_mnist.sqlite",
+    )
+    if variant == "paper":
+        archset = dataclasses.replace(
+            archset, neighbourhood_fraction=0.0, path="archsets/fashion_mnist_paper.sqlite"
+        )
+    elif variant == "cpu":
+        archset = dataclasses.replace(
+            archset,
+            num=300,
+            seeds=2,
+            schedule=dataclasses.replace(proxy, epochs=1, train_subset=6000, test_subset=2000),
+            path="archsets/fashion_mnist_cpu.sqlite",
+        )
+    elif variant != "default":
+        raise ValueError(f"unknown variant {variant!r} of fashion_mnist; use default, paper, cpu")
+    return Config(
+        name=f"fashion_mnist/{variant}",
+        dataset="fashion_mnist",
+        final_schedule=TrainSchedule(epochs=50, batch_size=64, lr=0.01, lr_decay_epochs=(30,)),
+        default_model="conv7",
+        archset=archset,
+    )
