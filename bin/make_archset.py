@@ -40,17 +40,24 @@ def main(argv=None) -> int:
     from ac_jax.archset.store import ArchsetStore
 
     if args.summary:
-        print(json.dumps(generate.summarize(args.summary), indent=2))
+        try:
+            print(json.dumps(generate.summarize(args.summary), indent=2))
+        except (ValueError, FileNotFoundError) as err:
+            sys.exit(f"error: {err}")
         return 0
     if args.merge:
         if not args.out:
             parser.error("--merge needs --out")
-        first = ArchsetStore(args.merge[0], readonly=True)
-        with ArchsetStore(args.out, first.meta) as dest:
-            for src in args.merge:
-                with ArchsetStore(src, readonly=True) as store:
-                    print(f"{src}: {dest.merge_from(store)} new records")
-            print(f"{args.out}: {len(dest)} records")
+        try:
+            with ArchsetStore(args.merge[0], readonly=True) as first:
+                meta = first.meta
+            with ArchsetStore(args.out, meta) as dest:
+                for src in args.merge:
+                    with ArchsetStore(src, readonly=True) as store:
+                        print(f"{src}: {dest.merge_from(store)} new records")
+                print(f"{args.out}: {len(dest)} records")
+        except (ValueError, FileNotFoundError) as err:  # mismatched settings, missing files
+            sys.exit(f"error: {err}")
         return 0
 
     cfg = cli.config_from_args(args)

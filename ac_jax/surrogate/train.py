@@ -1,0 +1,343 @@
+"""Joint training of the surrogate on an archset (paper Section 4.3, Algorithm 1 TRAIN).
+
+Loss ``L = L_d + l1 * L_a + l2 * L_p``: squared error of the decoded sequence (summed over the six
+scaled channels, averaged over positions), L1 of the accuracy, Huber (delta 1) of the normalised
+parameter count. Steps run in chunks of `steps_per_call` inside one jitted `lax.scan`, so the host
+syncs (progress bar, checkpoints, held-out metrics) only between chunks.
+
+A run directory holds ``surrogate.json`` (config, task, normaliser, metrics) and Orbax checkpoints
+under ``ckpt/``; rerunning with the same directory resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ac_jax.archset.store import ArchsetArrays
+from ac_jax.surrogate import checkpoint as ckpt_io
+from ac_jax.surrogate.config import SurrogateConfig
+from ac_jax.surrogate.encoding import decode_features, encode_matrices
+from ac_jax.surrogate.model import Surrogate
+
+
+@dataclasses.dataclass(frozen=True)
+class Normaliser:
+    """Maps parameter counts to the regressor's target ``(f(p) - mean) / std`` and back.
+
+    `kind` "log" uses f = log10: counts span 10^2..10^6 in an archset, and on the raw scale
+    (the paper's "linear") every small network sits at nearly the same target value, so the
+    regressor cannot tell a 10K network from a 50K one, which is the range compression targets.
+    """
+
+    kind: str
+    mean: float
+    std: float
+
+    @classmethod
+    def fit(cls, num_params: np.ndarray, kind: str) -> "Normaliser":
+        values = cls._forward(np.asarray(num_params, np.float64), kind)
+        return cls(kind, float(values.mean()), float(max(values.std(), 1e-6)))
+
+    @staticmethod
+    def _forward(p, kind):
+        if kind == "log":
+            return np.log10(np.maximum(p, 1.0))
+        if kind == "linear":
+            return p
+        raise ValueError(f"param_target must be 'log' or 'linear', got {kind!r}")
+
+    def to_target(self, num_params) -> np.ndarray:
+        return (self._forward(np.asarray(num_params, np.float64), self.kind) - self.mean) / self.std
+
+    def from_target(self, target) -> np.ndarray:
+        values = np.asarray(target, np.float64) * self.std + self.mean
+        return 10.0**values if self.kind == "log" else values
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def holdout_mask(idx: np.ndarray, fraction: float) -> np.ndarray:
+    """Deterministic held-out split by record id (stable when the archset grows)."""
+    hashed = (np.asarray(idx, np.uint64) * np.uint64(2654435761)) % np.uint64(10_000)
+    return hashed < np.uint64(round(fraction * 10_000))
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    feats: np.ndarray  # [N, T, 6] float32
+    matrices: np.ndarray  # [N, T, 5] int64
+    accuracy: np.ndarray  # [N] float32
+    params_target: np.ndarray  # [N] float32
+    num_params: np.ndarray  # [N]
+
+    def __len__(self) -> int:
+        return len(self.accuracy)
+
+
+def make_split(arrays: ArchsetArrays, mask: np.ndarray, normaliser: Normaliser) -> Split:
+    return Split(
+        feats=encode_matrices(arrays.matrices[mask]),
+        matrices=arrays.matrices[mask],
+        accuracy=arrays.accuracy[mask].astype(np.float32),
+        params_target=normaliser.to_target(arrays.num_params[mask]).astype(np.float32),
+        num_params=arrays.num_params[mask],
+    )
+
+
+def make_optimizer(cfg: SurrogateConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    schedule = optax.exponential_decay(
+        cfg.lr,
+        transition_steps=max(1, int(cfg.decay_every_epochs * steps_per_epoch)),
+        decay_rate=cfg.decay_factor,
+        staircase=True,
+    )
+    if cfg.optimizer == "sgd_nesterov":
+        return optax.sgd(schedule, momentum=cfg.momentum, nesterov=True)
+    if cfg.optimizer == "adam":
+        return optax.adam(schedule)
+    if cfg.optimizer == "adamw":
+        return optax.adamw(schedule, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use sgd_nesterov, adam or adamw")
+
+
+def joint_loss(model, params, batch_stats, batch, cfg: SurrogateConfig, train: bool):
+    """Returns (total, (parts dict, new batch_stats))."""
+    x, acc_true, p_true = batch
+    variables = {"params": params, "batch_stats": batch_stats}
+    if train:
+        (recon, acc, p, _), updates = model.apply(variables, x, True, mutable=["batch_stats"])
+        batch_stats = updates["batch_stats"]
+    else:
+        recon, acc, p, _ = model.apply(variables, x, False)
+    loss_d = jnp.mean(jnp.sum((recon - x) ** 2, axis=-1))
+    loss_a = jnp.mean(jnp.abs(acc - acc_true))
+    loss_p = jnp.mean(optax.huber_loss(p, p_true, delta=1.0))
+    total = loss_d + cfg.accuracy_weight * loss_a + cfg.params_weight * loss_p
+    return total, ({"loss": total, "L_d": loss_d, "L_a": loss_a, "L_p": loss_p}, batch_stats)
+
+
+def init_state(model: Surrogate, cfg: SurrogateConfig, tx) -> dict:
+    dummy = jnp.zeros((1, cfg.arch.max_len, 6), jnp.float32)
+    variables = model.init(jax.random.PRNGKey(cfg.seed), dummy, False)
+    params = variables["params"]
+    return {
+        "params": params,
+        "batch_stats": variables["batch_stats"],
+        "opt_state": tx.init(params),
+        "step": jnp.zeros((), jnp.int32),
+    }
+
+
+def make_train_chunk(model: Surrogate, tx, cfg: SurrogateConfig, num_train: int) -> Callable:
+    """``(state, data, key) -> (state, mean losses)``: `steps_per_call` steps in one `lax.scan`."""
+
+    def step(state, key, data):
+        feats, acc, ptarget = data
+        idx = jax.random.randint(key, (cfg.batch_size,), 0, num_train)
+        batch = (feats[idx], acc[idx], ptarget[idx])
+        grad_fn = jax.value_and_grad(
+            lambda p: joint_loss(model, p, state["batch_stats"], batch, cfg, True), has_aux=True
+        )
+        (_, (parts, batch_stats)), grads = grad_fn(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        new_state = {
+            "params": optax.apply_updates(state["params"], updates),
+            "batch_stats": batch_stats,
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+        }
+        return new_state, parts
+
+    def chunk(state, data, key):
+        keys = jax.random.split(key, cfg.steps_per_call)
+        state, parts = jax.lax.scan(lambda s, k: step(s, k, data), state, keys)
+        return state, jax.tree.map(jnp.mean, parts)
+
+    return jax.jit(chunk, donate_argnums=(0,))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def reconstruction_metrics(true_mats: np.ndarray, decoded_mats: np.ndarray) -> dict:
+    """Per-field / whole-layer match rates over the true layers, length and exact-sequence match."""
+    present = true_mats[..., 0] > 0
+    equal = decoded_mats == true_mats
+    fields = ("type", "kernel", "out", "stride", "pad")
+    out = {f"field_{name}": float(equal[..., f][present].mean()) for f, name in enumerate(fields)}
+    out["layer"] = float(equal.all(-1)[present].mean())
+    true_len = present.sum(-1)
+    decoded_len = (decoded_mats[..., 0] > 0).sum(-1)
+    out["length"] = float((true_len == decoded_len).mean())
+    out["sequence"] = float(equal.all(axis=(-1, -2)).mean())
+    return out
+
+
+def regression_metrics(split: Split, acc_pred, ptarget_pred) -> dict:
+    from scipy.stats import kendalltau
+
+    acc_pred = np.asarray(acc_pred, np.float64)
+    ptarget_pred = np.asarray(ptarget_pred, np.float64)
+    tau = kendalltau(split.accuracy, acc_pred).statistic if len(split) > 1 else float("nan")
+    residual = ((split.params_target - ptarget_pred) ** 2).sum()
+    total = ((split.params_target - split.params_target.mean()) ** 2).sum()
+    return {
+        "accuracy_mae": float(np.abs(split.accuracy - acc_pred).mean()),
+        "accuracy_kendall_tau": float(tau),
+        "params_r2": float(1.0 - residual / max(total, 1e-12)),
+    }
+
+
+def evaluate(model: Surrogate, variables: dict, split: Split, batch: int = 256) -> dict:
+    """Held-out metrics (all computed after rounding the decoder output)."""
+    apply = jax.jit(lambda v, x: model.apply(v, x, False))
+    recon, acc, ptarget = [], [], []
+    for start in range(0, len(split), batch):
+        r, a, p, _ = apply(variables, split.feats[start : start + batch])
+        recon.append(np.asarray(r))
+        acc.append(np.asarray(a))
+        ptarget.append(np.asarray(p))
+    decoded = decode_features(np.concatenate(recon))
+    metrics = reconstruction_metrics(split.matrices, decoded)
+    metrics.update(regression_metrics(split, np.concatenate(acc), np.concatenate(ptarget)))
+    metrics["num"] = len(split)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclasses.dataclass
+class TrainOutcome:
+    run_dir: Path
+    step: int
+    metrics: dict  # held-out metrics at the end
+    train_metrics: dict
+    history: list
+    seconds: float
+
+
+def _config_dict(cfg: SurrogateConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def train(
+    cfg: SurrogateConfig,
+    arrays: ArchsetArrays,
+    run_dir: str | Path,
+    task: dict,
+    progress: bool = True,
+    init_variables: dict | None = None,
+    normaliser: Normaliser | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainOutcome:
+    """Trains (or resumes training of) a surrogate in `run_dir` for `cfg.steps` steps in total.
+
+    `task` (dataset, input_shape, num_classes, archset description) is stored with the
+    checkpoints; resuming with a different task or config raises `ckpt_io.SurrogateMismatchError`.
+    `init_variables`/`normaliser` start from an existing surrogate (fine-tuning).
+    """
+    run_dir = Path(run_dir)
+    held = holdout_mask(arrays.idx, cfg.holdout_fraction)
+    if held.all() or not held.any() and cfg.holdout_fraction > 0:
+        # Tiny archsets: keep at least one record on each side.
+        held = np.zeros(len(held), bool)
+        held[-1] = True
+    meta = ckpt_io.read_meta(run_dir)
+    if meta is not None:
+        ckpt_io.check_compatible(meta, _config_dict(cfg), task, run_dir)
+        normaliser = Normaliser(**meta["normaliser"])
+    elif normaliser is None:
+        normaliser = Normaliser.fit(arrays.num_params[~held], cfg.param_target)
+    train_split = make_split(arrays, ~held, normaliser)
+    holdout_split = make_split(arrays, held, normaliser)
+
+    model = Surrogate(cfg.arch)
+    steps_per_epoch = max(1, len(train_split) // cfg.batch_size)
+    tx = make_optimizer(cfg, steps_per_epoch)
+    state = init_state(model, cfg, tx)
+    if init_variables is not None:
+        state["params"] = init_variables["params"]
+        state["batch_stats"] = init_variables["batch_stats"]
+        state["opt_state"] = tx.init(state["params"])
+    history = list(meta.get("history", [])) if meta else []
+    manager = ckpt_io.manager(run_dir)
+    state = ckpt_io.restore_latest(manager, state, run_dir)
+    start_step = int(state["step"])
+    if meta is None:
+        ckpt_io.write_meta(
+            run_dir,
+            {
+                "config": _config_dict(cfg),
+                "task": task,
+                "normaliser": normaliser.to_dict(),
+                "num_train": len(train_split),
+                "num_holdout": len(holdout_split),
+                "history": history,
+            },
+        )
+    if start_step:
+        log(f"resuming {run_dir} from step {start_step}")
+
+    chunk = make_train_chunk(model, tx, cfg, len(train_split))
+    data = (
+        jnp.asarray(train_split.feats),
+        jnp.asarray(train_split.accuracy),
+        jnp.asarray(train_split.params_target),
+    )
+    key = jax.random.PRNGKey(cfg.seed + 1)
+    bar = _bar(cfg.steps, start_step, progress)
+    began = time.perf_counter()
+    step = start_step
+    while step < cfg.steps:
+        state, parts = chunk(state, data, jax.random.fold_in(key, step))
+        step = int(state["step"])
+        parts = {k: float(v) for k, v in parts.items()}
+        if not np.isfinite(parts["loss"]):
+            raise FloatingPointError(f"surrogate loss became {parts['loss']} at step {step}")
+        if bar is not None:
+            bar.update(step - bar.n)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in parts.items()})
+        finished = step >= cfg.steps
+        if finished or step % cfg.eval_every < cfg.steps_per_call:
+            held_metrics = evaluate(model, _variables(state), holdout_split)
+            history.append({"step": step, "train_loss": parts, "holdout": held_metrics})
+        if finished or step % cfg.checkpoint_every < cfg.steps_per_call:
+            ckpt_io.save(manager, step, state)
+            meta = ckpt_io.read_meta(run_dir)
+            meta["history"] = history
+            ckpt_io.write_meta(run_dir, meta)
+    if bar is not None:
+        bar.close()
+    manager.wait_until_finished()
+    variables = _variables(state)
+    metrics = evaluate(model, variables, holdout_split)
+    train_metrics = evaluate(model, variables, train_split)
+    meta = ckpt_io.read_meta(run_dir)
+    meta.update(history=history, holdout_metrics=metrics, train_metrics=train_metrics, step=step)
+    ckpt_io.write_meta(run_dir, meta)
+    return TrainOutcome(
+        run_dir, step, metrics, train_metrics, history, time.perf_counter() - began
+    )
+
+
+def _variables(state: dict) -> dict:
+    return {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+
+def _bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="surrogate", unit="step", dynamic_ncols=True)

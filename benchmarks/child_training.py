@@ -1,0 +1,295 @@
+#!/usr/bin/env python3
+"""Child-network training speed: ac_jax (seeds vmapped in one XLA program) vs a plain PyTorch loop.
+
+Same architectures (CONV-7 and a few networks from the Appendix 9 sampler with the Fashion-MNIST
+`cpu` variant's caps), same batch size (64), same optimiser (Adam, lr 0.01, cross-entropy), same
+preprocessing (x / 255 - 0.5), one epoch on a stratified Fashion-MNIST training subset, several
+seeds. ac_jax trains all seeds at once (`ChildTrainer`, `jax.vmap` over seeds); PyTorch trains them
+one after another in an ordinary eager loop built from `torch_io.to_torch_module_source(arch)`.
+
+Every (architecture, framework) measurement runs in its own subprocess, one at a time, so the
+frameworks never share a process or fight over threads (each uses its default thread count).
+
+  python benchmarks/child_training.py                                   # CONV-7 + 3 sampled
+  python benchmarks/child_training.py --train-subset 640 --num-sampled 1 --seeds 2   # smoke
+  python benchmarks/child_training.py --models conv7 --repeats 3 --json results/child.json
+
+What is timed. ac_jax: the compiled program (all seeds: one epoch of training plus one evaluation
+pass over --test-subset images), after AOT compilation, which is reported separately. PyTorch:
+for each seed, model construction, the training epoch and the same evaluation pass. img/s =
+seeds x trained images (full batches only, as both drop the last incomplete one) / seconds; the
+best of --repeats runs is reported. The mean test accuracy of both is kept in the JSON as a
+sanity check that the two loops do comparable work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+BATCH_SIZE = 64
+LR = 0.01
+INPUT_SHAPE, NUM_CLASSES = (28, 28, 1), 10
+
+
+# ------------------------------------------------------------------------------------------
+# Architectures
+# ------------------------------------------------------------------------------------------
+
+
+def benchmark_archs(models: list[str], num_sampled: int, sample_seed: int):
+    """[(name, Arch)]: zoo CONV-7 and/or the first `num_sampled` sampled architectures."""
+    from ac_jax.arch import sampler, zoo
+    from ac_jax.config import get_config
+
+    archs = []
+    if "conv7" in models:
+        archs.append(("conv7", zoo.get("conv7", INPUT_SHAPE, NUM_CLASSES)))
+    if "sampled" in models and num_sampled > 0:
+        caps = get_config("fashion_mnist", "cpu").archset.sampler
+        sampled, _ = sampler.sample(num_sampled, INPUT_SHAPE, NUM_CLASSES, sample_seed, caps)
+        archs += [(f"sampled-{i}", arch) for i, arch in enumerate(sampled)]
+    return archs
+
+
+def load_data(train_subset: int, test_subset: int, data_dir: str | None):
+    from ac_jax.data import load
+
+    dataset = load("fashion_mnist", data_dir)
+    return dataset.subset(train_subset, test_subset, seed=0)
+
+
+# ------------------------------------------------------------------------------------------
+# Workers (one per subprocess)
+# ------------------------------------------------------------------------------------------
+
+
+def run_jax(arch, args) -> dict:
+    import jax
+    import numpy as np
+
+    from ac_jax.child.trainer import ChildTrainer, TrainSchedule, to_device
+
+    dataset = load_data(args.train_subset, args.test_subset, args.data_dir)
+    schedule = TrainSchedule(epochs=1, batch_size=BATCH_SIZE, lr=LR,
+                             eval_batch_size=min(500, args.test_subset))
+    data = to_device(dataset, schedule)
+    seeds = list(range(args.seeds))
+    trainer = ChildTrainer(data, schedule, len(seeds))
+    # ChildTrainer.train compiles and forgets the program after each run; keep the executable so
+    # that --repeats time the training alone. The call is what `ChildTrainer.train` makes.
+    executable, compile_seconds = trainer.compile(arch)
+    times, accuracy, finite = [], None, True
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        acc, losses = jax.device_get(executable(*trainer._args(seeds)))
+        times.append(time.perf_counter() - start)
+        accuracy, finite = float(np.mean(acc)), bool(np.isfinite(losses).all())
+    device = jax.devices()[0]
+    return {
+        "compile_seconds": compile_seconds,
+        "train_seconds": times,
+        "mean_accuracy": accuracy,
+        "finite_loss": finite,
+        "backend": f"jax {jax.__version__} {jax.default_backend()} "
+                   f"({getattr(device, 'device_kind', device)})",
+    }
+
+
+def run_torch(arch, args) -> dict:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from ac_jax.arch.torch_io import to_torch_module_source
+
+    namespace: dict = {"__name__": "child_module"}
+    exec(to_torch_module_source(arch), namespace)
+    model_class = namespace["Model"]
+
+    dataset = load_data(args.train_subset, args.test_subset, args.data_dir)
+    # uint8 NHWC -> uint8 NCHW once; the float conversion happens per batch as in ac_jax.
+    train_x = torch.from_numpy(np.ascontiguousarray(dataset.train_x.transpose(0, 3, 1, 2)))
+    train_y = torch.from_numpy(dataset.train_y.astype(np.int64))
+    test_x = torch.from_numpy(np.ascontiguousarray(dataset.test_x.transpose(0, 3, 1, 2)))
+    test_y = torch.from_numpy(dataset.test_y.astype(np.int64))
+    steps = len(train_y) // BATCH_SIZE
+
+    def preprocess(x):
+        return x.float().div_(255.0).sub_(0.5)
+
+    def one_seed(seed: int) -> float:
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        model = model_class()
+        optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+        model.train()
+        order = torch.randperm(len(train_y), generator=generator)
+        for step in range(steps):
+            idx = order[step * BATCH_SIZE:(step + 1) * BATCH_SIZE]
+            loss = F.cross_entropy(model(preprocess(train_x[idx])), train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for start in range(0, len(test_y), 500):
+                logits = model(preprocess(test_x[start:start + 500]))
+                correct += int((logits.argmax(1) == test_y[start:start + 500]).sum())
+        return correct / len(test_y)
+
+    times, accuracy = [], None
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        accs = [one_seed(seed) for seed in range(args.seeds)]
+        times.append(time.perf_counter() - start)
+        accuracy = float(np.mean(accs))
+    return {
+        "compile_seconds": 0.0,
+        "train_seconds": times,
+        "mean_accuracy": accuracy,
+        "finite_loss": True,
+        "backend": f"torch {torch.__version__} cpu ({torch.get_num_threads()} threads)",
+    }
+
+
+def worker_main(args) -> None:
+    from ac_jax.arch.torch_io import parse_json
+
+    arch = parse_json(Path(args.arch_json).read_text())
+    result = (run_jax if args.worker == "jax" else run_torch)(arch, args)
+    Path(args.result).write_text(json.dumps(result))
+
+
+# ------------------------------------------------------------------------------------------
+# Driver
+# ------------------------------------------------------------------------------------------
+
+
+def measure(name: str, arch, framework: str, args, tmp: Path) -> dict:
+    """Runs one (architecture, framework) measurement in a fresh subprocess."""
+    from ac_jax.arch.torch_io import to_json
+
+    arch_file, result_file = tmp / f"{name}.json", tmp / f"{name}-{framework}.result.json"
+    arch_file.write_text(to_json(arch))
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()), "--worker", framework,
+        "--arch-json", str(arch_file), "--result", str(result_file),
+        "--seeds", str(args.seeds), "--train-subset", str(args.train_subset),
+        "--test-subset", str(args.test_subset), "--repeats", str(args.repeats),
+    ]
+    if args.data_dir:
+        cmd += ["--data-dir", args.data_dir]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    wall = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or not result_file.exists():
+        raise RuntimeError(f"{framework} on {name} failed ({proc.returncode}):\n"
+                           f"{proc.stdout[-4000:]}{proc.stderr[-4000:]}")
+    result = json.loads(result_file.read_text())
+    result["process_seconds"] = time.perf_counter() - wall
+    return result
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = [
+        "| arch | params | MACs | ac_jax img/s | torch img/s | ratio | ac_jax compile s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        def fmt(v, spec):
+            return format(v, spec) if v is not None else "-"
+        lines.append(
+            f"| {r['arch']} | {r['params']:,} | {r['macs'] / 1e6:.1f}M | "
+            f"{fmt(r.get('jax_img_per_s'), ',.0f')} | {fmt(r.get('torch_img_per_s'), ',.0f')} | "
+            f"{fmt(r.get('ratio'), '.2f')}x | {fmt(r.get('jax_compile_seconds'), '.1f')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=("conv7", "sampled"),
+                        default=["conv7", "sampled"])
+    parser.add_argument("--num-sampled", type=int, default=3,
+                        help="architectures from the sampler (fashion_mnist cpu caps)")
+    parser.add_argument("--sample-seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--train-subset", type=int, default=6000)
+    parser.add_argument("--test-subset", type=int, default=1000,
+                        help="images evaluated once per seed at the end (in both frameworks)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs; the best is reported")
+    parser.add_argument("--frameworks", nargs="+", choices=("jax", "torch"),
+                        default=["jax", "torch"])
+    parser.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files")
+    parser.add_argument("--json", metavar="OUT", help="also save the results as JSON")
+    # Internal: one measurement in this (sub)process.
+    parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--arch-json", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.seeds < 1 or args.repeats < 1 or args.train_subset < BATCH_SIZE:
+        parser.error(f"need --seeds >= 1, --repeats >= 1, --train-subset >= {BATCH_SIZE}")
+
+    if args.worker:
+        worker_main(args)
+        return 0
+
+    from ac_jax.arch import shapes
+
+    load_data(args.train_subset, args.test_subset, args.data_dir)  # fail early if missing
+    images = (args.train_subset // BATCH_SIZE) * BATCH_SIZE  # per seed, full batches only
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="child_bench_") as tmp:
+        for name, arch in benchmark_archs(args.models, args.num_sampled, args.sample_seed):
+            info = shapes.analyze(arch)
+            row = {"arch": name, "layers": [list(layer) for layer in arch.layers],
+                   "params": info.num_params, "macs": info.macs}
+            for framework in args.frameworks:
+                print(f"[{name}] {framework} ...", file=sys.stderr, flush=True)
+                result = measure(name, arch, framework, args, Path(tmp))
+                best = min(result["train_seconds"])
+                row[f"{framework}_img_per_s"] = args.seeds * images / best
+                row[f"{framework}_compile_seconds"] = result["compile_seconds"]
+                row[f"{framework}_result"] = result
+                print(f"[{name}] {framework}: {row[f'{framework}_img_per_s']:,.0f} img/s "
+                      f"(best of {result['train_seconds']}), compile "
+                      f"{result['compile_seconds']:.1f} s, accuracy "
+                      f"{result['mean_accuracy']:.3f}", file=sys.stderr, flush=True)
+            if "jax_img_per_s" in row and "torch_img_per_s" in row:
+                row["ratio"] = row["jax_img_per_s"] / row["torch_img_per_s"]
+            rows.append(row)
+
+    backends = sorted({r[f"{f}_result"]["backend"] for r in rows for f in args.frameworks})
+    print(f"\nOne epoch, batch {BATCH_SIZE}, {args.seeds} seeds, {images} training images per "
+          f"seed, {args.test_subset} test images; {platform.machine()} with {os.cpu_count()} "
+          f"CPUs; " + "; ".join(backends) + ". ratio = ac_jax / torch.\n")
+    print(markdown_table(rows))
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        settings = {k: getattr(args, k) for k in (
+            "models", "num_sampled", "sample_seed", "seeds", "train_subset", "test_subset",
+            "repeats", "frameworks")}
+        out.write_text(json.dumps({"settings": settings, "batch_size": BATCH_SIZE,
+                                   "images_per_seed": images, "cpus": os.cpu_count(),
+                                   "backends": backends, "rows": rows}, indent=2))
+        print(f"\nsaved {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
