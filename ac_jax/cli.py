@@ -55,3 +55,50 @@ def repo_path(path: str | os.PathLike) -> Path:
     """Relative paths in configs are relative to the repository root."""
     path = Path(path)
     return path if path.is_absolute() else REPO_ROOT / path
+
+
+def surrogate_config(cfg: Config):
+    """The config's surrogate settings (the paper's defaults when the config sets none)."""
+    from ac_jax.surrogate.config import SurrogateConfig
+
+    return cfg.surrogate if cfg.surrogate is not None else SurrogateConfig()
+
+
+def surrogate_path(cfg: Config) -> Path:
+    """Where bin/compress.py looks for the trained surrogate of the config's dataset."""
+    return repo_path(f"surrogates/{cfg.dataset}")
+
+
+def search_config(cfg: Config, args: argparse.Namespace):
+    """The config's embedding-search settings with command-line overrides."""
+    from ac_jax.compress.search import SearchConfig
+
+    base = cfg.compress if cfg.compress is not None else SearchConfig()
+    changes = {"steps": args.steps, "step_size": args.step_size,
+               "lambdas": tuple(args.lambdas) if args.lambdas else None}
+    return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+
+
+def verify_schedule(cfg: Config, args: argparse.Namespace):
+    changes = {"epochs": args.verify_epochs, "train_subset": args.verify_train_subset,
+               "test_subset": args.verify_test_subset}
+    return dataclasses.replace(cfg.final_schedule, **{k: v for k, v in changes.items() if v is not None})
+
+
+def load_dataset(cfg: Config):
+    from ac_jax.data import DatasetNotFoundError, load
+
+    try:
+        return load(cfg.dataset, cfg.data_dir)
+    except DatasetNotFoundError as err:
+        sys.exit(f"error: {err}")
+
+
+def asdict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def progress(total: int, desc: str, unit: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)

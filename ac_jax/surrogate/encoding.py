@@ -16,6 +16,12 @@ Out-channels are log-scaled because a relative error matters (16 vs 32 channels 
 as 2048 vs 4096) and a linear scale would leave small widths indistinguishable. The sixth channel
 is the end-of-sequence signal the decoder predicts, so the decoded length does not depend on a
 rounded type happening to hit 0.
+
+The reconstruction loss is measured in *rounding units* (`ROUNDING_UNIT_WEIGHTS`): the squared
+error of each channel is multiplied by its scale squared, so an error of 1 means "one integer step"
+(one type, one kernel size, one doubling of the channels) in every channel. Plain MSE on the
+[0, 1]-scaled values would let the decoder stop at errors of a few integer steps in the kernel and
+type fields, which round to the wrong layer.
 """
 
 from __future__ import annotations
@@ -28,6 +34,12 @@ _KERNEL_SCALE = 10.0
 _LOG_CHANNEL_SCALE = 12.0  # log2(1 + 4096) ~ 12
 _STRIDE_SCALE = 10.0
 _PAD_SCALE = 10.0
+# Per-channel weights of the squared reconstruction error (see the module docstring); the
+# end-of-sequence flag rounds at 0.5, so its weight 4 makes an error of 0.5 cost one unit too.
+ROUNDING_UNIT_WEIGHTS = np.array(
+    [_TYPE_SCALE**2, _KERNEL_SCALE**2, _LOG_CHANNEL_SCALE**2, _STRIDE_SCALE**2, _PAD_SCALE**2, 4.0],
+    np.float32,
+)
 
 
 def encode_matrices(mats: np.ndarray) -> np.ndarray:

@@ -1,0 +1,268 @@
+"""Knowledge distillation of a student architecture from a trained teacher (Table 2 "Distillation").
+
+* KD (Hinton et al. 2015): the student is trained on
+  ``alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, y)``
+  with T = 4, alpha = 0.9 by default; the T^2 keeps the soft term's gradient scale independent of
+  T. The teacher runs in inference mode on the same (augmented) minibatch inside the step.
+* From scratch: the same student, schedule and seeds with plain cross-entropy. A seed fixes the
+  initialisation and data order, so each KD run is paired with a scratch run that differs only
+  in the loss.
+* FitNets hint (Romero et al. 2014, the paper's actual distillation baseline), optional
+  (`hint_epochs > 0`): stage 1 regresses the output of a student Conv (the "guided" layer) onto
+  a teacher Conv output (the "hint", the teacher's middle Conv) through a 1x1 convolution
+  adapter, with an L2 loss; only the student layers up to the guided one receive gradients.
+  Stage 2 is KD from there. The guided layer is the student Conv with the hint's spatial size
+  closest in relative depth; without one, the hint stage is skipped (noted in the result).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from ac_jax.arch import shapes
+from ac_jax.arch.spec import Arch, LayerType
+from ac_jax.baselines.common import (
+    BaselineResult,
+    BatchStream,
+    NetTrainer,
+    TrainedNet,
+    child_model,
+    init_state,
+    make_step,
+    module_names,
+    run_steps,
+)
+from ac_jax.child.trainer import DeviceData, TrainSchedule
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    temperature: float = 4.0
+    alpha: float = 0.9  # weight of the soft (teacher) term
+    hint_epochs: int = 0  # FitNets stage 1 epochs; 0 disables the FitNets run
+    seeds: tuple[int, ...] = (0,)
+
+
+def kd_loss(student_logits, teacher_logits, labels, temperature: float = 4.0,
+            alpha: float = 0.9) -> jax.Array:
+    """Hinton et al.'s distillation loss, averaged over the batch (see the module docstring).
+
+    KL rather than cross-entropy with the soft targets: same gradient, and the soft term is 0
+    when the student matches the teacher.
+    """
+    t = temperature
+    log_q = jax.nn.log_softmax(teacher_logits / t)
+    log_p = jax.nn.log_softmax(student_logits / t)
+    soft = (jnp.exp(log_q) * (log_q - log_p)).sum(axis=-1)
+    hard = optax.softmax_cross_entropy_with_integer_labels(student_logits, labels)
+    return (alpha * t * t * soft + (1.0 - alpha) * hard).mean()
+
+
+def kd_loss_factory(teacher_arch: Arch, schedule: TrainSchedule, temperature: float, alpha: float):
+    """A `NetTrainer` loss factory; `extra` is the teacher's variables."""
+    teacher_model = child_model(teacher_arch, schedule)
+
+    def factory(student):
+        def loss_fn(params, batch_stats, teacher_variables, x, y, dropout_key):
+            teacher_logits = jax.lax.stop_gradient(
+                teacher_model.apply(teacher_variables, x, train=False)
+            )
+            logits, updates = student.apply(
+                {"params": params, "batch_stats": batch_stats}, x, train=True,
+                mutable=["batch_stats"], rngs={"dropout": dropout_key},
+            )
+            loss = kd_loss(logits, teacher_logits, y, temperature, alpha)
+            return loss, (updates.get("batch_stats", {}), None)
+
+        return loss_fn
+
+    return factory
+
+
+# --------------------------------------------------------------------------------------------
+# FitNets hint
+# --------------------------------------------------------------------------------------------
+
+
+def _conv_outputs(arch: Arch) -> list[tuple[int, str, tuple[int, int, int]]]:
+    """(layer index, module name, output shape) of every Conv."""
+    info = shapes.analyze(arch)
+    names = module_names(arch)
+    return [(i, names[i], tuple(info.layers[i].out_shape))
+            for i, layer in enumerate(arch.layers) if layer.t == LayerType.CONV]
+
+
+def hint_layers(teacher: Arch, student: Arch) -> tuple[str, str, int, int] | None:
+    """(teacher hint module, student guided module, student channels, teacher channels).
+
+    The hint is the teacher's middle Conv (FitNets: a middle layer); the guided layer is a
+    student Conv with the same output height and width, closest in relative depth. None if the
+    student has no such Conv.
+    """
+    t_convs, s_convs = _conv_outputs(teacher), _conv_outputs(student)
+    if not t_convs or not s_convs:
+        return None
+    mid = (len(t_convs) - 1) // 2
+    _, t_name, t_shape = t_convs[mid]
+    depth = mid / max(len(t_convs) - 1, 1)
+    matching = [(abs(j / max(len(s_convs) - 1, 1) - depth), name, shape)
+                for j, (_, name, shape) in enumerate(s_convs) if shape[:2] == t_shape[:2]]
+    if not matching:
+        return None
+    _, s_name, s_shape = min(matching)
+    return t_name, s_name, s_shape[2], t_shape[2]
+
+
+def _capture(model, variables, x, name: str, **kwargs):
+    """`model.apply(...)` plus the output of submodule `name`."""
+    captured = {}
+
+    def interceptor(next_fun, args, kw, context):
+        out = next_fun(*args, **kw)
+        if context.method_name == "__call__" and context.module.name == name:
+            captured["out"] = out
+        return out
+
+    with nn.intercept_methods(interceptor):
+        result = model.apply(variables, x, **kwargs)
+    return result, captured["out"]
+
+
+def _hint_stage(teacher: TrainedNet, student: Arch, data: DeviceData, schedule: TrainSchedule,
+                names, epochs: int, seed: int, progress: bool):
+    """FitNets stage 1: returns student variables whose guided layer imitates the hint."""
+    t_name, s_name, s_channels, t_channels = names
+    teacher_model = child_model(teacher.arch, schedule)
+    student_model = child_model(student, schedule)
+
+    def loss_fn(params, batch_stats, teacher_variables, x, y, dropout_key):
+        del y
+        _, hint = _capture(teacher_model, teacher_variables, x, t_name, train=False)
+        (_, updates), guided = _capture(
+            student_model, {"params": params["student"], "batch_stats": batch_stats}, x, s_name,
+            train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key},
+        )
+        adapter = params["adapter"]  # a 1x1 convolution is a matmul over channels
+        predicted = guided.astype(jnp.float32) @ adapter["kernel"] + adapter["bias"]
+        loss = 0.5 * jnp.mean((predicted - jax.lax.stop_gradient(hint)) ** 2)
+        return loss, (updates.get("batch_stats", {}), None)
+
+    tx = optax.adam(schedule.lr)
+    init = init_state(student_model, tx, seed)  # same init as the scratch/KD runs of `seed`
+    bound = 1.0 / np.sqrt(s_channels)
+    adapter = {
+        "kernel": jax.random.uniform(jax.random.key(seed + 1), (s_channels, t_channels),
+                                     jnp.float32, -bound, bound),
+        "bias": jnp.zeros((t_channels,), jnp.float32),
+    }
+    params = {"student": init[0], "adapter": adapter}
+    state = (params, init[1], tx.init(params))
+    stream = BatchStream(data.train_x.shape[0], schedule.batch_size, seed)
+    step = make_step(loss_fn, tx, data.augment)
+    state, losses = run_steps(step, state, teacher.variables, data, stream,
+                              epochs * stream.steps_per_epoch, jax.random.key(seed + 2),
+                              progress=progress, desc="FitNets hint")
+    params, batch_stats, _ = state
+    return {"params": params["student"], "batch_stats": batch_stats}, float(losses[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# Runs
+# --------------------------------------------------------------------------------------------
+
+
+def _summary(method: str, student: Arch, nets: Sequence[TrainedNet], seconds: float,
+             seeds: Sequence[int], notes: str) -> BaselineResult:
+    accs = [float("nan") if n.diverged else n.accuracy for n in nets]
+    return BaselineResult(
+        method=method,
+        accuracy=float(np.mean(accs)),
+        num_params=student.num_params,
+        arch=student,
+        wall_seconds=seconds,
+        archs_evaluated=1,
+        notes=notes,
+        details={"seed_accuracies": accs, "seeds": list(seeds)},
+        variables=nets[0].variables,
+    )
+
+
+def distill(teacher: TrainedNet, student: Arch, data: DeviceData, schedule: TrainSchedule,
+            cfg: DistillConfig = DistillConfig(), *, scratch: bool = True,
+            progress: bool = False) -> dict[str, BaselineResult]:
+    """Trains `student` with KD (and, if asked, FitNets and from scratch) with `schedule`.
+
+    Returns results keyed "kd", "scratch" and "fitnets" (those that ran). Accuracies are means
+    over `cfg.seeds`.
+    """
+    shapes.validate(student)
+    if student.input_shape != teacher.arch.input_shape:
+        raise ValueError(f"student input {student.input_shape} != teacher input "
+                         f"{teacher.arch.input_shape}")
+    if student.num_classes != teacher.arch.num_classes:
+        raise ValueError("student and teacher have different class counts")
+    if not cfg.seeds:
+        raise ValueError("distillation needs at least one seed")
+    results: dict[str, BaselineResult] = {}
+    kd_note = f"T={cfg.temperature:g}, alpha={cfg.alpha:g}, {schedule.epochs} epoch(s)"
+    factory = kd_loss_factory(teacher.arch, schedule, cfg.temperature, cfg.alpha)
+    bar = tqdm(total=len(cfg.seeds) * (1 + scratch + (cfg.hint_epochs > 0)), desc="distillation",
+               leave=False, disable=not progress)
+
+    start = time.perf_counter()
+    kd_trainer = NetTrainer(student, data, schedule, factory)
+    kd_nets = []
+    for seed in cfg.seeds:
+        kd_nets.append(kd_trainer.fit(seed, extra=teacher.variables, progress=progress,
+                                      desc=f"KD seed {seed}"))
+        bar.update()
+    results["kd"] = _summary("distillation (KD)", student, kd_nets, time.perf_counter() - start,
+                             cfg.seeds, kd_note)
+
+    if scratch:
+        start = time.perf_counter()
+        scratch_trainer = NetTrainer(student, data, schedule)
+        nets = []
+        for seed in cfg.seeds:
+            nets.append(scratch_trainer.fit(seed, progress=progress, desc=f"scratch seed {seed}"))
+            bar.update()
+        results["scratch"] = _summary("student from scratch", student, nets,
+                                      time.perf_counter() - start, cfg.seeds,
+                                      "same schedule and seeds as KD, cross-entropy only")
+
+    if cfg.hint_epochs > 0:
+        start = time.perf_counter()
+        names = hint_layers(teacher.arch, student)
+        if names is None:
+            bar.update(len(cfg.seeds))
+            results["fitnets"] = BaselineResult(
+                "distillation (FitNets hint + KD)", None, student.num_params, student, 0.0, 0,
+                notes="skipped: no student Conv has the spatial size of the teacher's hint layer",
+            )
+        else:
+            nets, hint_losses = [], []
+            for seed in cfg.seeds:
+                variables, hint_loss = _hint_stage(teacher, student, data, schedule, names,
+                                                   cfg.hint_epochs, seed, progress)
+                hint_losses.append(hint_loss)
+                nets.append(kd_trainer.fit(seed, variables=variables, extra=teacher.variables,
+                                           progress=progress, desc=f"FitNets KD seed {seed}"))
+                bar.update()
+            result = _summary(
+                "distillation (FitNets hint + KD)", student, nets, time.perf_counter() - start,
+                cfg.seeds, f"hint {names[0]} -> guided {names[1]}, {cfg.hint_epochs} hint "
+                f"epoch(s), then KD ({kd_note})",
+            )
+            result.details["final_hint_loss"] = hint_losses
+            results["fitnets"] = result
+    bar.close()
+    return results

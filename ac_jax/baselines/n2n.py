@@ -1,0 +1,362 @@
+"""N2N learning (Ashok et al. 2017, arXiv 1709.06030): two-stage policy-gradient compression.
+
+Stage 1, layer removal: a bidirectional LSTM reads the teacher's layers (each encoded from its
+``[t, k, o, s, p]`` row) and outputs, per layer, the probability of keeping it. Stage 2, layer
+shrinkage: an LSTM walks the layers of the best stage-1 student, receiving its own previous
+action as input (autoregressive, as in N2N), and picks a width factor for every Conv and hidden
+Linear from a discrete set (0.1 .. 1.0). The final classifier is never removed or shrunk.
+Students are made valid with `legalize` (which refills channel fields and the classifier).
+
+Reward (N2N eq. 4): ``R = C (2 - C) * A_student / A_teacher`` with relative compression
+``C = 1 - params_student / params_teacher``; C(2-C) rewards compression with diminishing returns.
+Both policies are trained with REINFORCE, `rollouts` students per episode and an exponential
+moving-average reward baseline.
+
+Differences from N2N, for this harness: students are trained from scratch with the archset's
+proxy schedule by `ChildTrainer` (N2N distils them from the teacher) and A_teacher is the
+teacher under that same proxy. A student is *invalid* (reward `invalid_reward`) when `legalize`
+had to drop a kept layer, or when it needs more MACs than `max_macs_ratio` x the teacher's (the
+run time of a proxy training grows with MACs, and removing pooling layers can multiply them).
+Students with at least the teacher's parameter count have C <= 0, so their reward is <= 0 for
+any accuracy; they are scored with A_student = A_teacher without being trained.
+N2N has no parameter budget: the returned student is the most accurate trained one with at most
+`target_params` parameters (the paper picked "the output student model that was most similar to
+the model produced by our approach"), or, if none is that small, the one with the best reward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from ac_jax.arch.legalize import legalize
+from ac_jax.arch.spec import Arch, LayerType
+from ac_jax.baselines.common import BaselineResult
+from ac_jax.child.trainer import ChildTrainer, DeviceData, TrainSchedule
+
+NUM_LAYER_TYPES = 9  # 0 (end) .. 8 (Linear)
+DEFAULT_FACTORS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+
+
+@dataclasses.dataclass(frozen=True)
+class N2NConfig:
+    stage1_episodes: int = 10
+    stage2_episodes: int = 10
+    rollouts: int = 5  # students per episode (N2N: 5)
+    hidden: int = 32  # LSTM units per direction
+    lr: float = 0.003  # Adam on the policy parameters
+    baseline_decay: float = 0.9  # b <- decay * b + (1 - decay) * mean episode reward
+    shrink_factors: tuple[float, ...] = DEFAULT_FACTORS
+    invalid_reward: float = -1.0
+    max_macs_ratio: float | None = 1.0  # None: no MAC cap
+    num_seeds: int = 1  # proxy-training seeds per student
+    seed: int = 0
+
+
+def n2n_reward(student_params: int, teacher_params: int, student_accuracy: float,
+               teacher_accuracy: float) -> float:
+    """``C (2 - C) * A_student / A_teacher`` with ``C = 1 - params_student / params_teacher``."""
+    c = 1.0 - student_params / teacher_params
+    return c * (2.0 - c) * student_accuracy / teacher_accuracy
+
+
+def encode_layers(arch: Arch) -> np.ndarray:
+    """``[T, 14]`` float features per layer: one-hot type, k/10, s/10, p/10, log2(o+1)/13,
+    relative position (the policies' input; scales keep every feature near [0, 1])."""
+    rows = []
+    n = len(arch.layers)
+    for i, (t, k, o, s, p) in enumerate(arch.layers):
+        onehot = np.zeros(NUM_LAYER_TYPES, np.float32)
+        onehot[t] = 1.0
+        rows.append(np.concatenate([onehot, np.asarray(
+            [k / 10, s / 10, p / 10, math.log2(o + 1) / 13, i / max(n - 1, 1)], np.float32)]))
+    return np.stack(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Policies
+# --------------------------------------------------------------------------------------------
+
+
+class RemovalPolicy(nn.Module):
+    """Bidirectional LSTM over the layers -> keep logit per layer."""
+
+    hidden: int = 32
+
+    @nn.compact
+    def __call__(self, enc: jax.Array) -> jax.Array:  # [T, F] -> [T]
+        h = nn.Bidirectional(
+            nn.RNN(nn.OptimizedLSTMCell(self.hidden)), nn.RNN(nn.OptimizedLSTMCell(self.hidden))
+        )(enc[None])
+        return nn.Dense(1)(h)[0, :, 0]
+
+
+class ShrinkPolicy(nn.Module):
+    """One step of the autoregressive shrinkage LSTM: (carry, [layer, previous action]) ->
+    (carry, logits over the width factors)."""
+
+    hidden: int = 32
+    num_actions: int = 10
+
+    def setup(self):
+        self.cell = nn.OptimizedLSTMCell(self.hidden)
+        self.head = nn.Dense(self.num_actions)
+
+    def __call__(self, carry, x):
+        carry, h = self.cell(carry, x)
+        return carry, self.head(h)
+
+
+def _removal_fns(policy: RemovalPolicy, enc: jax.Array, free: np.ndarray):
+    """Jitted sample(params, keys [R]) -> keep [R, T] and logp(params, keep [R, T]) -> [R]."""
+    free = jnp.asarray(free)
+
+    @jax.jit
+    def sample(params, keys):
+        p = jax.nn.sigmoid(policy.apply(params, enc))
+        draws = jax.vmap(lambda k: jax.random.bernoulli(k, p))(keys)
+        return jnp.where(free, draws, True).astype(jnp.int32)
+
+    def logp(params, keep):
+        logits = policy.apply(params, enc)
+        per_layer = jnp.where(keep == 1, jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits))
+        return (per_layer * free).sum(axis=-1)
+
+    return sample, logp
+
+
+def _shrink_scan(policy: ShrinkPolicy, params, enc, shrinkable, key, given=None):
+    """Runs the shrinkage LSTM over the layers; samples (key) or scores (given) the actions.
+
+    Layers that cannot shrink get action `num_actions - 1`, log-probability 0 and a zero
+    previous-action input for the next step.
+    """
+    n = policy.num_actions
+    carry0 = (jnp.zeros(policy.hidden), jnp.zeros(policy.hidden))
+
+    def body(carry, t):
+        lstm, prev = carry
+        lstm, logits = policy.apply(params, lstm, jnp.concatenate([enc[t], prev]))
+        if given is None:
+            action = jax.random.categorical(jax.random.fold_in(key, t), logits)
+        else:
+            action = given[t]
+        logp = jnp.where(shrinkable[t], jax.nn.log_softmax(logits)[action], 0.0)
+        action = jnp.where(shrinkable[t], action, n - 1)
+        prev = jax.nn.one_hot(action, n) * shrinkable[t]
+        return (lstm, prev), (action, logp)
+
+    _, (actions, logps) = jax.lax.scan(body, (carry0, jnp.zeros(n)), jnp.arange(enc.shape[0]))
+    return actions, logps.sum()
+
+
+# --------------------------------------------------------------------------------------------
+# Students
+# --------------------------------------------------------------------------------------------
+
+
+def _shrinkable(arch: Arch) -> np.ndarray:
+    last = len(arch.layers) - 1
+    return np.asarray([(l.t == LayerType.CONV or l.t == LayerType.LINEAR) and i != last
+                       for i, l in enumerate(arch.layers)])
+
+
+def remove_layers(arch: Arch, keep: Sequence[int]) -> Arch | None:
+    """The student keeping the layers where `keep` is 1 (the classifier always), or None if
+    `legalize` had to drop one of them (the sequence is not a network)."""
+    kept = [layer for layer, k in zip(arch.layers, keep, strict=True) if k]
+    if not kept or kept[-1] != arch.layers[-1]:
+        kept.append(arch.layers[-1])
+    student = legalize(np.asarray(kept, np.int64), arch.input_shape, arch.num_classes)
+    return student if len(student.layers) == len(kept) else None
+
+
+def shrink_layers(arch: Arch, actions: Sequence[int], factors: Sequence[float]) -> Arch | None:
+    """Conv and hidden Linear widths times ``factors[action]`` (at least 1), legalised."""
+    mask = _shrinkable(arch)
+    rows = []
+    for layer, a, m in zip(arch.layers, actions, mask, strict=True):
+        if m:
+            layer = layer._replace(o=max(1, int(round(layer.o * factors[int(a)]))))
+        rows.append(tuple(layer))
+    student = legalize(np.asarray(rows, np.int64), arch.input_shape, arch.num_classes)
+    return student if len(student.layers) == len(rows) else None
+
+
+@dataclasses.dataclass
+class _Evaluation:
+    arch: Arch | None
+    reward: float
+    accuracy: float | None  # None: not trained
+    status: str
+
+
+class _StudentJudge:
+    """Rewards students, training each distinct architecture once (cached)."""
+
+    def __init__(self, teacher: Arch, teacher_accuracy: float, data: DeviceData,
+                 schedule: TrainSchedule, cfg: N2NConfig):
+        self.teacher = teacher
+        self.teacher_params = teacher.num_params
+        self.teacher_accuracy = teacher_accuracy
+        self.max_macs = None if cfg.max_macs_ratio is None else cfg.max_macs_ratio * teacher.macs
+        self.cfg = cfg
+        self.trainer = ChildTrainer(data, schedule, cfg.num_seeds)
+        self.trained: dict[Arch, _Evaluation] = {}
+
+    def __call__(self, student: Arch | None) -> _Evaluation:
+        cfg = self.cfg
+        if student is None:
+            return _Evaluation(None, cfg.invalid_reward, None, "invalid")
+        if student in self.trained:
+            return self.trained[student]
+        params = student.num_params
+        if params >= self.teacher_params:
+            reward = n2n_reward(params, self.teacher_params, 1.0, 1.0)
+            return _Evaluation(student, reward, None, "not smaller than the teacher")
+        if self.max_macs is not None and student.macs > self.max_macs:
+            return _Evaluation(student, cfg.invalid_reward, None, "over the MAC cap")
+        result = self.trainer.train(student, list(range(cfg.num_seeds)))
+        if result.ok:
+            acc = result.mean_accuracy
+            ev = _Evaluation(student, n2n_reward(params, self.teacher_params, acc,
+                                                 self.teacher_accuracy), acc, "ok")
+        else:
+            ev = _Evaluation(student, cfg.invalid_reward, None, result.status)
+        self.trained[student] = ev
+        return ev
+
+
+def _reinforce(name: str, params, sample: Callable, logp: Callable, build: Callable,
+               judge: _StudentJudge, cfg: N2NConfig, episodes: int, key, progress: bool,
+               log: list):
+    """REINFORCE with a moving-average baseline; returns the best (reward, student) seen."""
+    tx = optax.adam(cfg.lr)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def update(params, opt_state, actions, advantages):
+        def loss(p):
+            return -(advantages * logp(p, actions)).mean()
+
+        grads = jax.grad(loss)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    baseline = None
+    best = (-np.inf, None)
+    bar = tqdm(range(episodes), desc=f"N2N {name}", leave=False, disable=not progress)
+    for episode in bar:
+        key, sub = jax.random.split(key)
+        actions = np.asarray(sample(params, jax.random.split(sub, cfg.rollouts)))
+        rewards = []
+        for row in actions:
+            ev = judge(build(row))
+            rewards.append(ev.reward)
+            log.append({"stage": name, "episode": episode, "reward": ev.reward,
+                        "accuracy": ev.accuracy, "status": ev.status,
+                        "num_params": ev.arch.num_params if ev.arch is not None else None})
+            if ev.arch is not None and ev.reward > best[0]:
+                best = (ev.reward, ev.arch)
+        rewards = np.asarray(rewards, np.float32)
+        # Initialised to the first episode's mean, so the first update is already centred.
+        baseline = rewards.mean() if baseline is None else baseline
+        params, opt_state = update(params, opt_state, jnp.asarray(actions),
+                                   jnp.asarray(rewards - baseline))
+        baseline = cfg.baseline_decay * baseline + (1 - cfg.baseline_decay) * rewards.mean()
+        bar.set_postfix(reward=f"{rewards.mean():.3f}", best=f"{best[0]:.3f}")
+    return best
+
+
+def n2n(teacher: Arch, data: DeviceData, schedule: TrainSchedule, target_params: int,
+        cfg: N2NConfig = N2NConfig(), *, teacher_accuracy: float | None = None,
+        progress: bool = False) -> BaselineResult:
+    """Runs both N2N stages; see the module docstring for the reward and what is returned.
+
+    `teacher_accuracy` is A_teacher under the same proxy (`schedule`, `cfg.num_seeds` seeds);
+    it is measured if not given.
+    """
+    if cfg.rollouts < 1 or cfg.stage1_episodes < 0 or cfg.stage2_episodes < 0:
+        raise ValueError("N2N needs rollouts >= 1 and non-negative episode counts")
+    if not cfg.shrink_factors or not all(0 < f <= 1 for f in cfg.shrink_factors):
+        raise ValueError("shrink factors must be in (0, 1]")
+    start = time.perf_counter()
+    key = jax.random.key(cfg.seed)
+    teacher_evaluated = 0
+    if teacher_accuracy is None:
+        result = ChildTrainer(data, schedule, cfg.num_seeds).train(
+            teacher, list(range(cfg.num_seeds)))
+        if not result.ok:
+            raise RuntimeError(f"the teacher failed to train with the proxy: {result.reason}")
+        teacher_accuracy, teacher_evaluated = result.mean_accuracy, 1
+    judge = _StudentJudge(teacher, teacher_accuracy, data, schedule, cfg)
+    log: list[dict] = []
+
+    # Stage 1: layer removal on the teacher.
+    removal = RemovalPolicy(cfg.hidden)
+    enc1 = jnp.asarray(encode_layers(teacher))
+    free = np.ones(len(teacher.layers), bool)
+    free[-1] = False  # the classifier stays
+    key, init_key, run_key = jax.random.split(key, 3)
+    params1 = jax.jit(removal.init)(init_key, enc1)  # op-by-op init is slow
+    sample1, logp1 = _removal_fns(removal, enc1, free)
+    best1 = _reinforce("removal", params1, sample1, logp1,
+                       lambda keep: remove_layers(teacher, keep), judge, cfg,
+                       cfg.stage1_episodes, run_key, progress, log)
+    stage2_input = best1[1] if best1[1] is not None and best1[0] > 0 else teacher
+
+    # Stage 2: layer shrinkage on the best stage-1 student.
+    factors = tuple(cfg.shrink_factors)
+    shrink = ShrinkPolicy(cfg.hidden, len(factors))
+    enc2 = jnp.asarray(encode_layers(stage2_input))
+    shrinkable = jnp.asarray(_shrinkable(stage2_input))
+    key, init_key, run_key = jax.random.split(key, 3)
+    carry0 = (jnp.zeros(cfg.hidden), jnp.zeros(cfg.hidden))
+    params2 = jax.jit(shrink.init)(init_key, carry0, jnp.zeros(enc2.shape[1] + len(factors)))
+
+    @jax.jit
+    def sample2(params, keys):
+        return jax.vmap(lambda k: _shrink_scan(shrink, params, enc2, shrinkable, k)[0])(keys)
+
+    def logp2(params, actions):
+        return jax.vmap(
+            lambda a: _shrink_scan(shrink, params, enc2, shrinkable, None, given=a)[1]
+        )(actions)
+
+    _reinforce("shrinkage", params2, sample2, logp2,
+               lambda actions: shrink_layers(stage2_input, actions, factors), judge, cfg,
+               cfg.stage2_episodes, run_key, progress, log)
+
+    trained = [ev for ev in judge.trained.values() if ev.accuracy is not None]
+    if not trained:
+        raise RuntimeError("N2N trained no valid student; raise the episodes or rollouts")
+    small = [ev for ev in trained if ev.arch.num_params <= target_params]
+    if small:
+        chosen = max(small, key=lambda ev: (ev.accuracy, -ev.arch.num_params))
+        how = f"most accurate of {len(small)} students within the budget"
+    else:
+        chosen = max(trained, key=lambda ev: ev.reward)
+        how = "no student within the budget; best reward"
+    return BaselineResult(
+        method="N2N (RL)",
+        accuracy=chosen.accuracy,
+        num_params=chosen.arch.num_params,
+        arch=chosen.arch,
+        wall_seconds=time.perf_counter() - start,
+        archs_evaluated=len(judge.trained) + teacher_evaluated,
+        search_accuracy=chosen.accuracy,
+        within_budget=chosen.arch.num_params <= target_params,
+        notes=f"{how}; {cfg.stage1_episodes}+{cfg.stage2_episodes} episodes x {cfg.rollouts} "
+              f"rollouts, reward {chosen.reward:.3f}",
+        details={"teacher_proxy_accuracy": teacher_accuracy, "rollouts": log,
+                 "stage1_best_params": stage2_input.num_params},
+    )

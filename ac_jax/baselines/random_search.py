@@ -1,0 +1,132 @@
+"""Random search under a parameter budget: the baseline the paper says RL methods were never
+compared against (Section 1), run with the same sampler and proxy training as the archset.
+
+K architectures are drawn from the archset's own distribution (the Appendix 9 sampler, mixed
+with edits of the input network in the archset config's `neighbourhood_fraction`) with the
+sampler's parameter cap lowered to the target, each is trained with the proxy schedule by
+`ChildTrainer` (seeds vmapped, exactly as archset records are made), and the most accurate one
+is returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ac_jax.arch.sampler import SamplerConfig, sample_batches, sample_neighbourhood
+from ac_jax.arch.spec import Arch
+from ac_jax.baselines.common import BaselineResult
+from ac_jax.child.trainer import ChildTrainer, DeviceData, TrainSchedule
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomSearchConfig:
+    num_archs: int = 20
+    num_seeds: int = 1  # proxy-training seeds per architecture
+    neighbourhood_fraction: float = 0.5  # share drawn around the input network (archset mix)
+    sample_seed: int = 1  # the archset uses 0: draw other architectures than it holds
+    max_rounds: int = 200  # sampler rounds (of SamplerConfig.batch candidates) before giving up
+
+
+def sample_under_budget(num: int, input_shape: Sequence[int], num_classes: int,
+                        target_params: int, sampler: SamplerConfig = SamplerConfig(),
+                        neighbourhood_of: Arch | None = None, neighbourhood_fraction: float = 0.0,
+                        seed: int = 1, max_rounds: int = 200) -> list[tuple[Arch, str]]:
+    """`num` distinct (architecture, source) pairs with at most `target_params` parameters.
+
+    Interleaves the two sources like the archset plan. Raises `ValueError` when the sampler
+    cannot find enough architectures under the budget within `max_rounds` rounds.
+    """
+    if num < 1:
+        raise ValueError("random search needs at least one architecture")
+    if not 0.0 <= neighbourhood_fraction <= 1.0:
+        raise ValueError("neighbourhood_fraction must be in [0, 1]")
+    cfg = dataclasses.replace(sampler, max_params=min(sampler.max_params, int(target_params)))
+    is_neighbour = [int((i + 1) * neighbourhood_fraction) > int(i * neighbourhood_fraction)
+                    for i in range(num)]
+    if neighbourhood_of is None:
+        is_neighbour = [False] * num
+    neighbours: list[Arch] = []
+    if any(is_neighbour):
+        try:
+            neighbours = sample_neighbourhood(neighbourhood_of, 2 * num, seed, cfg)
+        except ValueError:  # the budget is below almost every edit of the input network
+            is_neighbour = [False] * num
+    randoms: list[Arch] = []
+    # Enough to fill every slot (if the neighbourhood runs dry), plus spares for duplicates.
+    need_random = num + 4
+    rounds = 0
+    for batch in sample_batches(input_shape, num_classes, seed, cfg):
+        randoms.extend(batch.archs)
+        rounds += 1
+        if len(randoms) >= need_random or rounds >= max_rounds:
+            break
+    out: list[tuple[Arch, str]] = []
+    seen: set[Arch] = set()
+    rand_iter, neigh_iter = iter(randoms), iter(neighbours)
+    for neighbour in is_neighbour:
+        pool, source = (neigh_iter, "neighbourhood") if neighbour else (rand_iter, "appendix9")
+        arch = next((a for a in pool if a not in seen), None)
+        if arch is None:  # that source ran dry: take the other one
+            pool, source = (rand_iter, "appendix9") if neighbour else (neigh_iter, "neighbourhood")
+            arch = next((a for a in pool if a not in seen), None)
+        if arch is None:
+            raise ValueError(
+                f"found only {len(out)} architectures with at most {target_params:,} parameters "
+                f"in {rounds} sampler rounds; raise the target or the sampler's rounds"
+            )
+        seen.add(arch)
+        out.append((arch, source))
+    return out
+
+
+def random_search(data: DeviceData, schedule: TrainSchedule, target_params: int,
+                  cfg: RandomSearchConfig = RandomSearchConfig(),
+                  sampler: SamplerConfig = SamplerConfig(), *,
+                  neighbourhood_of: Arch | None = None, seed: int | None = None,
+                  progress: bool = False) -> BaselineResult:
+    """Trains `cfg.num_archs` sampled architectures (<= `target_params`); returns the best.
+
+    `accuracy` and `search_accuracy` are the winner's proxy accuracy (mean over seeds); retrain
+    it with the final schedule to compare with other methods. Failed trainings (divergence,
+    errors) are recorded in `details` and never win.
+    """
+    start = time.perf_counter()
+    candidates = sample_under_budget(
+        cfg.num_archs, data.input_shape, data.num_classes, target_params, sampler,
+        neighbourhood_of, cfg.neighbourhood_fraction,
+        cfg.sample_seed if seed is None else seed, cfg.max_rounds,
+    )
+    trainer = ChildTrainer(data, schedule, cfg.num_seeds)
+    seeds = list(range(cfg.num_seeds))
+    records = []
+    best = None
+    bar = tqdm(candidates, desc="random search", leave=False, disable=not progress)
+    for arch, source in bar:
+        result = trainer.train(arch, seeds)
+        acc = result.mean_accuracy if result.ok else float("nan")
+        records.append({"num_params": arch.num_params, "accuracy": acc, "status": result.status,
+                        "source": source, "layers": [list(layer) for layer in arch.layers]})
+        if result.ok and (best is None or (acc, -arch.num_params) > (best[0], -best[1].num_params)):
+            best = (acc, arch)
+            bar.set_postfix(best=f"{acc:.3f}")
+    if best is None:
+        raise RuntimeError(f"all {len(candidates)} sampled architectures failed to train")
+    acc, arch = best
+    return BaselineResult(
+        method="random search",
+        accuracy=acc,
+        num_params=arch.num_params,
+        arch=arch,
+        wall_seconds=time.perf_counter() - start,
+        archs_evaluated=len(candidates),
+        search_accuracy=acc,
+        within_budget=arch.num_params <= target_params,
+        notes=f"best of {len(candidates)} sampled, {schedule.epochs}-epoch proxy x "
+              f"{cfg.num_seeds} seed(s)",
+        details={"candidates": records},
+    )

@@ -1,0 +1,239 @@
+"""Compression end to end: batched search, candidates, pick, optional refinement and verification,
+outputs (report.json, PyTorch printout and module file, Pareto plot)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ac_jax.arch.spec import Arch
+from ac_jax.compress.candidates import (
+    Candidate,
+    Constraint,
+    build_candidates,
+    original_candidate,
+    pareto_front,
+    pick,
+)
+from ac_jax.compress.search import SearchConfig, search
+from ac_jax.surrogate.checkpoint import TrainedSurrogate
+from ac_jax.surrogate.encoding import encode_matrices
+
+
+@dataclasses.dataclass
+class CompressResult:
+    name: str
+    original: Candidate
+    candidates: list[Candidate]
+    front: np.ndarray  # indices into candidates
+    chosen: Candidate
+    constraint: Constraint
+    reconstructed_exactly: bool  # decoder(encoder(x)) rounds back to x
+    seconds: float
+    verify: dict | None = None
+    rounds: list[dict] = dataclasses.field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.original.num_params / max(self.chosen.num_params, 1)
+
+
+def targets(surrogate: TrainedSurrogate, archs: Sequence[Arch], cfg: SearchConfig, c: Constraint):
+    """Per-network (a0, p0): the accuracy target and the normalised parameter target.
+
+    p0 is the user's parameter budget when one is given; otherwise the archset's mean (the
+    paper's ``L_p(p, 0)``), but never above the network itself, so a network already smaller
+    than the archset average is not pushed to grow.
+    """
+    norm = surrogate.normaliser
+    p_orig = np.array([a.num_params for a in archs], np.float64)
+    if c.max_params is not None:
+        p0 = norm.to_target(np.full_like(p_orig, c.max_params))
+    elif c.target_ratio is not None:
+        p0 = norm.to_target(p_orig / c.target_ratio)
+    else:
+        p0 = np.minimum(0.0, norm.to_target(p_orig))
+    a0 = np.full(len(archs), c.min_accuracy if c.min_accuracy is not None else cfg.accuracy_target)
+    return a0, p0
+
+
+def compress_batch(
+    surrogate: TrainedSurrogate,
+    archs: Sequence[Arch],
+    names: Sequence[str],
+    cfg: SearchConfig = SearchConfig(),
+    constraint: Constraint = Constraint(),
+) -> list[CompressResult]:
+    """Searches all `archs` over the lambda grid in one compiled call, then ranks candidates."""
+    start = time.perf_counter()
+    for arch in archs:
+        if tuple(arch.input_shape) != surrogate.input_shape or arch.num_classes != surrogate.num_classes:
+            raise ValueError(
+                f"network is for input {arch.input_shape} with {arch.num_classes} classes, the "
+                f"surrogate for {surrogate.input_shape} with {surrogate.num_classes}"
+            )
+    originals = [original_candidate(surrogate, a) for a in archs]
+    feats = encode_matrices(np.stack([a.to_matrix(surrogate.max_len) for a in archs]))
+    lambdas = np.array([constraint.lam] if constraint.lam is not None else cfg.lambdas)
+    a0, p0 = targets(surrogate, archs, cfg, constraint)
+    out = search(surrogate, cfg, feats, lambdas, a0, p0)
+    decoded = np.asarray(out["decoded"])
+    results = []
+    for i, (arch, name, orig) in enumerate(zip(archs, names, originals)):
+        cands = build_candidates(
+            surrogate, decoded[i], lambdas, cfg.decode_every, arch.input_shape, arch.num_classes
+        )
+        start_archs = [c.arch for c in cands if c.step == 0]
+        results.append(
+            _result(name, orig, cands, constraint, arch in start_archs, time.perf_counter() - start)
+        )
+    return results
+
+
+def _result(name, orig, cands, constraint, exact, seconds) -> CompressResult:
+    params = np.array([c.num_params for c in cands])
+    acc = np.array([c.predicted_accuracy for c in cands])
+    front = pareto_front(params, acc) if cands else np.zeros(0, np.int64)
+    chosen = pick(cands, orig, constraint) if cands else orig
+    return CompressResult(name, orig, cands, front, chosen, constraint, exact, seconds)
+
+
+# ----------------------------------------------------------------------------- verification
+
+
+def verify(
+    original: Arch,
+    chosen: Arch,
+    dataset,
+    schedule,
+    seeds: Sequence[int],
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Trains both with the same schedule, data order and seeds; a Table-1 row."""
+    from ac_jax.child.trainer import ChildTrainer, to_device
+
+    data = to_device(dataset, schedule, seed=0)
+    trainer = ChildTrainer(data, schedule, len(seeds))
+    row = {"schedule": dataclasses.asdict(schedule), "seeds": list(seeds)}
+    for label, arch in (("original", original), ("compressed", chosen)):
+        log(f"verify: training the {label} network ({arch.num_params:,} parameters, "
+            f"{schedule.epochs} epochs x {len(seeds)} seeds)")
+        result = trainer.train(arch, seeds)
+        row[f"{label}_status"] = result.status
+        row[f"{label}_reason"] = result.reason
+        row[f"{label}_seed_accuracies"] = list(result.seed_accuracies)
+        row[f"{label}_accuracy"] = result.mean_accuracy if result.seed_accuracies else None
+        row[f"{label}_params"] = arch.num_params
+        row[f"{label}_train_seconds"] = result.train_seconds
+        row[f"{label}_compile_seconds"] = result.compile_seconds
+    if row["original_accuracy"] is not None and row["compressed_accuracy"] is not None:
+        row["delta_accuracy"] = row["compressed_accuracy"] - row["original_accuracy"]
+    else:
+        row["delta_accuracy"] = None
+    row["compression_ratio"] = original.num_params / chosen.num_params
+    return row
+
+
+def table1_row(name: str, row: dict) -> str:
+    def pct(v):
+        return "failed" if v is None else f"{100 * v:.2f}%"
+
+    delta = row["delta_accuracy"]
+    return (
+        "| network | accuracy | params | compressed accuracy | compressed params | delta acc | ratio |\n"
+        "|---|---|---|---|---|---|---|\n"
+        f"| {name} | {pct(row['original_accuracy'])} | {row['original_params']:,} | "
+        f"{pct(row['compressed_accuracy'])} | {row['compressed_params']:,} | "
+        f"{'n/a' if delta is None else f'{100 * delta:+.2f}%'} | "
+        f"{row['compression_ratio']:.2f}x |"
+    )
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def report_dict(result: CompressResult, surrogate: TrainedSurrogate, extra: dict) -> dict:
+    from ac_jax.arch.torch_io import to_json
+
+    def cand(c: Candidate) -> dict:
+        d = c.to_dict()
+        d["lambda"] = None if math.isnan(c.lam) else c.lam
+        return d
+
+    return {
+        "name": result.name,
+        "constraint": result.constraint.describe(),
+        "original": {**cand(result.original), "spec": to_json(result.original.arch)},
+        "chosen": cand(result.chosen),
+        "compression_ratio": result.ratio,
+        "reconstructed_exactly": result.reconstructed_exactly,
+        "num_candidates": len(result.candidates),
+        "pareto": [cand(result.candidates[i]) for i in result.front],
+        "verify": result.verify,
+        "rounds": result.rounds,
+        "surrogate": str(surrogate.path) if surrogate.path else None,
+        "wall_seconds": result.seconds,
+        **extra,
+    }
+
+
+def write_outputs(
+    result: CompressResult, surrogate: TrainedSurrogate, out_dir: str | Path, extra: dict
+) -> dict[str, Path]:
+    from ac_jax.arch.torch_io import to_printout, to_torch_module_source
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "report": out_dir / "report.json",
+        "printout": out_dir / "compressed.txt",
+        "module": out_dir / "compressed_model.py",
+        "original_printout": out_dir / "original.txt",
+        "pareto_plot": out_dir / "pareto.png",
+    }
+    paths["report"].write_text(json.dumps(report_dict(result, surrogate, extra), indent=1) + "\n")
+    paths["printout"].write_text(to_printout(result.chosen.arch) + "\n")
+    paths["original_printout"].write_text(to_printout(result.original.arch) + "\n")
+    paths["module"].write_text(to_torch_module_source(result.chosen.arch, "CompressedModel"))
+    plot_pareto(result, paths["pareto_plot"])
+    return paths
+
+
+def plot_pareto(result: CompressResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    params = np.array([c.num_params for c in result.candidates])
+    acc = np.array([c.predicted_accuracy for c in result.candidates])
+    if len(params):
+        ax.scatter(params, acc, s=9, c="0.65", label=f"candidates ({len(params)})")
+        front = result.front[np.argsort(params[result.front])]
+        ax.plot(params[front], acc[front], "-o", ms=4, c="tab:blue", label="Pareto set")
+    o, ch = result.original, result.chosen
+    ax.scatter([o.num_params], [o.predicted_accuracy], marker="*", s=160, c="tab:red",
+               label=f"original ({o.num_params:,})", zorder=3)
+    ax.scatter([ch.num_params], [ch.predicted_accuracy], marker="D", s=60, c="tab:green",
+               label=f"chosen ({ch.num_params:,}, {result.ratio:.1f}x)", zorder=3)
+    if result.verify and result.verify.get("compressed_accuracy") is not None:
+        v = result.verify
+        ax.scatter([v["original_params"], v["compressed_params"]],
+                   [v["original_accuracy"], v["compressed_accuracy"]], marker="x", s=60,
+                   c="k", label="trained (verify)", zorder=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (exact)")
+    ax.set_ylabel("predicted accuracy (surrogate)")
+    ax.set_title(f"{result.name}: {result.constraint.describe()}", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

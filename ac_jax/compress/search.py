@@ -1,0 +1,115 @@
+"""Gradient descent in the surrogate's embedding (paper Section 4.4, Algorithm 1 COMPRESS).
+
+For each input network and each lambda of a grid, starting from ``y0 = encoder(x)``, K steps
+
+    y <- y - eta * d/dy [ L_a(acc(y), a0) + lambda * L_p(params(y), p0) ]
+
+run inside one `lax.scan` (the paper's eq. 18 prints ``+``; we descend the loss it defines). Both
+the network axis and the lambda axis are `jax.vmap`ped, so one compiled call searches a whole
+batch of networks over the whole lambda grid, and the decoder turns every visited embedding into a
+``[T, 6]`` sequence in the same call. Everything after that is discrete and exact (`candidates`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ac_jax.surrogate.checkpoint import TrainedSurrogate
+from ac_jax.surrogate.model import Surrogate
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Embedding-search settings (hashable: part of the compiled program's identity)."""
+
+    steps: int = 60  # K gradient steps per (network, lambda)
+    step_size: float = 0.5  # eta
+    lambdas: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+    decode_every: int = 1  # decode every n-th visited embedding (the start is always decoded)
+    accuracy_target: float = 1.0  # a0 (the paper's default: maximise accuracy)
+
+    @property
+    def snapshots(self) -> int:
+        return self.steps // self.decode_every + 1
+
+
+def compression_loss(model, variables, y, lam, a0, p0):
+    """Eq. 17: L1 to the accuracy target plus lambda times Huber to the parameter target."""
+    acc, ptarget = model.apply(variables, y[None], method=Surrogate.predict)
+    loss_a = jnp.abs(acc[0] - a0)
+    loss_p = optax.huber_loss(ptarget[0], p0, delta=1.0)
+    return loss_a + lam * loss_p
+
+
+def _trajectory(model, variables, cfg: SearchConfig, y0, lam, a0, p0):
+    """Embeddings visited by K descent steps from `y0`: ``[snapshots, E]``."""
+    grad = jax.grad(lambda y: compression_loss(model, variables, y, lam, a0, p0))
+
+    def step(y, _):
+        y = y - cfg.step_size * grad(y)
+        return y, y
+
+    _, ys = jax.lax.scan(step, y0, None, length=cfg.steps)
+    ys = jnp.concatenate([y0[None], ys])
+    return ys[:: cfg.decode_every]
+
+
+@partial(jax.jit, static_argnums=(0, 2))
+def _search(model, variables, cfg: SearchConfig, feats, lambdas, a0, p0):
+    y0 = model.apply(variables, feats, method=Surrogate.encode)  # [N, E]
+    per_lambda = jax.vmap(
+        lambda y, lam, a, p: _trajectory(model, variables, cfg, y, lam, a, p),
+        in_axes=(None, 0, None, None),
+    )
+    ys = jax.vmap(per_lambda, in_axes=(0, None, 0, 0))(y0, lambdas, a0, p0)  # [N, L, S, E]
+    flat = ys.reshape(-1, ys.shape[-1])
+    decoded = model.apply(variables, flat, method=Surrogate.decode)
+    acc, ptarget = model.apply(variables, flat, method=Surrogate.predict)
+    shape = ys.shape[:3]
+    return {
+        "y": ys,
+        "decoded": decoded.reshape(*shape, *decoded.shape[1:]),  # [N, L, S, T, 6]
+        "acc": acc.reshape(shape),
+        "ptarget": ptarget.reshape(shape),
+    }
+
+
+def search(surrogate: TrainedSurrogate, cfg: SearchConfig, feats, lambdas, a0, p0) -> dict:
+    """Runs the batched search; ``feats [N, T, 6]``, ``lambdas [L]``, ``a0, p0 [N]``."""
+    return _search(
+        surrogate.model,
+        surrogate.variables,
+        cfg,
+        jnp.asarray(feats, jnp.float32),
+        jnp.asarray(lambdas, jnp.float32),
+        jnp.asarray(a0, jnp.float32),
+        jnp.asarray(p0, jnp.float32),
+    )
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _score(model, variables, feats):
+    y = model.apply(variables, feats, method=Surrogate.encode)
+    return model.apply(variables, y, method=Surrogate.predict)
+
+
+def score(surrogate: TrainedSurrogate, feats, batch: int = 1024):
+    """Predicted (accuracy, normalised params) of discrete sequences, re-encoded."""
+    import numpy as np
+
+    acc, ptarget = [], []
+    feats = np.asarray(feats, np.float32)
+    for start in range(0, len(feats), batch):
+        chunk = feats[start : start + batch]
+        pad = batch - len(chunk) if len(feats) > batch else 0  # one shape -> one compile
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
+        a, p = _score(surrogate.model, surrogate.variables, jnp.asarray(chunk))
+        acc.append(np.asarray(a)[: batch - pad])
+        ptarget.append(np.asarray(p)[: batch - pad])
+    return np.concatenate(acc), np.concatenate(ptarget)

@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Compresses CNN architectures by gradient descent in the surrogate's embedding (Algorithm 1).
+
+  python bin/compress.py                                   # CONV-7 on Fashion-MNIST, shipped surrogate
+  python bin/compress.py --model my_net.txt --target-ratio 10
+  python bin/compress.py --models a.txt b.json conv7 --out out/batch      # many at once, one call
+  python bin/compress.py --models nets/ --max-params 50000                # every .txt/.json in nets/
+  python bin/compress.py --verify --verify-epochs 2 --verify-train-subset 10000
+
+A model is a zoo name (conv7, conv10, vgg16, tinycnn), a PyTorch printout file, or a JSON spec.
+Outputs in --out (one subfolder per model when several): report.json, compressed.txt (PyTorch
+printout), compressed_model.py (runnable nn.Module), original.txt, pareto.png.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ac_jax import cli  # noqa: E402
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    cli.add_config_args(p)
+    p.add_argument("--model", help="zoo name or file (default: the config's model, CONV-7)")
+    p.add_argument("--models", nargs="+", metavar="M", help="several models or folders at once")
+    p.add_argument("--surrogate", help="trained surrogate directory (default surrogates/<dataset>)")
+    p.add_argument("--out", help="output folder (default out/compress/<model>)")
+    g = p.add_argument_group("what to pick (first one given wins)")
+    g.add_argument("--max-params", type=int, help="parameter budget")
+    g.add_argument("--target-ratio", type=float, help="at least this many times fewer parameters")
+    g.add_argument("--min-acc", type=float, help="smallest network predicted at least this accurate")
+    g.add_argument("--lambda", dest="lam", type=float, help="paper mode: one lambda, last step")
+    g.add_argument("--max-drop", type=float, default=0.01,
+                   help="default pick: smallest within this predicted drop (default 0.01)")
+    s = p.add_argument_group("search")
+    s.add_argument("--steps", type=int, help="gradient steps in the embedding")
+    s.add_argument("--step-size", type=float, help="eta")
+    s.add_argument("--lambdas", type=float, nargs="+", help="lambda grid searched in one call")
+    s.add_argument("--batch", type=int, default=64, help="networks per compiled call")
+    s.add_argument("--rounds", type=int, default=0,
+                   help="refinement rounds: train top candidates, fine-tune surrogate, search again")
+    s.add_argument("--refine-top", type=int, default=6, help="candidates trained per round")
+    v = p.add_argument_group("verification (trains the original and the pick)")
+    v.add_argument("--verify", action="store_true")
+    v.add_argument("--verify-epochs", type=int, help="default: the paper's schedule (config)")
+    v.add_argument("--verify-seeds", type=int, default=2)
+    v.add_argument("--verify-train-subset", type=int)
+    v.add_argument("--verify-test-subset", type=int)
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def collect_models(args, default):
+    names = args.models or [args.model or default]
+    out = []
+    for name in names:
+        path = Path(name)
+        if path.is_dir():
+            files = sorted(f for f in path.iterdir() if f.suffix in (".txt", ".json"))
+            if not files:
+                sys.exit(f"error: no .txt or .json model files in {path}")
+            out += [str(f) for f in files]
+        else:
+            out.append(name)
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    began = time.perf_counter()
+    cfg = cli.config_from_args(args)
+    from ac_jax.arch.torch_io import load_arch
+    from ac_jax.compress import pipeline
+    from ac_jax.compress.candidates import Constraint
+    from ac_jax.compress.search import SearchConfig
+    from ac_jax.surrogate.checkpoint import CheckpointError, load_surrogate
+
+    surrogate_dir = Path(args.surrogate) if args.surrogate else cli.surrogate_path(cfg)
+    try:
+        surrogate = load_surrogate(surrogate_dir)
+    except CheckpointError as err:
+        sys.exit(
+            f"error: {err}\n\nNo usable surrogate for {args.config} at {surrogate_dir}. Build one:\n"
+            f"  python bin/make_archset.py --dataset {args.config}"
+            + (f" --data-dir {args.data_dir}" if args.data_dir else " [--data-dir DIR]")
+            + f"\n  python bin/train_surrogate.py --dataset {args.config}\n"
+            "then rerun this command (or pass --surrogate DIR)."
+        )
+    if surrogate.meta["task"]["dataset"] != cfg.dataset:
+        sys.exit(f"error: {surrogate_dir} is a surrogate for {surrogate.meta['task']['dataset']}, "
+                 f"not {cfg.dataset}")
+    names = collect_models(args, cfg.default_model)
+    archs = []
+    for name in names:
+        try:
+            archs.append(load_arch(name, surrogate.input_shape, surrogate.num_classes))
+        except (ValueError, FileNotFoundError) as err:
+            sys.exit(f"error: cannot read model {name!r}: {err}")
+    search_cfg = cli.search_config(cfg, args)
+    constraint = Constraint(args.max_params, args.target_ratio, args.min_acc, args.lam, args.max_drop)
+    labels = [Path(n).stem if Path(n).exists() else n for n in names]
+    results = []
+    bar = None if args.quiet else cli.progress(len(archs), "compress", "net")
+    for start in range(0, len(archs), args.batch):
+        chunk = slice(start, start + args.batch)
+        try:
+            results += pipeline.compress_batch(surrogate, archs[chunk], labels[chunk], search_cfg, constraint)
+        except ValueError as err:
+            sys.exit(f"error: {err}")
+        if bar is not None:
+            bar.update(len(archs[chunk]))
+    if bar is not None:
+        bar.close()
+    if args.rounds:
+        from ac_jax.compress import refine
+
+        for i, result in enumerate(results):
+            results[i] = refine.refine(result, surrogate, cfg, search_cfg, constraint, args.rounds,
+                                       args.refine_top, Path(args.out or "out/compress") / "refine")
+    dataset = None
+    default_out = Path("out/compress") / (labels[0] if len(labels) == 1 else "batch")
+    out_root = Path(args.out) if args.out else default_out
+    summary = []
+    for result, arch in zip(results, archs):
+        if args.verify:
+            dataset = dataset or cli.load_dataset(cfg)
+            schedule = cli.verify_schedule(cfg, args)
+            result.verify = pipeline.verify(arch, result.chosen.arch, dataset, schedule,
+                                            list(range(args.verify_seeds)))
+        out_dir = out_root if len(results) == 1 else out_root / result.name
+        paths = pipeline.write_outputs(result, surrogate, out_dir, {
+            "command": " ".join(["python bin/compress.py", *(argv if argv is not None else sys.argv[1:])]),
+            "search": cli.asdict(search_cfg),
+        })
+        summary.append((result, paths))
+    for result, paths in summary:
+        print_result(result, paths, len(results) == 1)
+    if len(results) > 1:
+        (out_root / "summary.json").write_text(json.dumps([
+            {"name": r.name, "original_params": r.original.num_params,
+             "chosen_params": r.chosen.num_params, "ratio": r.ratio,
+             "predicted_original": r.original.predicted_accuracy,
+             "predicted_chosen": r.chosen.predicted_accuracy} for r, _ in summary], indent=1))
+        print(f"{len(results)} networks in {time.perf_counter() - began:.1f} s; summary: "
+              f"{out_root / 'summary.json'}")
+    else:
+        print(f"done in {time.perf_counter() - began:.1f} s")
+    return 0
+
+
+def print_result(result, paths, full: bool) -> None:
+    from ac_jax.arch.torch_io import to_printout
+    from ac_jax.compress.pipeline import table1_row
+
+    o, c = result.original, result.chosen
+    print(f"\n== {result.name}: {o.num_params:,} -> {c.num_params:,} parameters "
+          f"({result.ratio:.2f}x), predicted accuracy {o.predicted_accuracy:.4f} -> "
+          f"{c.predicted_accuracy:.4f}; {len(result.candidates)} candidates, "
+          f"{len(result.front)} on the Pareto set; pick: {result.constraint.describe()}")
+    if full:
+        print(to_printout(c.arch))
+    if result.verify:
+        print(table1_row(result.name, result.verify))
+    print(f"outputs: {paths['report'].parent}/ (report.json, compressed.txt, compressed_model.py, pareto.png)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
