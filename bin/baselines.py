@@ -103,11 +103,20 @@ def read_report(path: str, input_shape, num_classes) -> dict:
         "original_params": _get(report, "original.num_params", p),
         "chosen_params": _get(report, "chosen.num_params", p),
         "wall_seconds": _get(report, "wall_seconds", p),
-        "archs_trained": _get(report, "archs_trained", p),
+        # Optional: the architectures the compressor trained (archset excluded); "—" if absent.
+        "archs_trained": report.get("archs_trained"),
     }
-    for key in ("original_params", "chosen_params"):
+    for key, field in (("original_params", "original.num_params"),
+                       ("chosen_params", "chosen.num_params")):
         if isinstance(out[key], bool) or not isinstance(out[key], int) or out[key] < 1:
-            raise ValueError(f"{p}: {key.replace('_', '.num_')} must be a positive integer")
+            raise ValueError(f"{p}: {field} must be a positive integer, got {out[key]!r}")
+    trained = out["archs_trained"]
+    if trained is not None and (isinstance(trained, bool) or not isinstance(trained, int)
+                                or trained < 0):
+        raise ValueError(f"{p}: archs_trained must be a non-negative integer, got {trained!r}")
+    seconds = out["wall_seconds"]
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        raise ValueError(f"{p}: wall_seconds must be a non-negative number, got {seconds!r}")
     spec = _get(report, "chosen.spec", p)
     try:
         arch = parse_json(spec)
@@ -143,7 +152,9 @@ def parse_methods(text: str) -> list[str]:
 
 
 def _fmt_acc(acc):
-    return "—" if acc is None or (isinstance(acc, float) and math.isnan(acc)) else f"{100 * acc:.2f}%"
+    if acc is None or (isinstance(acc, float) and math.isnan(acc)):
+        return "—"
+    return f"{100 * acc:.2f}%"
 
 
 def _fmt_params(n):
@@ -183,7 +194,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_config_args(parser)
-    parser.add_argument("--model", help="teacher: zoo name or printout/JSON file (default: config's)")
+    parser.add_argument("--model",
+                        help="teacher: zoo name or printout/JSON file (default: the config's)")
     parser.add_argument("--target", help="compressed architecture file, or a parameter count")
     parser.add_argument("--ac-report", help="the compressor's report.json (adds the ac_jax row)")
     parser.add_argument("--budget", choices=("tiny", "cpu", "gpu"),
@@ -214,9 +226,10 @@ def main(argv=None) -> int:
     from ac_jax.child.trainer import to_device
     from ac_jax.data import DatasetNotFoundError, load
 
-    budget_name = args.budget or (
-        "tiny" if cfg.dataset == "synthetic" else ("cpu" if jax.default_backend() == "cpu" else "gpu")
-    )
+    budget_name = args.budget
+    if budget_name is None:
+        on_cpu = jax.default_backend() == "cpu"
+        budget_name = "tiny" if cfg.dataset == "synthetic" else ("cpu" if on_cpu else "gpu")
     budget = budget_lib.get_budget(budget_name, cfg)
     progress = not args.quiet
     try:
@@ -322,19 +335,22 @@ def main(argv=None) -> int:
             "num_params": report["chosen_params"],
             "compression": report["original_params"] / report["chosen_params"],
             "wall_seconds": report["wall_seconds"], "archs_evaluated": report["archs_trained"],
-            "notes": "accuracy from the report's own verification" if acc is not None
-                     else "the report has no verification run",
+            "notes": (f"accuracy from the report's own verification (its teacher: "
+                      f"{_fmt_acc(report['original_accuracy'])}), not this harness's schedule"
+                      if acc is not None else "the report has no verification run")
+                     + "; wall time as reported (archset and surrogate training not included)",
             "original_accuracy": report["original_accuracy"],
         })
-    if target_arch is not None:
+    ac_arch = target_arch if target_arch is not None else (report or {}).get("arch")
+    if ac_arch is not None:
         def run_target():
             start = time.perf_counter()
-            mean, accs = common.retrain(target_arch, final_data, final, seeds,
-                                        progress=progress, desc="target arch")
+            mean, accs = common.retrain(ac_arch, final_data, final, seeds,
+                                        progress=progress, desc="ac_jax arch")
             add(common.BaselineResult(
-                "ac_jax architecture, retrained here", mean, target_arch.num_params,
-                target_arch, time.perf_counter() - start, 1,
-                notes=f"the target, {final.epochs} epoch(s) from scratch",
+                "ac_jax architecture, retrained here", mean, ac_arch.num_params,
+                ac_arch, time.perf_counter() - start, 1,
+                notes=f"{final.epochs} epoch(s) from scratch, like the search winners",
                 details={"seed_accuracies": accs}))
 
         attempt("ac_jax architecture, retrained here", run_target)

@@ -78,29 +78,37 @@ def main(argv=None) -> int:
     from ac_jax.compress import pipeline
     from ac_jax.compress.candidates import Constraint
     from ac_jax.compress.search import SearchConfig
-    from ac_jax.surrogate.checkpoint import CheckpointError, load_surrogate
+    from ac_jax.surrogate.checkpoint import CheckpointError, load_surrogate, read_meta
 
     surrogate_dir = Path(args.surrogate) if args.surrogate else cli.surrogate_path(cfg)
-    try:
-        surrogate = load_surrogate(surrogate_dir)
+    how_to_build = (
+        f"\n\nNo usable surrogate for {args.config} at {surrogate_dir}. Build one:\n"
+        f"  python bin/make_archset.py --dataset {args.config}"
+        + (f" --data-dir {args.data_dir}" if args.data_dir else " [--data-dir DIR]")
+        + f"\n  python bin/train_surrogate.py --dataset {args.config}\n"
+        "then rerun this command (or pass --surrogate DIR)."
+    )
+    try:  # the metadata alone (cheap) tells the task, so bad models fail before any compile
+        meta = read_meta(surrogate_dir)
     except CheckpointError as err:
-        sys.exit(
-            f"error: {err}\n\nNo usable surrogate for {args.config} at {surrogate_dir}. Build one:\n"
-            f"  python bin/make_archset.py --dataset {args.config}"
-            + (f" --data-dir {args.data_dir}" if args.data_dir else " [--data-dir DIR]")
-            + f"\n  python bin/train_surrogate.py --dataset {args.config}\n"
-            "then rerun this command (or pass --surrogate DIR)."
-        )
-    if surrogate.meta["task"]["dataset"] != cfg.dataset:
-        sys.exit(f"error: {surrogate_dir} is a surrogate for {surrogate.meta['task']['dataset']}, "
+        sys.exit(f"error: {err}{how_to_build}")
+    if meta is None:
+        sys.exit(f"error: no surrogate at {surrogate_dir}{how_to_build}")
+    if meta["task"]["dataset"] != cfg.dataset:
+        sys.exit(f"error: {surrogate_dir} is a surrogate for {meta['task']['dataset']}, "
                  f"not {cfg.dataset}")
+    input_shape, num_classes = tuple(meta["task"]["input_shape"]), meta["task"]["num_classes"]
     names = collect_models(args, cfg.default_model)
     archs = []
     for name in names:
         try:
-            archs.append(load_arch(name, surrogate.input_shape, surrogate.num_classes))
+            archs.append(load_arch(name, input_shape, num_classes))
         except (ValueError, FileNotFoundError) as err:
             sys.exit(f"error: cannot read model {name!r}: {err}")
+    try:
+        surrogate = load_surrogate(surrogate_dir)
+    except CheckpointError as err:
+        sys.exit(f"error: {err}{how_to_build}")
     search_cfg = cli.search_config(cfg, args)
     constraint = Constraint(args.max_params, args.target_ratio, args.min_acc, args.lam, args.max_drop)
     labels = [Path(n).stem if Path(n).exists() else n for n in names]

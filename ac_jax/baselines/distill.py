@@ -39,6 +39,7 @@ from ac_jax.baselines.common import (
     init_state,
     make_step,
     module_names,
+    prng_key,
     run_steps,
 )
 from ac_jax.child.trainer import DeviceData, TrainSchedule
@@ -160,8 +161,8 @@ def _hint_stage(teacher: TrainedNet, student: Arch, data: DeviceData, schedule: 
     init = init_state(student_model, tx, seed)  # same init as the scratch/KD runs of `seed`
     bound = 1.0 / np.sqrt(s_channels)
     adapter = {
-        "kernel": jax.random.uniform(jax.random.key(seed + 1), (s_channels, t_channels),
-                                     jnp.float32, -bound, bound),
+        "kernel": jnp.asarray(np.random.default_rng(seed + 1).uniform(
+            -bound, bound, (s_channels, t_channels)), jnp.float32),
         "bias": jnp.zeros((t_channels,), jnp.float32),
     }
     params = {"student": init[0], "adapter": adapter}
@@ -169,7 +170,7 @@ def _hint_stage(teacher: TrainedNet, student: Arch, data: DeviceData, schedule: 
     stream = BatchStream(data.train_x.shape[0], schedule.batch_size, seed)
     step = make_step(loss_fn, tx, data.augment)
     state, losses = run_steps(step, state, teacher.variables, data, stream,
-                              epochs * stream.steps_per_epoch, jax.random.key(seed + 2),
+                              epochs * stream.steps_per_epoch, prng_key(seed + 2),
                               progress=progress, desc="FitNets hint")
     params, batch_stats, _ = state
     return {"params": params["student"], "batch_stats": batch_stats}, float(losses[-1])

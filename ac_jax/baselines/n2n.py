@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from ac_jax.arch.legalize import legalize
 from ac_jax.arch.spec import Arch, LayerType
-from ac_jax.baselines.common import BaselineResult
+from ac_jax.baselines.common import BaselineResult, prng_key
 from ac_jax.child.trainer import ChildTrainer, DeviceData, TrainSchedule
 
 NUM_LAYER_TYPES = 9  # 0 (end) .. 8 (Linear)
@@ -290,7 +290,7 @@ def n2n(teacher: Arch, data: DeviceData, schedule: TrainSchedule, target_params:
     if not cfg.shrink_factors or not all(0 < f <= 1 for f in cfg.shrink_factors):
         raise ValueError("shrink factors must be in (0, 1]")
     start = time.perf_counter()
-    key = jax.random.key(cfg.seed)
+    key = prng_key(cfg.seed)
     teacher_evaluated = 0
     if teacher_accuracy is None:
         result = ChildTrainer(data, schedule, cfg.num_seeds).train(

@@ -53,6 +53,7 @@ from ac_jax.baselines.common import (
     evaluate,
     init_state,
     module_names,
+    prng_key,
     run_steps,
     state_variables,
 )
@@ -264,7 +265,9 @@ def _remove(scores, alive, arch, groups, goal: int) -> tuple[int, int]:
     widths = [int(a.sum()) for a in alive]
     params_now = pruned_arch(arch, groups, widths).num_params
     order = sorted(
-        (float(s[c]), gi, c) for gi, (s, a) in enumerate(zip(scores, alive)) for c in np.flatnonzero(a)
+        (float(s[c]), gi, c)
+        for gi, (s, a) in enumerate(zip(scores, alive))
+        for c in np.flatnonzero(a)
     )
     removed = 0
     for _, gi, c in order:
@@ -311,7 +314,7 @@ def prune(teacher: TrainedNet, data: DeviceData, schedule: TrainSchedule, target
         alive = [np.ones(g.width, bool) for g in groups]
         state = init_state(model, tx, run_seed, teacher.variables)
         stream = BatchStream(data.train_x.shape[0], schedule.batch_size, run_seed)
-        key = jax.random.key(run_seed)
+        key = prng_key(run_seed)
         p0 = arch.num_params
         params_now, history, steps_done = p0, [], 0
         bar = tqdm(range(cfg.iterations), desc=f"{method} run {repeat + 1}", leave=False,

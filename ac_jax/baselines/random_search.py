@@ -14,7 +14,6 @@ import dataclasses
 import time
 from typing import Sequence
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from ac_jax.arch.sampler import SamplerConfig, sample_batches, sample_neighbourhood

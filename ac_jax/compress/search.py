@@ -2,7 +2,7 @@
 
 For each input network and each lambda of a grid, starting from ``y0 = encoder(x)``, K steps
 
-    y <- y - eta * d/dy [ L_a(acc(y), a0) + lambda * L_p(params(y), p0) ]
+    y <- y - eta * clip(d/dy [ L_a(acc(y), a0) + lambda * L_p(params(y), p0) ] / (1 + lambda))
 
 run inside one `lax.scan` (the paper's eq. 18 prints ``+``; we descend the loss it defines). Both
 the network axis and the lambda axis are `jax.vmap`ped, so one compiled call searches a whole
@@ -39,11 +39,15 @@ class SearchConfig:
 
 
 def compression_loss(model, variables, y, lam, a0, p0):
-    """Eq. 17: L1 to the accuracy target plus lambda times Huber to the parameter target."""
+    """Eq. 17, ``L_a(a, a0) + lambda * L_p(p, p0)`` (L1 and Huber), divided by ``1 + lambda``.
+
+    The division keeps the minimisers of every lambda and makes the loss scale, hence a safe step
+    size, the same across the grid (with a fixed eta, lambda = 10 otherwise overshoots and climbs).
+    """
     acc, ptarget = model.apply(variables, y[None], method=Surrogate.predict)
     loss_a = jnp.abs(acc[0] - a0)
     loss_p = optax.huber_loss(ptarget[0], p0, delta=1.0)
-    return loss_a + lam * loss_p
+    return (loss_a + lam * loss_p) / (1.0 + lam)
 
 
 def _trajectory(model, variables, cfg: SearchConfig, y0, lam, a0, p0):
@@ -51,7 +55,10 @@ def _trajectory(model, variables, cfg: SearchConfig, y0, lam, a0, p0):
     grad = jax.grad(lambda y: compression_loss(model, variables, y, lam, a0, p0))
 
     def step(y, _):
-        y = y - cfg.step_size * grad(y)
+        g = grad(y)
+        # Steps never longer than eta: the regressors are only trustworthy near the archset.
+        g = g / jnp.maximum(1.0, jnp.linalg.norm(g))
+        y = y - cfg.step_size * g
         return y, y
 
     _, ys = jax.lax.scan(step, y0, None, length=cfg.steps)

@@ -24,7 +24,7 @@ class SurrogateConfig:
     lr: float = 0.003
     momentum: float = 0.5
     weight_decay: float = 0.0
-    decay_every_epochs: float = 30.0
+    decay_every_epochs: float = 30.0  # 0: constant learning rate
     decay_factor: float = 0.2
     accuracy_weight: float = 1.0  # lambda_1
     params_weight: float = 1.0  # lambda_2

@@ -12,6 +12,7 @@ under ``ckpt/``; rerunning with the same directory resumes from the last checkpo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
@@ -95,12 +96,13 @@ def make_split(arrays: ArchsetArrays, mask: np.ndarray, normaliser: Normaliser) 
 
 
 def make_optimizer(cfg: SurrogateConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-    schedule = optax.exponential_decay(
-        cfg.lr,
-        transition_steps=max(1, int(cfg.decay_every_epochs * steps_per_epoch)),
-        decay_rate=cfg.decay_factor,
-        staircase=True,
-    )
+    period = int(cfg.decay_every_epochs * steps_per_epoch)
+    if cfg.decay_every_epochs <= 0 or period >= 2**30:  # no decay
+        schedule = optax.constant_schedule(cfg.lr)
+    else:
+        schedule = optax.exponential_decay(
+            cfg.lr, transition_steps=max(1, period), decay_rate=cfg.decay_factor, staircase=True
+        )
     if cfg.optimizer == "sgd_nesterov":
         return optax.sgd(schedule, momentum=cfg.momentum, nesterov=True)
     if cfg.optimizer == "adam":
@@ -128,14 +130,19 @@ def joint_loss(model, params, batch_stats, batch, cfg: SurrogateConfig, train: b
 
 def init_state(model: Surrogate, cfg: SurrogateConfig, tx) -> dict:
     dummy = jnp.zeros((1, cfg.arch.max_len, 6), jnp.float32)
-    variables = model.init(jax.random.PRNGKey(cfg.seed), dummy, False)
-    params = variables["params"]
-    return {
-        "params": params,
-        "batch_stats": variables["batch_stats"],
-        "opt_state": tx.init(params),
-        "step": jnp.zeros((), jnp.int32),
-    }
+
+    def init(key):
+        variables = model.init(key, dummy, False)
+        params = variables["params"]
+        return {
+            "params": params,
+            "batch_stats": variables["batch_stats"],
+            "opt_state": tx.init(params),
+            "step": jnp.zeros((), jnp.int32),
+        }
+
+    # Jitted: op-by-op (eager) initialisation of the conv stack takes ~30 s on a CPU.
+    return jax.jit(init)(jax.random.PRNGKey(cfg.seed))
 
 
 def make_train_chunk(model: Surrogate, tx, cfg: SurrogateConfig, num_train: int) -> Callable:
@@ -201,15 +208,25 @@ def regression_metrics(split: Split, acc_pred, ptarget_pred) -> dict:
     }
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_apply(model: Surrogate):
+    return jax.jit(lambda v, x: model.apply(v, x, False))
+
+
 def evaluate(model: Surrogate, variables: dict, split: Split, batch: int = 256) -> dict:
     """Held-out metrics (all computed after rounding the decoder output)."""
-    apply = jax.jit(lambda v, x: model.apply(v, x, False))
+    apply = _jitted_apply(model)  # one compile per model shape, not per call
+    batch = min(batch, len(split))
     recon, acc, ptarget = [], [], []
     for start in range(0, len(split), batch):
-        r, a, p, _ = apply(variables, split.feats[start : start + batch])
-        recon.append(np.asarray(r))
-        acc.append(np.asarray(a))
-        ptarget.append(np.asarray(p))
+        x = split.feats[start : start + batch]
+        n = len(x)
+        if n < batch:  # pad the last chunk: one input shape, one compile
+            x = np.concatenate([x, np.zeros((batch - n, *x.shape[1:]), x.dtype)])
+        r, a, p, _ = apply(variables, x)
+        recon.append(np.asarray(r)[:n])
+        acc.append(np.asarray(a)[:n])
+        ptarget.append(np.asarray(p)[:n])
     decoded = decode_features(np.concatenate(recon))
     metrics = reconstruction_metrics(split.matrices, decoded)
     metrics.update(regression_metrics(split, np.concatenate(acc), np.concatenate(ptarget)))

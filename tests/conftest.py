@@ -1,0 +1,57 @@
+"""Shared fixtures: a small hand-made archset (no child training) and a tiny trained surrogate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ac_jax.arch.sampler import SamplerConfig, sample
+from ac_jax.archset.store import ArchsetStore, Record
+
+TINY_SHAPE, TINY_CLASSES = (12, 12, 1), 4
+
+
+def fake_accuracy(arch) -> float:
+    """A smooth made-up target (more parameters, higher accuracy) so regressors have signal."""
+    return float(0.3 + 0.6 * (1.0 - np.exp(-arch.num_params / 20_000.0)))
+
+
+@pytest.fixture(scope="session")
+def tiny_archset(tmp_path_factory):
+    """60 sampled 12x12 architectures with made-up accuracies in a real archset file."""
+    path = tmp_path_factory.mktemp("archset") / "tiny.sqlite"
+    archs, _ = sample(60, TINY_SHAPE, TINY_CLASSES, seed=1,
+                      cfg=SamplerConfig(max_len=12, max_params=40_000, max_macs=400_000))
+    meta = {"input_shape": list(TINY_SHAPE), "num_classes": TINY_CLASSES, "dataset": "synthetic"}
+    with ArchsetStore(path, meta) as store:
+        for i, arch in enumerate(archs):
+            acc = fake_accuracy(arch)
+            store.add(Record(i, arch, "appendix9", arch.num_params, arch.macs, "ok", "",
+                             (acc, acc), acc, ((1.0,),), 0.0, 0.0))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_surrogate_config():
+    from ac_jax.surrogate.config import SurrogateConfig
+    from ac_jax.surrogate.model import SurrogateArch
+
+    return SurrogateConfig(
+        arch=SurrogateArch(max_len=16, widths=(16, 32), embed_dim=16, regressor_hidden=32),
+        steps=1000, batch_size=16, optimizer="adam", lr=3e-3, steps_per_call=250,
+        eval_every=250, checkpoint_every=500, decay_every_epochs=0,
+    )
+
+
+TINY_TASK = {"dataset": "synthetic", "input_shape": list(TINY_SHAPE), "num_classes": TINY_CLASSES}
+
+
+@pytest.fixture(scope="session")
+def tiny_surrogate_dir(tiny_archset, tiny_surrogate_config, tmp_path_factory):
+    from ac_jax.archset.store import load_arrays
+    from ac_jax.surrogate.train import train
+
+    run_dir = tmp_path_factory.mktemp("surrogate") / "run"
+    arrays = load_arrays(tiny_archset, max_len=16)
+    train(tiny_surrogate_config, arrays, run_dir, TINY_TASK, progress=False)
+    return run_dir

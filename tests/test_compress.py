@@ -1,0 +1,155 @@
+"""Compression: descent in the embedding, batching over networks and lambdas, exact candidates,
+Pareto picks, verification and the bin/compress.py command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ac_jax.arch import shapes, zoo
+from ac_jax.arch.legalize import canonicalize
+from ac_jax.arch.sampler import SamplerConfig, sample
+from ac_jax.arch.torch_io import parse_json, parse_printout
+from ac_jax.compress import pipeline
+from ac_jax.compress.candidates import Candidate, Constraint, pareto_front, pick
+from ac_jax.compress.search import SearchConfig, compression_loss, search
+from ac_jax.surrogate.checkpoint import load_surrogate
+from ac_jax.surrogate.encoding import encode_matrices
+
+REPO = Path(__file__).resolve().parent.parent
+SHAPE, CLASSES = (12, 12, 1), 4
+CFG = SearchConfig(steps=12, step_size=0.5, lambdas=(0.1, 1.0, 10.0), decode_every=3)
+
+
+@pytest.fixture(scope="module")
+def surrogate(tiny_surrogate_dir):
+    return load_surrogate(tiny_surrogate_dir)
+
+
+@pytest.fixture(scope="module")
+def nets():
+    archs, _ = sample(5, SHAPE, CLASSES, seed=7,
+                      cfg=SamplerConfig(max_len=12, max_params=40_000, max_macs=400_000))
+    return [zoo.get("tinycnn", SHAPE, CLASSES), *archs]
+
+
+def test_descent_lowers_the_compression_loss_for_every_net_and_lambda(surrogate, nets):
+    feats = encode_matrices(np.stack([a.to_matrix(16) for a in nets]))
+    a0, p0 = np.ones(len(nets)), np.full(len(nets), -1.0)
+    out = search(surrogate, CFG, feats, CFG.lambdas, a0, p0)
+    assert out["decoded"].shape == (len(nets), 3, CFG.snapshots, 16, 6)
+    for n in range(len(nets)):
+        for li, lam in enumerate(CFG.lambdas):
+            ys = out["y"][n, li]
+            first, last = (
+                float(compression_loss(surrogate.model, surrogate.variables, ys[i], lam, 1.0, -1.0))
+                for i in (0, -1)
+            )
+            assert last < first, (n, lam, first, last)
+
+
+def test_batched_search_equals_one_network_at_a_time(surrogate, nets):
+    feats = encode_matrices(np.stack([a.to_matrix(16) for a in nets]))
+    a0, p0 = np.ones(len(nets)), np.zeros(len(nets))
+    batched = search(surrogate, CFG, feats, CFG.lambdas, a0, p0)
+    for n in (0, 3):
+        alone = search(surrogate, CFG, feats[n : n + 1], CFG.lambdas, a0[:1], p0[:1])
+        np.testing.assert_allclose(alone["y"][0], batched["y"][n], rtol=1e-4, atol=1e-4)
+
+
+def test_candidates_are_valid_canonical_and_exactly_counted(surrogate, nets):
+    results = pipeline.compress_batch(surrogate, nets, [f"n{i}" for i in range(len(nets))], CFG)
+    assert len(results) == len(nets)
+    for result in results:
+        assert result.candidates
+        seen = set()
+        for c in result.candidates:
+            assert shapes.is_valid(c.arch)
+            assert canonicalize(c.arch) == c.arch
+            assert c.num_params == c.arch.num_params and c.macs == c.arch.macs
+            assert c.arch not in seen
+            seen.add(c.arch)
+        # chosen obeys the default rule: no larger than the original
+        assert result.chosen.num_params <= result.original.num_params
+
+
+def test_pareto_front_and_picks():
+    params = np.array([10, 20, 30, 40, 25])
+    acc = np.array([0.5, 0.7, 0.6, 0.9, 0.8])
+    assert list(pareto_front(params, acc)) == [0, 1, 4, 3]
+    arch = zoo.get("tinycnn", SHAPE, CLASSES)
+    cands = [Candidate(arch, int(p), 0, float(a), 1.0, i) for i, (p, a) in enumerate(zip(params, acc))]
+    orig = Candidate(arch, 100, 0, 0.85, float("nan"), 0)
+    assert pick(cands, orig, Constraint(max_params=26)).num_params == 25
+    assert pick(cands, orig, Constraint(target_ratio=5)).num_params == 20  # <= 20 params
+    assert pick(cands, orig, Constraint(min_accuracy=0.75)).num_params == 25
+    assert pick(cands, orig, Constraint(max_drop=0.06)).num_params == 25  # >= 0.79
+    assert pick(cands, orig, Constraint(max_params=5)) is orig  # nothing fits: keep the original
+    assert pick(cands, orig, Constraint(lam=1.0)).step == 4  # last step of that lambda
+
+
+def test_budget_constraint_is_met_by_exact_count(surrogate, nets):
+    budget = nets[0].num_params // 2
+    (result,) = pipeline.compress_batch(surrogate, nets[:1], ["tiny"], CFG, Constraint(max_params=budget))
+    assert result.chosen is result.original or result.chosen.num_params <= budget
+
+
+def test_verify_trains_both_with_the_same_seeds():
+    from ac_jax.child.trainer import TrainSchedule
+    from ac_jax.data import load
+
+    arch = zoo.get("tinycnn", SHAPE, CLASSES)
+    small = arch.replace_layers([l if l.t != 1 else l._replace(o=max(2, l.o // 2)) for l in arch.layers])
+    schedule = TrainSchedule(epochs=1, batch_size=32, lr=0.01, eval_batch_size=128)
+    row = pipeline.verify(arch, small, load("synthetic"), schedule, [0, 1], log=lambda s: None)
+    assert row["original_status"] == "ok" and row["compressed_status"] == "ok"
+    assert len(row["compressed_seed_accuracies"]) == 2
+    assert row["compression_ratio"] == pytest.approx(arch.num_params / small.num_params)
+    assert "| tinycnn |" in pipeline.table1_row("tinycnn", row)
+
+
+def run_cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, str(REPO / "bin" / "compress.py"), *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_cli_writes_report_printout_module_and_plot(tiny_surrogate_dir, tmp_path, nets):
+    net_file = tmp_path / "nets" / "sampled.json"
+    net_file.parent.mkdir()
+    from ac_jax.arch.torch_io import to_json, to_printout
+
+    net_file.write_text(to_json(nets[2]))
+    (tmp_path / "nets" / "tiny.txt").write_text(to_printout(nets[0]))
+    proc = run_cli("--dataset", "tiny", "--surrogate", str(tiny_surrogate_dir), "--models",
+                   str(tmp_path / "nets"), "--out", str(tmp_path / "out"), "--steps", "6",
+                   "--lambdas", "0.3", "3", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("sampled", "tiny"):
+        d = tmp_path / "out" / name
+        report = json.loads((d / "report.json").read_text())
+        chosen = parse_json(report["chosen"]["spec"])
+        assert chosen.num_params == report["chosen"]["num_params"]
+        assert parse_printout((d / "compressed.txt").read_text(), SHAPE) == chosen
+        assert "class CompressedModel" in (d / "compressed_model.py").read_text()
+        assert (d / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(json.loads((tmp_path / "out" / "summary.json").read_text())) == 2
+
+
+def test_cli_without_a_surrogate_says_how_to_build_one(tmp_path):
+    proc = run_cli("--dataset", "svhn", "--surrogate", str(tmp_path / "missing"))
+    assert proc.returncode != 0
+    assert "bin/make_archset.py --dataset svhn" in proc.stderr
+    assert "bin/train_surrogate.py --dataset svhn" in proc.stderr
+
+
+def test_cli_rejects_a_malformed_model(tiny_surrogate_dir, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Model(\n  (features): Sequential(\n    (0): AdaptiveAvgPool2d(output_size=1)\n  )\n)\n")
+    proc = run_cli("--dataset", "tiny", "--surrogate", str(tiny_surrogate_dir), "--model", str(bad))
+    assert proc.returncode != 0 and "AdaptiveAvgPool2d" in proc.stderr

@@ -1,0 +1,158 @@
+"""The surrogate: scaling round trip, joint training, metrics, checkpoints (resume, corrupt, mismatch)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ac_jax.arch import zoo
+from ac_jax.arch.sampler import sample
+from ac_jax.archset.store import load_arrays
+from ac_jax.surrogate import checkpoint
+from ac_jax.surrogate.encoding import decode_features, encode_matrices
+from ac_jax.surrogate.model import Regressor, Surrogate, SurrogateArch
+from ac_jax.surrogate.train import (
+    Normaliser,
+    holdout_mask,
+    reconstruction_metrics,
+    train,
+)
+
+from conftest import TINY_TASK
+
+
+def test_scaling_round_trips_every_sampled_architecture():
+    archs, _ = sample(200, (28, 28, 1), 10, seed=3)
+    archs.append(zoo.get("conv7", (28, 28, 1), 10))
+    mats = np.stack([a.to_matrix(64) for a in archs])
+    feats = encode_matrices(mats)
+    assert feats.shape == (len(archs), 64, 6) and feats.dtype == np.float32
+    assert feats.max() <= 1.05 and feats.min() >= 0.0  # every channel roughly in [0, 1]
+    np.testing.assert_array_equal(decode_features(feats), mats)
+
+
+def test_decode_ends_the_sequence_at_the_first_absent_row():
+    feats = encode_matrices(zoo.get("tinycnn", (12, 12, 1), 4).to_matrix(16))
+    feats[3, 5] = 0.2  # row 3 says "absent": rows 3.. are padding even if present later
+    decoded = decode_features(feats)
+    assert (decoded[3:] == 0).all() and (decoded[:3, 0] > 0).all()
+
+
+def test_normaliser_round_trip_and_log_default():
+    p = np.array([100, 1_000, 10_000, 1_000_000])
+    for kind in ("log", "linear"):
+        norm = Normaliser.fit(p, kind)
+        np.testing.assert_allclose(norm.from_target(norm.to_target(p)), p, rtol=1e-9)
+        assert abs(norm.to_target(p).mean()) < 1e-9
+    with pytest.raises(ValueError, match="param_target"):
+        Normaliser.fit(p, "sqrt")
+
+
+def test_holdout_split_is_stable_when_the_archset_grows():
+    small, large = holdout_mask(np.arange(100), 0.2), holdout_mask(np.arange(1000), 0.2)
+    np.testing.assert_array_equal(small, large[:100])
+    assert 0.1 < large.mean() < 0.3
+
+
+def test_parameter_regressor_reaches_negative_targets():
+    # The paper's final ReLU could not output the negative half of a centred target.
+    reg = Regressor(8, sigmoid=False)
+    y = jnp.ones((4, 3))
+    v = reg.init(jax.random.PRNGKey(0), y)
+    v = jax.tree.map(lambda a: a, v)
+    v["params"]["Dense_3"]["bias"] = jnp.array([-5.0])
+    assert (reg.apply(v, y) < 0).all()
+
+
+def test_reconstruction_metrics_on_known_matrices():
+    true = np.zeros((2, 4, 5), np.int64)
+    true[:, :2] = [[1, 3, 16, 1, 1], [8, 0, 4, 0, 0]]
+    decoded = true.copy()
+    decoded[1, 0, 1] = 5  # one wrong kernel in network 1
+    m = reconstruction_metrics(true, decoded)
+    assert m["field_kernel"] == 0.75 and m["field_type"] == 1.0
+    assert m["layer"] == 0.75 and m["sequence"] == 0.5 and m["length"] == 1.0
+
+
+def test_joint_training_fits_the_tiny_archset(tiny_surrogate_dir, tiny_archset):
+    meta = checkpoint.read_meta(tiny_surrogate_dir)
+    losses = [h["train_loss"]["loss"] for h in meta["history"]]
+    assert losses[-1] < 0.5 * losses[0], losses
+    train_metrics = meta["train_metrics"]
+    assert train_metrics["field_type"] > 0.5
+    assert train_metrics["params_r2"] > 0.5
+    for key in ("layer", "sequence", "accuracy_mae", "accuracy_kendall_tau", "params_r2"):
+        assert key in meta["holdout_metrics"]
+
+
+def test_loaded_surrogate_encodes_decodes_predicts(tiny_surrogate_dir, tiny_surrogate_config):
+    s = checkpoint.load_surrogate(tiny_surrogate_dir)
+    feats = encode_matrices(zoo.get("tinycnn", (12, 12, 1), 4).to_matrix(16)[None])
+    y = s.encode(feats)
+    assert y.shape == (1, tiny_surrogate_config.arch.embed_dim)
+    assert s.decode(y).shape == (1, 16, 6)
+    acc, p = s.predict(y)
+    assert 0.0 <= float(acc[0]) <= 1.0 and np.isfinite(float(p[0]))
+
+
+def test_training_resumes_from_the_last_checkpoint(
+    tiny_surrogate_dir, tiny_archset, tiny_surrogate_config, tmp_path
+):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_surrogate_dir, run)  # as if killed after the fixture's last checkpoint
+    done = checkpoint.read_meta(run)["step"]
+    arrays = load_arrays(tiny_archset, max_len=16)
+    logs = []
+    more = dataclasses.replace(tiny_surrogate_config, steps=done + 250)
+    outcome = train(more, arrays, run, TINY_TASK, progress=False, log=logs.append)
+    assert outcome.step == done + 250 and any(f"from step {done}" in line for line in logs)
+    steps = [h["step"] for h in checkpoint.read_meta(run)["history"]]
+    assert steps == sorted(set(steps)) and steps[-1] == done + 250  # no step recorded twice
+
+
+def test_resuming_with_another_config_or_task_is_refused(tiny_surrogate_dir, tiny_archset,
+                                                           tiny_surrogate_config, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_surrogate_dir, run)
+    arrays = load_arrays(tiny_archset, max_len=16)
+    with pytest.raises(checkpoint.SurrogateMismatchError, match="lr"):
+        train(dataclasses.replace(tiny_surrogate_config, lr=0.1), arrays, run, TINY_TASK,
+              progress=False)
+    with pytest.raises(checkpoint.SurrogateMismatchError, match="num_classes"):
+        train(tiny_surrogate_config, arrays, run, {**TINY_TASK, "num_classes": 10}, progress=False)
+
+
+def test_corrupt_checkpoints_give_a_clear_error(tiny_surrogate_dir, tmp_path):
+    run = tmp_path / "corrupt"
+    shutil.copytree(tiny_surrogate_dir, run)
+    step_dirs = sorted((run / "ckpt").iterdir(), key=lambda p: p.name)
+    for step_dir in step_dirs:  # every data file of every step overwritten with garbage
+        for f in step_dir.rglob("*"):
+            if f.is_file() and f.stat().st_size > 0 and "METADATA" not in f.name:
+                f.write_bytes(b"\x00garbage" * 3)
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt"):
+        checkpoint.load_surrogate(run)
+    (run / "surrogate.json").write_text("{not json")
+    with pytest.raises(checkpoint.CheckpointError, match="not valid JSON"):
+        checkpoint.load_surrogate(run)
+    with pytest.raises(checkpoint.CheckpointError, match="train_surrogate"):
+        checkpoint.load_surrogate(tmp_path / "nothing_here")
+
+
+def test_export_keeps_the_weights(tiny_surrogate_dir, tmp_path):
+    out = checkpoint.export(tiny_surrogate_dir, tmp_path / "shipped")
+    a, b = checkpoint.load_surrogate(tiny_surrogate_dir), checkpoint.load_surrogate(out)
+    for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert json.loads((out / "surrogate.json").read_text())["task"] == a.meta["task"]
+
+
+def test_surrogate_config_rejects_bad_lengths():
+    with pytest.raises(ValueError, match="divisible"):
+        SurrogateArch(max_len=20, widths=(8, 8, 8))
