@@ -153,3 +153,23 @@ def test_cli_rejects_a_malformed_model(tiny_surrogate_dir, tmp_path):
     bad.write_text("Model(\n  (features): Sequential(\n    (0): AdaptiveAvgPool2d(output_size=1)\n  )\n)\n")
     proc = run_cli("--dataset", "tiny", "--surrogate", str(tiny_surrogate_dir), "--model", str(bad))
     assert proc.returncode != 0 and "AdaptiveAvgPool2d" in proc.stderr
+
+
+def test_refinement_trains_candidates_and_searches_again(surrogate, tiny_archset, tmp_path):
+    from ac_jax.archset.store import ArchsetStore
+    from ac_jax.compress import refine
+    from ac_jax.config import get_config
+    from ac_jax.data import load
+
+    cfg = get_config("tiny")
+    arch = zoo.get("tinycnn", SHAPE, CLASSES)
+    (first,) = pipeline.compress_batch(surrogate, [arch], ["tiny"], CFG)
+    result = refine.refine(first, surrogate, cfg, CFG, Constraint(), rounds=1, top=2,
+                           work_dir=tmp_path, finetune_steps=50, dataset=load("synthetic"),
+                           archset_path=tiny_archset, log=lambda s: None)
+    (info,) = result.rounds
+    assert 1 <= len(info["trained"]) <= 2
+    assert all(t["status"] == "ok" and 0 <= t["trained"] <= 1 for t in info["trained"])
+    with ArchsetStore(tmp_path / "tiny" / "refine.sqlite", readonly=True) as store:
+        assert len(store) == len(info["trained"])
+    assert (tmp_path / "tiny" / "surrogate_round1" / "surrogate.json").exists()

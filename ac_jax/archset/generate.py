@@ -25,7 +25,7 @@ from ac_jax.arch import shapes, zoo
 from ac_jax.arch.sampler import sample, sample_neighbourhood
 from ac_jax.arch.spec import Arch
 from ac_jax.archset.store import ArchsetStore, Record
-from ac_jax.child.trainer import ChildTrainer, to_device
+from ac_jax.child.trainer import ChildTrainer, TrainResult, to_device
 from ac_jax.config import ArchsetConfig, Config
 
 
@@ -117,6 +117,27 @@ class RunStats:
         return self.compile_wait_seconds / self.wall_seconds if self.wall_seconds else 0.0
 
 
+def pooling_work(arch: Arch) -> int:
+    """Window reads of the pooling layers per image (output positions x k*k x channels).
+
+    The sampler's MAC cap counts Conv and Linear only, so it admits e.g. an 8x8 MaxPool over a
+    44x44x1335 map, whose forward and backward pass took over 15 minutes on a 2-core CPU.
+    """
+    work = 0
+    for layer, info in zip(arch.layers, shapes.analyze(arch).layers):
+        if layer.t in (2, 7):  # MaxPool, AvgPool
+            h, w, c = info.out_shape
+            work += h * w * c * layer.k * layer.k
+    return work
+
+
+def _too_costly(arch: Arch, cfg: ArchsetConfig) -> str:
+    work = pooling_work(arch)
+    if work > cfg.sampler.max_macs:
+        return f"pooling work {work:,} window reads per image exceeds the cap {cfg.sampler.max_macs:,}"
+    return ""
+
+
 def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -170,7 +191,7 @@ def generate(
                 nxt = next(upcoming, None)
                 if nxt is None:
                     return
-                valid = shapes.is_valid(nxt.arch)
+                valid = shapes.is_valid(nxt.arch) and not _too_costly(nxt.arch, a)
                 future = pool.submit(compile_quietly, nxt.arch) if valid else None
                 pending.append((nxt, future))
 
@@ -181,7 +202,11 @@ def generate(
             compile_seconds = future.result() if future is not None else 0.0
             stats.compile_wait_seconds += time.perf_counter() - waited
             refill()
-            result = trainer.train(planned.arch, seeds)
+            too_costly = shapes.is_valid(planned.arch) and _too_costly(planned.arch, a)
+            if too_costly:  # recorded (so a rerun does not retry it), never trained
+                result = TrainResult("rejected", too_costly, (), (), 0.0, 0.0)
+            else:
+                result = trainer.train(planned.arch, seeds)
             info = shapes.analyze(planned.arch)
             record = Record(
                 idx=planned.idx,

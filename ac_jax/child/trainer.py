@@ -208,7 +208,7 @@ def build_program(arch: Arch, schedule: TrainSchedule, data: DeviceData):
 class TrainResult:
     """Outcome of training one architecture with several seeds."""
 
-    status: str  # "ok", "diverged", "oom" or "error"
+    status: str  # "ok", "diverged", "oom", "error", or "rejected" (not trained, see archset)
     reason: str
     seed_accuracies: tuple[float, ...]
     epoch_losses: tuple[tuple[float, ...], ...]  # [seed][epoch]

@@ -1,0 +1,93 @@
+"""Refinement rounds (paper Section 5.3: the regressors drift a few steps away from the archset).
+
+Each round trains the most promising candidates with the archset's proxy schedule, stores them in
+``<work_dir>/refine.sqlite`` (a regular archset file, so a killed round resumes), fine-tunes the
+surrogate on archset + refined records, and searches again from the original network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from ac_jax.archset.store import ArchsetArrays, ArchsetStore, Record, load_arrays
+
+# Refined records get ids far above any sample-plan position, so they never collide.
+REFINE_ID_BASE = 10_000_000
+
+
+def concat_arrays(a: ArchsetArrays, b: ArchsetArrays) -> ArchsetArrays:
+    return dataclasses.replace(
+        a,
+        matrices=np.concatenate([a.matrices, b.matrices]),
+        lengths=np.concatenate([a.lengths, b.lengths]),
+        accuracy=np.concatenate([a.accuracy, b.accuracy]),
+        num_params=np.concatenate([a.num_params, b.num_params]),
+        macs=np.concatenate([a.macs, b.macs]),
+        idx=np.concatenate([a.idx, b.idx]),
+    )
+
+
+def spread(front_candidates: list, top: int) -> list:
+    """Up to `top` candidates spread evenly along the Pareto set (small to large)."""
+    ordered = sorted(front_candidates, key=lambda c: c.num_params)
+    if len(ordered) <= top:
+        return ordered
+    picks = np.unique(np.linspace(0, len(ordered) - 1, top).round().astype(int))
+    return [ordered[i] for i in picks]
+
+
+def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int, work_dir,
+           finetune_steps: int = 400, dataset=None, archset_path=None, log=print):
+    """Returns a new `CompressResult` after `rounds` rounds; `result.rounds` describes each."""
+    from ac_jax.archset.generate import archset_meta
+    from ac_jax.child.trainer import ChildTrainer, to_device
+    from ac_jax.cli import repo_path
+    from ac_jax.compress.pipeline import compress_batch
+    from ac_jax.data import load
+    from ac_jax.surrogate.checkpoint import load_surrogate
+    from ac_jax.surrogate.train import train
+
+    work_dir = Path(work_dir) / result.name
+    work_dir.mkdir(parents=True, exist_ok=True)
+    dataset = dataset if dataset is not None else load(cfg.dataset, cfg.data_dir)
+    a = cfg.archset
+    trainer = ChildTrainer(to_device(dataset, a.schedule, seed=a.sample_seed), a.schedule, a.seeds)
+    base = load_arrays(archset_path or repo_path(a.path), max_len=surrogate.max_len)
+    original = result.original.arch
+    history = list(result.rounds)
+    meta = archset_meta(cfg, dataset.input_shape, dataset.num_classes)
+    for r in range(rounds):
+        chosen = spread([result.candidates[i] for i in result.front], top)
+        round_info = {"round": r + 1, "trained": []}
+        with ArchsetStore(work_dir / "refine.sqlite", meta) as store:
+            done = {rec.arch: rec for rec in store.records()}
+            next_id = REFINE_ID_BASE + len(store)
+            for cand in chosen:
+                rec = done.get(cand.arch)
+                if rec is None:
+                    log(f"refine round {r + 1}: training a {cand.num_params:,}-parameter candidate")
+                    out = trainer.train(cand.arch, list(range(a.seeds)))
+                    rec = Record(next_id, cand.arch, "refine", cand.num_params, cand.macs,
+                                 out.status, out.reason, out.seed_accuracies,
+                                 out.mean_accuracy if out.seed_accuracies else None,
+                                 out.epoch_losses, out.compile_seconds, out.train_seconds)
+                    store.add(rec)
+                    next_id += 1
+                round_info["trained"].append({"num_params": cand.num_params,
+                                              "predicted": cand.predicted_accuracy,
+                                              "trained": rec.mean_accuracy, "status": rec.status})
+        refined = load_arrays(work_dir / "refine.sqlite", max_len=surrogate.max_len)
+        scfg = dataclasses.replace(surrogate.config, steps=finetune_steps,
+                                   checkpoint_every=finetune_steps, eval_every=finetune_steps)
+        run_dir = work_dir / f"surrogate_round{r + 1}"
+        train(scfg, concat_arrays(base, refined), run_dir, surrogate.meta["task"], progress=False,
+              init_variables=surrogate.variables, normaliser=surrogate.normaliser, log=log)
+        surrogate = load_surrogate(run_dir)
+        (result,) = compress_batch(surrogate, [original], [result.name], search_cfg, constraint)
+        round_info["chosen_params"] = result.chosen.num_params
+        history.append(round_info)
+    result.rounds = history
+    return result
