@@ -106,17 +106,22 @@ def _score(model, variables, feats):
 
 
 def score(surrogate: TrainedSurrogate, feats, batch: int = 1024):
-    """Predicted (accuracy, normalised params) of discrete sequences, re-encoded."""
+    """Predicted (accuracy, normalised params) of discrete sequences, re-encoded.
+
+    Inputs are padded to a power of two (at most `batch` per call) so that the number of
+    candidates, which differs from network to network, costs a handful of compiles, not one each.
+    """
     import numpy as np
 
     acc, ptarget = [], []
     feats = np.asarray(feats, np.float32)
     for start in range(0, len(feats), batch):
         chunk = feats[start : start + batch]
-        pad = batch - len(chunk) if len(feats) > batch else 0  # one shape -> one compile
+        size = min(batch, 1 << max(0, (len(chunk) - 1).bit_length()))
+        pad = size - len(chunk)
         if pad:
             chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
         a, p = _score(surrogate.model, surrogate.variables, jnp.asarray(chunk))
-        acc.append(np.asarray(a)[: batch - pad])
-        ptarget.append(np.asarray(p)[: batch - pad])
+        acc.append(np.asarray(a)[: size - pad])
+        ptarget.append(np.asarray(p)[: size - pad])
     return np.concatenate(acc), np.concatenate(ptarget)
