@@ -77,7 +77,6 @@ def main(argv=None) -> int:
     from ac_jax.arch.torch_io import load_arch
     from ac_jax.compress import pipeline
     from ac_jax.compress.candidates import Constraint
-    from ac_jax.compress.search import SearchConfig
     from ac_jax.surrogate.checkpoint import CheckpointError, load_surrogate, read_meta
 
     surrogate_dir = Path(args.surrogate) if args.surrogate else cli.surrogate_path(cfg)

@@ -394,7 +394,7 @@ def test_load_arrays_shapes_and_dtypes(tmp_path, cfg, meta):
     everything = load_arrays(tmp_path / "b.sqlite", max_len=16, statuses=("ok", "oom"))
     assert everything.matrices.shape == (3, 16, 5) and np.isnan(everything.accuracy[-1])
 
-    encoding = pytest.importorskip("ac_jax.surrogate.encoding")
+    from ac_jax.surrogate import encoding
     feats = encoding.encode_matrices(arrays.matrices)
     assert feats.shape == (n, 64, encoding.NUM_INPUT_FEATURES) and feats.dtype == np.float32
     assert (feats[..., 5].sum(axis=1) == arrays.lengths).all()

@@ -135,8 +135,9 @@ def build_candidates(
     num_lambdas, snapshots = decoded.shape[:2]
     flat = decoded.reshape(num_lambdas * snapshots, *decoded.shape[2:])
     mats, lengths = discretise(flat, input_shape, num_classes, surrogate.max_len)
+    # Legal matrices have at most max_len rows and canonicalize only drops layers, so every
+    # candidate fits the surrogate (and `first` stays aligned with `archs`).
     archs, first = unique_archs(mats, lengths, input_shape, num_classes)
-    archs = [a for a in archs if len(a) <= surrogate.max_len]
     infos = [shapes.analyze(a) for a in archs]
     feats = encode_matrices(np.stack([a.to_matrix(surrogate.max_len) for a in archs]))
     acc, _ = score(surrogate, feats)
@@ -153,14 +154,19 @@ def build_candidates(
     ]
 
 
-def original_candidate(surrogate, arch: Arch) -> Candidate:
+def original_candidates(surrogate, archs: Sequence[Arch]) -> list[Candidate]:
+    """The input networks as candidates, scored in one batched call."""
     from ac_jax.compress.search import score
 
-    if len(arch) > surrogate.max_len:
-        raise ValueError(
-            f"the network has {len(arch)} layers; this surrogate encodes at most "
-            f"{surrogate.max_len}"
-        )
-    acc, _ = score(surrogate, encode_matrices(arch.to_matrix(surrogate.max_len)[None]))
-    info = shapes.analyze(arch)
-    return Candidate(arch, info.num_params, info.macs, float(acc[0]), float("nan"), 0)
+    for arch in archs:
+        if len(arch) > surrogate.max_len:
+            raise ValueError(
+                f"the network has {len(arch)} layers; this surrogate encodes at most "
+                f"{surrogate.max_len}"
+            )
+    acc, _ = score(surrogate, encode_matrices(np.stack([a.to_matrix(surrogate.max_len) for a in archs])))
+    out = []
+    for arch, a in zip(archs, acc):
+        info = shapes.analyze(arch)
+        out.append(Candidate(arch, info.num_params, info.macs, float(a), float("nan"), 0))
+    return out

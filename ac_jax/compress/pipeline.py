@@ -17,7 +17,7 @@ from ac_jax.compress.candidates import (
     Candidate,
     Constraint,
     build_candidates,
-    original_candidate,
+    original_candidates,
     pareto_front,
     pick,
 )
@@ -78,7 +78,7 @@ def compress_batch(
                 f"network is for input {arch.input_shape} with {arch.num_classes} classes, the "
                 f"surrogate for {surrogate.input_shape} with {surrogate.num_classes}"
             )
-    originals = [original_candidate(surrogate, a) for a in archs]
+    originals = original_candidates(surrogate, archs)
     feats = encode_matrices(np.stack([a.to_matrix(surrogate.max_len) for a in archs]))
     lambdas = np.array([constraint.lam] if constraint.lam is not None else cfg.lambdas)
     a0, p0 = targets(surrogate, archs, cfg, constraint)
