@@ -24,6 +24,10 @@ class ArchsetConfig:
     neighbourhood_fraction: float = 0.0
     neighbourhood_of: str = "conv7"
     compile_workers: int = 2  # background threads compiling the next architectures
+    # Cap on pooling window reads per image (`generate.pooling_work`); None: the sampler's MAC cap.
+    # The sampler's MAC cap counts Conv and Linear only; an architecture over this cap is recorded
+    # as "rejected" untrained. A cost guard like a timeout, so not part of the archset's meta.
+    max_pooling_reads: int | None = None
     path: str = "archsets/fashion_mnist.sqlite"
 
 

@@ -15,6 +15,10 @@ and their winner is retrained with the final schedule; pruning prunes the traine
 distillation trains a thin teacher (or, with --distill-student target, the target architecture)
 with KD and from scratch. With a target architecture, it is retrained here too, so the table
 compares all architectures under one protocol. Writes baselines.md and baselines.json to --out.
+
+--random-archs archset sizes random search like the paper's question asks: as many trained
+architectures as the ac_jax result spent. Random search records each trained candidate in
+--out/random_search.sqlite as it finishes, so a killed run resumes without retraining any.
 """
 
 import argparse
@@ -128,12 +132,37 @@ def read_report(path: str, input_shape, num_classes) -> dict:
             f"classes, the dataset has {tuple(input_shape)} / {num_classes}"
         )
     out["arch"] = arch
+    out["surrogate"] = report.get("surrogate")
     verify = report.get("verify")
     if verify is not None and not isinstance(verify, dict):
         raise ValueError(f"{p}: verify must be an object or null")
     out["original_accuracy"] = verify.get("original_accuracy") if verify else None
     out["compressed_accuracy"] = verify.get("compressed_accuracy") if verify else None
     return out
+
+
+def parse_random_archs(text: str) -> int | str:
+    if text == "archset":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--random-archs takes a positive count or 'archset', "
+                                         f"got {text!r}")
+    return value
+
+
+def archset_spend(report: dict) -> int:
+    """Architectures the ac_jax result cost: its surrogate's archset plus any refinement runs."""
+    folder = report.get("surrogate")
+    meta_path = Path(folder) / "surrogate.json" if folder else None
+    if meta_path is None or not meta_path.is_file():
+        raise ValueError("--random-archs archset needs the --ac-report's surrogate folder "
+                         f"(its surrogate.json); the report names {folder!r}")
+    records = json.loads(meta_path.read_text(encoding="utf-8"))["task"]["num_records"]
+    return int(records) + int(report.get("archs_trained") or 0)
 
 
 def parse_methods(text: str) -> list[str]:
@@ -206,6 +235,10 @@ def main(argv=None) -> int:
     parser.add_argument("--distill-student", choices=("thin", "target"), default="thin",
                         help="distillation student: the teacher thinned to the target (FitNets "
                              "style, default) or the target architecture")
+    parser.add_argument("--random-archs", type=parse_random_archs,
+                        help="architectures random search trains: a count, or 'archset' for "
+                             "as many as the ac_jax result spent (its surrogate's archset records "
+                             "+ refinement runs; needs --ac-report). Default: the budget's")
     parser.add_argument("--seed", type=int, default=0, help="seed of the searches and pruning")
     parser.add_argument("--out", help="output folder (default: results/baselines/<task>_<budget>)")
     parser.add_argument("--no-compile-cache", action="store_true",
@@ -250,8 +283,17 @@ def main(argv=None) -> int:
                              "--ac-report")
         if args.distill_student == "target" and target_arch is None:
             raise ValueError("--distill-student target needs --target to be an architecture")
+        if args.random_archs is not None:
+            num = (archset_spend(report) if args.random_archs == "archset" and report
+                   else args.random_archs)
+            if num == "archset":
+                raise ValueError("--random-archs archset needs --ac-report")
+            budget = dataclasses.replace(budget, random_search=dataclasses.replace(
+                budget.random_search, num_archs=num))
     except ValueError as err:
         sys.exit(f"error: {err}")
+    budget = dataclasses.replace(budget, random_search=dataclasses.replace(
+        budget.random_search, max_pooling_reads=cfg.archset.max_pooling_reads))
     if report is not None and report["original_params"] != teacher_arch.num_params:
         print(f"warning: the report's original network has {report['original_params']:,} "
               f"parameters, the teacher here {teacher_arch.num_params:,}", file=sys.stderr)
@@ -359,7 +401,8 @@ def main(argv=None) -> int:
         attempt("random search", lambda: add(retrained(random_search(
             search_data, budget.search_schedule, target_params, budget.random_search,
             cfg.archset.sampler, neighbourhood_of=teacher_arch, seed=args.seed + 1,
-            progress=progress), "random search winner")))
+            store=out_dir / "random_search.sqlite", progress=progress),
+            "random search winner")))
     if "n2n" in args.methods:
         n2n_cfg = dataclasses.replace(budget.n2n, seed=args.seed)
         attempt("N2N (RL)", lambda: add(retrained(n2n(

@@ -5,6 +5,7 @@ formulas; bin/baselines.py reads targets and reports and fails clearly on bad in
 Few distinct architectures are trained (each costs an XLA compile of seconds on a CPU).
 """
 
+import argparse
 import dataclasses
 import importlib
 import importlib.util
@@ -220,6 +221,52 @@ def test_random_search_returns_the_best_within_budget(data):
     candidates = result.details["candidates"]
     assert result.archs_evaluated == len(candidates) == 2
     assert result.accuracy == max(c["accuracy"] for c in candidates)
+
+
+def test_random_search_resumes_from_its_store(data, tmp_path, monkeypatch):
+    """A rerun reuses every stored candidate and trains only the missing ones."""
+    from ac_jax.archset.store import ArchsetMismatchError, ArchsetStore
+    from ac_jax.child.trainer import ChildTrainer
+    from configs.tiny import get_config
+
+    sampler, store = get_config().archset.sampler, tmp_path / "rs.sqlite"
+    first = random_search(data, SCHEDULE, 600, RandomSearchConfig(num_archs=2), sampler,
+                          store=store)
+    calls = []
+    real_train = ChildTrainer.train
+    monkeypatch.setattr(ChildTrainer, "train",
+                        lambda self, arch, seeds: calls.append(arch) or real_train(self, arch, seeds))
+    second = random_search(data, SCHEDULE, 600, RandomSearchConfig(num_archs=3), sampler,
+                           store=store)
+    assert len(calls) == 1  # candidates 0 and 1 came from the store
+    assert [c["layers"] for c in second.details["candidates"][:2]] == \
+        [c["layers"] for c in first.details["candidates"]]
+    assert "2 resumed" in second.notes
+    with ArchsetStore(store, readonly=True) as db:
+        assert sorted(db.done_indices()) == [0, 1, 2]
+    with pytest.raises(ArchsetMismatchError):  # another target: another search
+        random_search(data, SCHEDULE, 500, RandomSearchConfig(num_archs=2), sampler, store=store)
+
+
+def test_random_search_rejects_costly_pooling_untrained(data):
+    from configs.tiny import get_config
+
+    cfg = RandomSearchConfig(num_archs=2, max_pooling_reads=-1)  # every candidate over the cap
+    with pytest.raises(RuntimeError, match="all 2 sampled architectures failed"):
+        random_search(data, SCHEDULE, 600, cfg, get_config().archset.sampler)
+
+
+def test_random_archs_flag(bin_baselines, tmp_path):
+    assert bin_baselines.parse_random_archs("300") == 300
+    assert bin_baselines.parse_random_archs("archset") == "archset"
+    with pytest.raises(argparse.ArgumentTypeError):
+        bin_baselines.parse_random_archs("0")
+    folder = tmp_path / "surrogate"
+    folder.mkdir()
+    (folder / "surrogate.json").write_text(json.dumps({"task": {"num_records": 157}}))
+    assert bin_baselines.archset_spend({"surrogate": str(folder), "archs_trained": 3}) == 160
+    with pytest.raises(ValueError, match="surrogate.json"):
+        bin_baselines.archset_spend({"surrogate": str(tmp_path / "missing")})
 
 
 def test_n2n_reward_formula():

@@ -132,9 +132,10 @@ def pooling_work(arch: Arch) -> int:
 
 
 def _too_costly(arch: Arch, cfg: ArchsetConfig) -> str:
+    cap = cfg.max_pooling_reads if cfg.max_pooling_reads is not None else cfg.sampler.max_macs
     work = pooling_work(arch)
-    if work > cfg.sampler.max_macs:
-        return f"pooling work {work:,} window reads per image exceeds the cap {cfg.sampler.max_macs:,}"
+    if work > cap:
+        return f"pooling work {work:,} window reads per image exceeds the cap {cap:,}"
     return ""
 
 

@@ -6,20 +6,27 @@ with edits of the input network in the archset config's `neighbourhood_fraction`
 sampler's parameter cap lowered to the target, each is trained with the proxy schedule by
 `ChildTrainer` (seeds vmapped, exactly as archset records are made), and the most accurate one
 is returned.
+
+With `store` (a path) every trained candidate is written to an archset-format SQLite file as it
+finishes, keyed by its position in the deterministic candidate list: a killed search resumes
+where it stopped and never retrains or duplicates a candidate (the archset store's guarantees).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Sequence
 
 from tqdm.auto import tqdm
 
 from ac_jax.arch.sampler import SamplerConfig, sample_batches, sample_neighbourhood
 from ac_jax.arch.spec import Arch
+from ac_jax.archset.generate import pooling_work
+from ac_jax.archset.store import ArchsetStore, Record, arch_key
 from ac_jax.baselines.common import BaselineResult
-from ac_jax.child.trainer import ChildTrainer, DeviceData, TrainSchedule
+from ac_jax.child.trainer import ChildTrainer, DeviceData, TrainResult, TrainSchedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +36,9 @@ class RandomSearchConfig:
     neighbourhood_fraction: float = 0.5  # share drawn around the input network (archset mix)
     sample_seed: int = 1  # the archset uses 0: draw other architectures than it holds
     max_rounds: int = 200  # sampler rounds (of SamplerConfig.batch candidates) before giving up
+    # Candidates whose pooling layers read more window elements per image are recorded as
+    # "rejected" untrained (see archset.generate.pooling_work); None: no cap.
+    max_pooling_reads: int | None = None
 
 
 def sample_under_budget(num: int, input_shape: Sequence[int], num_classes: int,
@@ -83,49 +93,115 @@ def sample_under_budget(num: int, input_shape: Sequence[int], num_classes: int,
     return out
 
 
+def _search_meta(data: DeviceData, schedule: TrainSchedule, target_params: int,
+                 cfg: RandomSearchConfig, sampler: SamplerConfig, seed: int,
+                 neighbourhood_of: Arch | None) -> dict:
+    """What a resumed search must share with the stored one for its records to be reused."""
+    return {
+        "kind": "random_search",
+        "input_shape": list(data.input_shape),
+        "num_classes": int(data.num_classes),
+        "train_images": int(data.train_x.shape[0]),
+        "test_images": int(data.test_x.shape[0]),
+        "schedule": dataclasses.asdict(schedule),
+        "seeds": cfg.num_seeds,
+        "target_params": int(target_params),
+        "sample_seed": int(seed),
+        "neighbourhood_fraction": cfg.neighbourhood_fraction,
+        "neighbourhood_of": None if neighbourhood_of is None else arch_key(neighbourhood_of),
+        "sampler": dataclasses.asdict(sampler),
+    }
+
+
+def _train_candidate(idx: int, arch: Arch, source: str, trainer: ChildTrainer,
+                     seeds: list[int], cfg: RandomSearchConfig) -> Record:
+    work = pooling_work(arch)
+    if cfg.max_pooling_reads is not None and work > cfg.max_pooling_reads:
+        result = TrainResult("rejected", f"pooling work {work:,} window reads per image exceeds "
+                             f"the cap {cfg.max_pooling_reads:,}", (), (), 0.0, 0.0)
+    else:
+        result = trainer.train(arch, seeds)
+    return Record(
+        idx=idx, arch=arch, source=source, num_params=arch.num_params, macs=arch.macs,
+        status=result.status, reason=result.reason, seed_accuracies=result.seed_accuracies,
+        mean_accuracy=result.mean_accuracy if result.seed_accuracies else None,
+        epoch_losses=result.epoch_losses, compile_seconds=result.compile_seconds,
+        train_seconds=result.train_seconds, finished_at=time.time(),
+    )
+
+
 def random_search(data: DeviceData, schedule: TrainSchedule, target_params: int,
                   cfg: RandomSearchConfig = RandomSearchConfig(),
                   sampler: SamplerConfig = SamplerConfig(), *,
                   neighbourhood_of: Arch | None = None, seed: int | None = None,
-                  progress: bool = False) -> BaselineResult:
+                  store: str | Path | None = None, progress: bool = False) -> BaselineResult:
     """Trains `cfg.num_archs` sampled architectures (<= `target_params`); returns the best.
 
     `accuracy` and `search_accuracy` are the winner's proxy accuracy (mean over seeds); retrain
     it with the final schedule to compare with other methods. Failed trainings (divergence,
-    errors) are recorded in `details` and never win.
+    errors) are recorded in `details` and never win. `store`: resumable record file (module doc).
     """
     start = time.perf_counter()
+    seed = cfg.sample_seed if seed is None else seed
     candidates = sample_under_budget(
         cfg.num_archs, data.input_shape, data.num_classes, target_params, sampler,
-        neighbourhood_of, cfg.neighbourhood_fraction,
-        cfg.sample_seed if seed is None else seed, cfg.max_rounds,
+        neighbourhood_of, cfg.neighbourhood_fraction, seed, cfg.max_rounds,
     )
+    db = None
+    done: dict[int, Record] = {}
+    if store is not None:
+        Path(store).parent.mkdir(parents=True, exist_ok=True)
+        db = ArchsetStore(store, _search_meta(data, schedule, target_params, cfg, sampler, seed,
+                                              neighbourhood_of))
+        done = {r.idx: r for r in db.records()}
+        for idx, record in done.items():
+            if idx < len(candidates) and record.arch != candidates[idx][0]:
+                db.close()
+                raise ValueError(f"{store} holds another candidate at position {idx}; "
+                                 "it was made by another search (delete it or pick another path)")
     trainer = ChildTrainer(data, schedule, cfg.num_seeds)
     seeds = list(range(cfg.num_seeds))
     records = []
     best = None
-    bar = tqdm(candidates, desc="random search", leave=False, disable=not progress)
-    for arch, source in bar:
-        result = trainer.train(arch, seeds)
-        acc = result.mean_accuracy if result.ok else float("nan")
-        records.append({"num_params": arch.num_params, "accuracy": acc, "status": result.status,
-                        "source": source, "layers": [list(layer) for layer in arch.layers]})
-        if result.ok and (best is None or (acc, -arch.num_params) > (best[0], -best[1].num_params)):
-            best = (acc, arch)
-            bar.set_postfix(best=f"{acc:.3f}")
+    bar = tqdm(total=len(candidates), desc="random search", leave=False, disable=not progress)
+    resumed = 0
+    try:
+        for idx, (arch, source) in enumerate(candidates):
+            record = done.get(idx)
+            if record is None:
+                record = _train_candidate(idx, arch, source, trainer, seeds, cfg)
+                if db is not None:
+                    db.add(record)
+            else:
+                resumed += 1
+            ok = record.status == "ok"
+            acc = record.mean_accuracy if ok else float("nan")
+            records.append({"num_params": arch.num_params, "accuracy": acc,
+                            "status": record.status, "source": source,
+                            "layers": [list(layer) for layer in arch.layers]})
+            if ok and (best is None or (acc, -arch.num_params) > (best[0], -best[1].num_params)):
+                best = (acc, arch)
+                bar.set_postfix(best=f"{acc:.3f}", resumed=resumed)
+            bar.update(1)
+    finally:
+        bar.close()
+        if db is not None:
+            db.close()
     if best is None:
         raise RuntimeError(f"all {len(candidates)} sampled architectures failed to train")
     acc, arch = best
+    trained = sum(r["status"] == "ok" for r in records)
     return BaselineResult(
         method="random search",
         accuracy=acc,
         num_params=arch.num_params,
         arch=arch,
         wall_seconds=time.perf_counter() - start,
-        archs_evaluated=len(candidates),
+        archs_evaluated=trained,
         search_accuracy=acc,
         within_budget=arch.num_params <= target_params,
-        notes=f"best of {len(candidates)} sampled, {schedule.epochs}-epoch proxy x "
-              f"{cfg.num_seeds} seed(s)",
+        notes=f"best of {trained} trained ({len(candidates) - trained} rejected or failed), "
+              f"{schedule.epochs}-epoch proxy x {cfg.num_seeds} seed(s)"
+              + (f"; {resumed} resumed from {store}" if resumed else ""),
         details={"candidates": records},
     )
