@@ -7,8 +7,9 @@ preprocessing (x / 255 - 0.5), one epoch on a stratified Fashion-MNIST training 
 seeds. ac_jax trains all seeds at once (`ChildTrainer`, `jax.vmap` over seeds); PyTorch trains them
 one after another in an ordinary eager loop built from `torch_io.to_torch_module_source(arch)`.
 
-Every (architecture, framework) measurement runs in its own subprocess, one at a time, so the
-frameworks never share a process or fight over threads (each uses its default thread count).
+Every (architecture, framework) measurement runs in its own subprocess (`common.spawn`), one at a
+time, so the frameworks never share a process or fight over threads (each uses its default thread
+count).
 
   python benchmarks/child_training.py                                   # CONV-7 + 3 sampled
   python benchmarks/child_training.py --train-subset 640 --num-sampled 1 --seeds 2   # smoke
@@ -25,17 +26,16 @@ sanity check that the two loops do comparable work.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402  (puts the repository on sys.path too)
 
 BATCH_SIZE = 64
 LR = 0.01
@@ -164,12 +164,12 @@ def run_torch(arch, args) -> dict:
     }
 
 
-def worker_main(args) -> None:
+def worker(config: dict) -> dict:
+    """One (architecture, framework) measurement, in a subprocess started by `measure`."""
     from ac_jax.arch.torch_io import parse_json
 
-    arch = parse_json(Path(args.arch_json).read_text())
-    result = (run_jax if args.worker == "jax" else run_torch)(arch, args)
-    Path(args.result).write_text(json.dumps(result))
+    run = run_jax if config["mode"] == "jax" else run_torch
+    return run(parse_json(config["arch"]), SimpleNamespace(**config))
 
 
 # ------------------------------------------------------------------------------------------
@@ -177,30 +177,14 @@ def worker_main(args) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def measure(name: str, arch, framework: str, args, tmp: Path) -> dict:
+def measure(arch, framework: str, args) -> dict:
     """Runs one (architecture, framework) measurement in a fresh subprocess."""
     from ac_jax.arch.torch_io import to_json
 
-    arch_file, result_file = tmp / f"{name}.json", tmp / f"{name}-{framework}.result.json"
-    arch_file.write_text(to_json(arch))
-    cmd = [
-        sys.executable, str(Path(__file__).resolve()), "--worker", framework,
-        "--arch-json", str(arch_file), "--result", str(result_file),
-        "--seeds", str(args.seeds), "--train-subset", str(args.train_subset),
-        "--test-subset", str(args.test_subset), "--repeats", str(args.repeats),
-    ]
-    if args.data_dir:
-        cmd += ["--data-dir", args.data_dir]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
-    wall = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0 or not result_file.exists():
-        raise RuntimeError(f"{framework} on {name} failed ({proc.returncode}):\n"
-                           f"{proc.stdout[-4000:]}{proc.stderr[-4000:]}")
-    result = json.loads(result_file.read_text())
-    result["process_seconds"] = time.perf_counter() - wall
-    return result
+    config = {"arch": to_json(arch), "seeds": args.seeds, "train_subset": args.train_subset,
+              "test_subset": args.test_subset, "repeats": args.repeats,
+              "data_dir": args.data_dir}
+    return common.spawn(__file__, framework, config)
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -231,21 +215,15 @@ def main(argv=None) -> int:
     parser.add_argument("--train-subset", type=int, default=6000)
     parser.add_argument("--test-subset", type=int, default=1000,
                         help="images evaluated once per seed at the end (in both frameworks)")
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs; the best is reported")
     parser.add_argument("--frameworks", nargs="+", choices=("jax", "torch"),
                         default=["jax", "torch"])
     parser.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files")
-    parser.add_argument("--json", metavar="OUT", help="also save the results as JSON")
-    # Internal: one measurement in this (sub)process.
-    parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
-    parser.add_argument("--arch-json", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    common.add_common_args(parser, repeats=1)  # --repeats (the best is reported), --json
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.repeats < 1 or args.train_subset < BATCH_SIZE:
         parser.error(f"need --seeds >= 1, --repeats >= 1, --train-subset >= {BATCH_SIZE}")
 
-    if args.worker:
-        worker_main(args)
+    if common.run_worker_if_asked(args, {"jax": worker, "torch": worker}):
         return 0
 
     from ac_jax.arch import shapes
@@ -253,25 +231,24 @@ def main(argv=None) -> int:
     load_data(args.train_subset, args.test_subset, args.data_dir)  # fail early if missing
     images = (args.train_subset // BATCH_SIZE) * BATCH_SIZE  # per seed, full batches only
     rows = []
-    with tempfile.TemporaryDirectory(prefix="child_bench_") as tmp:
-        for name, arch in benchmark_archs(args.models, args.num_sampled, args.sample_seed):
-            info = shapes.analyze(arch)
-            row = {"arch": name, "layers": [list(layer) for layer in arch.layers],
-                   "params": info.num_params, "macs": info.macs}
-            for framework in args.frameworks:
-                print(f"[{name}] {framework} ...", file=sys.stderr, flush=True)
-                result = measure(name, arch, framework, args, Path(tmp))
-                best = min(result["train_seconds"])
-                row[f"{framework}_img_per_s"] = args.seeds * images / best
-                row[f"{framework}_compile_seconds"] = result["compile_seconds"]
-                row[f"{framework}_result"] = result
-                print(f"[{name}] {framework}: {row[f'{framework}_img_per_s']:,.0f} img/s "
-                      f"(best of {result['train_seconds']}), compile "
-                      f"{result['compile_seconds']:.1f} s, accuracy "
-                      f"{result['mean_accuracy']:.3f}", file=sys.stderr, flush=True)
-            if "jax_img_per_s" in row and "torch_img_per_s" in row:
-                row["ratio"] = row["jax_img_per_s"] / row["torch_img_per_s"]
-            rows.append(row)
+    for name, arch in benchmark_archs(args.models, args.num_sampled, args.sample_seed):
+        info = shapes.analyze(arch)
+        row = {"arch": name, "layers": [list(layer) for layer in arch.layers],
+               "params": info.num_params, "macs": info.macs}
+        for framework in args.frameworks:
+            print(f"[{name}] {framework} ...", file=sys.stderr, flush=True)
+            result = measure(arch, framework, args)
+            best = min(result["train_seconds"])
+            row[f"{framework}_img_per_s"] = args.seeds * images / best
+            row[f"{framework}_compile_seconds"] = result["compile_seconds"]
+            row[f"{framework}_result"] = result
+            print(f"[{name}] {framework}: {row[f'{framework}_img_per_s']:,.0f} img/s "
+                  f"(best of {result['train_seconds']}), compile "
+                  f"{result['compile_seconds']:.1f} s, accuracy "
+                  f"{result['mean_accuracy']:.3f}", file=sys.stderr, flush=True)
+        if "jax_img_per_s" in row and "torch_img_per_s" in row:
+            row["ratio"] = row["jax_img_per_s"] / row["torch_img_per_s"]
+        rows.append(row)
 
     backends = sorted({r[f"{f}_result"]["backend"] for r in rows for f in args.frameworks})
     print(f"\nOne epoch, batch {BATCH_SIZE}, {args.seeds} seeds, {images} training images per "
@@ -279,15 +256,12 @@ def main(argv=None) -> int:
           f"CPUs; " + "; ".join(backends) + ". ratio = ac_jax / torch.\n")
     print(markdown_table(rows))
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
         settings = {k: getattr(args, k) for k in (
             "models", "num_sampled", "sample_seed", "seeds", "train_subset", "test_subset",
             "repeats", "frameworks")}
-        out.write_text(json.dumps({"settings": settings, "batch_size": BATCH_SIZE,
-                                   "images_per_seed": images, "cpus": os.cpu_count(),
-                                   "backends": backends, "rows": rows}, indent=2))
-        print(f"\nsaved {out}", file=sys.stderr)
+        common.save_json(args.json, {"settings": settings, "batch_size": BATCH_SIZE,
+                                     "images_per_seed": images, "cpus": os.cpu_count(),
+                                     "backends": backends, "rows": rows})
     return 0
 
 

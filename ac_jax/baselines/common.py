@@ -185,6 +185,12 @@ class BatchStream:
 LossFn = Callable[..., tuple[jax.Array, tuple[Any, Any]]]
 
 
+def minibatch(key, idx, train_x, train_y, augment: bool):
+    """``(x, y, dropout_key)``: the preprocessed (augmented) minibatch `idx` of a training step."""
+    aug_key, dropout_key = jax.random.split(key)
+    return preprocess(aug_key, train_x[idx], augment), train_y[idx], dropout_key
+
+
 def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, augment: bool):
     """A jitted training step ``(state, extra, idx, key, train_x, train_y) -> (state, loss, aux)``.
 
@@ -195,9 +201,7 @@ def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, augment: bool):
     @jax.jit
     def step(state, extra, idx, key, train_x, train_y):
         params, batch_stats, opt_state = state
-        aug_key, dropout_key = jax.random.split(key)
-        x = preprocess(aug_key, train_x[idx], augment)
-        y = train_y[idx]
+        x, y, dropout_key = minibatch(key, idx, train_x, train_y, augment)
         (loss, (batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             params, batch_stats, extra, x, y, dropout_key
         )

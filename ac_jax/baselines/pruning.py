@@ -52,13 +52,13 @@ from ac_jax.baselines.common import (
     child_model,
     evaluate,
     init_state,
+    minibatch,
     module_names,
     prng_key,
     run_steps,
     state_variables,
 )
 from ac_jax.child.trainer import DeviceData, TrainSchedule
-from ac_jax.data.device import preprocess
 
 CRITERIA = ("taylor", "l1")
 
@@ -214,9 +214,7 @@ def _make_gated_step(model, groups, tx, augment: bool):
     @jax.jit
     def step(state, masks, idx, key, train_x, train_y):
         params, batch_stats, opt_state = state
-        aug_key, dropout_key = jax.random.split(key)
-        x = preprocess(aug_key, train_x[idx], augment)
-        y = train_y[idx]
+        x, y, dropout_key = minibatch(key, idx, train_x, train_y, augment)
         b = x.shape[0]
         gates = tuple(jnp.broadcast_to(m, (b, m.shape[0])) for m in masks)
 

@@ -14,6 +14,7 @@ where it stopped and never retrains or duplicates a candidate (the archset store
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import time
 from pathlib import Path
@@ -113,12 +114,19 @@ def _search_meta(data: DeviceData, schedule: TrainSchedule, target_params: int,
     }
 
 
-def _train_candidate(idx: int, arch: Arch, source: str, trainer: ChildTrainer,
-                     seeds: list[int], cfg: RandomSearchConfig) -> Record:
+def _over_pooling_cap(arch: Arch, cfg: RandomSearchConfig) -> str:
     work = pooling_work(arch)
     if cfg.max_pooling_reads is not None and work > cfg.max_pooling_reads:
-        result = TrainResult("rejected", f"pooling work {work:,} window reads per image exceeds "
-                             f"the cap {cfg.max_pooling_reads:,}", (), (), 0.0, 0.0)
+        return f"pooling work {work:,} window reads per image exceeds the cap " \
+               f"{cfg.max_pooling_reads:,}"
+    return ""
+
+
+def _train_candidate(idx: int, arch: Arch, source: str, trainer: ChildTrainer,
+                     seeds: list[int], cfg: RandomSearchConfig) -> Record:
+    too_costly = _over_pooling_cap(arch, cfg)
+    if too_costly:
+        result = TrainResult("rejected", too_costly, (), (), 0.0, 0.0)
     else:
         result = trainer.train(arch, seeds)
     return Record(
@@ -165,10 +173,29 @@ def random_search(data: DeviceData, schedule: TrainSchedule, target_params: int,
     best = None
     bar = tqdm(total=len(candidates), desc="random search", leave=False, disable=not progress)
     resumed = 0
+    # The next candidate compiles in a background thread while the current one trains (as in
+    # archset generation); `trainer.compile` caches the executable that `train` then uses.
+    to_train = [i for i in range(len(candidates))
+                if i not in done and not _over_pooling_cap(candidates[i][0], cfg)]
+    next_compile = dict(zip(to_train, to_train[1:]))
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    compiling = {}
+
+    def compile_quietly(arch):
+        try:
+            trainer.compile(arch)
+        except Exception:  # `train` compiles again and records the failure
+            pass
+
     try:
         for idx, (arch, source) in enumerate(candidates):
             record = done.get(idx)
             if record is None:
+                if idx in compiling:  # never compile the same program in two threads
+                    compiling.pop(idx).result()
+                if idx in next_compile:
+                    nxt = next_compile[idx]
+                    compiling[nxt] = pool.submit(compile_quietly, candidates[nxt][0])
                 record = _train_candidate(idx, arch, source, trainer, seeds, cfg)
                 if db is not None:
                     db.add(record)
@@ -184,6 +211,7 @@ def random_search(data: DeviceData, schedule: TrainSchedule, target_params: int,
                 bar.set_postfix(best=f"{acc:.3f}", resumed=resumed)
             bar.update(1)
     finally:
+        pool.shutdown(cancel_futures=True)
         bar.close()
         if db is not None:
             db.close()

@@ -211,12 +211,7 @@ def export(run_dir: str | Path, out_dir: str | Path, keep_optimizer: bool = Fals
 
 def init_state_like(surrogate: TrainedSurrogate) -> dict:
     """The state pytree `load_surrogate` expects, with a fresh (small) optimizer state."""
-    from ac_jax.surrogate.train import make_optimizer
+    from ac_jax.surrogate.train import make_optimizer, state_from
 
     tx = make_optimizer(surrogate.config, 1)
-    return {
-        "params": surrogate.variables["params"],
-        "batch_stats": surrogate.variables["batch_stats"],
-        "opt_state": tx.init(surrogate.variables["params"]),
-        "step": jnp.asarray(int(surrogate.meta.get("step", 0)), jnp.int32),
-    }
+    return state_from(surrogate.variables, tx, int(surrogate.meta.get("step", 0)))

@@ -128,18 +128,21 @@ def joint_loss(model, params, batch_stats, batch, cfg: SurrogateConfig, train: b
     return total, ({"loss": total, "L_d": loss_d, "L_a": loss_a, "L_p": loss_p}, batch_stats)
 
 
+def state_from(variables: dict, tx, step: int = 0) -> dict:
+    """The training state pytree (what checkpoints hold) with a fresh optimizer state."""
+    return {
+        "params": variables["params"],
+        "batch_stats": variables["batch_stats"],
+        "opt_state": tx.init(variables["params"]),
+        "step": jnp.asarray(step, jnp.int32),
+    }
+
+
 def init_state(model: Surrogate, cfg: SurrogateConfig, tx) -> dict:
     dummy = jnp.zeros((1, cfg.arch.max_len, 6), jnp.float32)
 
     def init(key):
-        variables = model.init(key, dummy, False)
-        params = variables["params"]
-        return {
-            "params": params,
-            "batch_stats": variables["batch_stats"],
-            "opt_state": tx.init(params),
-            "step": jnp.zeros((), jnp.int32),
-        }
+        return state_from(model.init(key, dummy, False), tx)
 
     # Jitted: op-by-op (eager) initialisation of the conv stack takes ~30 s on a CPU.
     return jax.jit(init)(jax.random.PRNGKey(cfg.seed))
