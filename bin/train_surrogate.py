@@ -5,6 +5,8 @@
   python bin/train_surrogate.py --dataset fashion_mnist --steps 80000 --optimizer sgd_nesterov
 
 Resumable: rerun the same command after a kill and it continues from the last checkpoint in --out.
+After the archset grew, resuming is refused (the checkpoint saw other data): pass --fresh to
+delete the run directory and train from scratch.
 At the end it prints held-out metrics and exports the weights to --export (default
 surrogates/<dataset>/), where bin/compress.py looks for them.
 """
@@ -12,6 +14,7 @@ surrogates/<dataset>/), where bin/compress.py looks for them.
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,6 +30,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="run directory with checkpoints (default runs/surrogate/<name>)")
     parser.add_argument("--export", help="where to put the trained weights (default surrogates/<dataset>)")
     parser.add_argument("--no-export", action="store_true")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete the run directory first (no resume)")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--optimizer", choices=["sgd_nesterov", "adam", "adamw"])
     parser.add_argument("--lr", type=float)
@@ -56,6 +61,9 @@ def main(argv=None) -> int:
         "archsets": [str(p) for p in paths],
         "num_records": int(len(arrays.accuracy)),
     }
+    if args.fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+        print(f"removed {run_dir} (--fresh)")
     print(f"{len(arrays.accuracy)} architectures from {', '.join(map(str, paths))}")
     try:
         outcome = train.train(scfg, arrays, run_dir, task, progress=not args.quiet)

@@ -72,6 +72,14 @@ def check_compatible(meta: dict, config: dict, task: dict, run_dir) -> None:
                 f"{run_dir} is a surrogate for {key}={meta['task'].get(key)!r}, not "
                 f"{task.get(key)!r}; use another --out"
             )
+    # Another training set means another normaliser and holdout split: the checkpoint's weights
+    # would silently be evaluated (and exported) against data they were never trained on.
+    stored, asked = meta["task"].get("num_records"), task.get("num_records")
+    if stored is not None and asked is not None and stored != asked:
+        raise SurrogateMismatchError(
+            f"{run_dir} was trained on {stored} archset records, now {asked} (the archset "
+            f"changed); delete the directory (or pass --fresh) to retrain from scratch"
+        )
 
 
 def list_or(value):

@@ -1,4 +1,4 @@
-"""PyTorch module exported by ac_jax.arch.torch_io: 106,887 parameters."""
+"""PyTorch module exported by ac_jax.arch.torch_io: 197,214 parameters."""
 
 import torch
 from torch import nn
@@ -11,28 +11,28 @@ class CompressedModel(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 98, kernel_size=3, stride=1, padding=1),
-            nn.Sigmoid(),
-            nn.BatchNorm2d(98),
-            nn.MaxPool2d(kernel_size=2, stride=2, padding=1),
-            nn.BatchNorm2d(98),
-            nn.ReLU(),
-            nn.BatchNorm2d(98),
-            nn.MaxPool2d(kernel_size=2, stride=2, padding=0),
-            nn.BatchNorm2d(98),
-            nn.ReLU(),
-            nn.Conv2d(98, 45, kernel_size=3, stride=1, padding=1),
-            nn.BatchNorm2d(45),
-            nn.Conv2d(45, 56, kernel_size=1, stride=1, padding=0),
-            nn.Conv2d(56, 72, kernel_size=2, stride=1, padding=1),
-            nn.BatchNorm2d(72),
             nn.MaxPool2d(kernel_size=3, stride=1, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(1, 28, kernel_size=2, stride=2, padding=2),
+            nn.BatchNorm2d(28),
+            nn.Conv2d(28, 53, kernel_size=3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(53, 72, kernel_size=3, stride=2, padding=0),
             nn.BatchNorm2d(72),
             nn.ReLU(),
-            nn.BatchNorm2d(72),
+            nn.MaxPool2d(kernel_size=1, stride=2, padding=0),
+            nn.Conv2d(72, 70, kernel_size=3, stride=1, padding=2),
+            nn.BatchNorm2d(70),
+            nn.ReLU(),
+            nn.MaxPool2d(kernel_size=2, stride=1, padding=1),
+            nn.BatchNorm2d(70),
+            nn.ReLU(),
+            nn.Conv2d(70, 89, kernel_size=4, stride=1, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(kernel_size=2, stride=2, padding=0),
         )
         self.classifier = nn.Sequential(
-            nn.Linear(4608, 10),
+            nn.Linear(356, 10),
         )
 
     def forward(self, x):
