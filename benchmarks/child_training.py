@@ -47,8 +47,9 @@ INPUT_SHAPE, NUM_CLASSES = (28, 28, 1), 10
 # ------------------------------------------------------------------------------------------
 
 
-def benchmark_archs(models: list[str], num_sampled: int, sample_seed: int):
-    """[(name, Arch)]: zoo CONV-7 and/or the first `num_sampled` sampled architectures."""
+def benchmark_archs(models: list[str], num_sampled: int, sample_seed: int, variant: str = "cpu"):
+    """[(name, Arch)]: zoo CONV-7 and/or the first `num_sampled` sampled architectures (with the
+    sampler caps of the Fashion-MNIST config `variant`)."""
     from ac_jax.arch import sampler, zoo
     from ac_jax.config import get_config
 
@@ -56,7 +57,7 @@ def benchmark_archs(models: list[str], num_sampled: int, sample_seed: int):
     if "conv7" in models:
         archs.append(("conv7", zoo.get("conv7", INPUT_SHAPE, NUM_CLASSES)))
     if "sampled" in models and num_sampled > 0:
-        caps = get_config("fashion_mnist", "cpu").archset.sampler
+        caps = get_config("fashion_mnist", variant).archset.sampler
         sampled, _ = sampler.sample(num_sampled, INPUT_SHAPE, NUM_CLASSES, sample_seed, caps)
         archs += [(f"sampled-{i}", arch) for i, arch in enumerate(sampled)]
     return archs
@@ -117,12 +118,17 @@ def run_torch(arch, args) -> dict:
     exec(to_torch_module_source(arch), namespace)
     model_class = namespace["Model"]
 
+    device = common.torch_device()
     dataset = load_data(args.train_subset, args.test_subset, args.data_dir)
-    # uint8 NHWC -> uint8 NCHW once; the float conversion happens per batch as in ac_jax.
-    train_x = torch.from_numpy(np.ascontiguousarray(dataset.train_x.transpose(0, 3, 1, 2)))
-    train_y = torch.from_numpy(dataset.train_y.astype(np.int64))
-    test_x = torch.from_numpy(np.ascontiguousarray(dataset.test_x.transpose(0, 3, 1, 2)))
-    test_y = torch.from_numpy(dataset.test_y.astype(np.int64))
+    # uint8 NHWC -> uint8 NCHW once, on the device (as ac_jax keeps its data on the device); the
+    # float conversion happens per batch as in ac_jax.
+    def on_device(array):
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+    train_x = on_device(dataset.train_x.transpose(0, 3, 1, 2))
+    train_y = on_device(dataset.train_y.astype(np.int64))
+    test_x = on_device(dataset.test_x.transpose(0, 3, 1, 2))
+    test_y = on_device(dataset.test_y.astype(np.int64))
     steps = len(train_y) // BATCH_SIZE
 
     def preprocess(x):
@@ -131,10 +137,10 @@ def run_torch(arch, args) -> dict:
     def one_seed(seed: int) -> float:
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        model = model_class()
+        model = model_class().to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=LR)
         model.train()
-        order = torch.randperm(len(train_y), generator=generator)
+        order = torch.randperm(len(train_y), generator=generator).to(device)
         for step in range(steps):
             idx = order[step * BATCH_SIZE:(step + 1) * BATCH_SIZE]
             loss = F.cross_entropy(model(preprocess(train_x[idx])), train_y[idx])
@@ -149,10 +155,14 @@ def run_torch(arch, args) -> dict:
                 correct += int((logits.argmax(1) == test_y[start:start + 500]).sum())
         return correct / len(test_y)
 
+    if device.type == "cuda":  # untimed warm-up: CUDA context, cuDNN autotuning per shape
+        one_seed(0)
     times, accuracy = [], None
     for _ in range(args.repeats):
+        common.torch_sync(device)
         start = time.perf_counter()
         accs = [one_seed(seed) for seed in range(args.seeds)]
+        common.torch_sync(device)
         times.append(time.perf_counter() - start)
         accuracy = float(np.mean(accs))
     return {
@@ -160,7 +170,7 @@ def run_torch(arch, args) -> dict:
         "train_seconds": times,
         "mean_accuracy": accuracy,
         "finite_loss": True,
-        "backend": f"torch {torch.__version__} cpu ({torch.get_num_threads()} threads)",
+        "backend": common.torch_backend(device),
     }
 
 
@@ -187,10 +197,36 @@ def measure(arch, framework: str, args) -> dict:
     return common.spawn(__file__, framework, config)
 
 
+def model_flops(macs: int, seeds: int, train_images: int, test_images: int) -> float:
+    """Model FLOPs of one timed run: 6 FLOPs per MAC per trained image (forward 2, backward 4),
+    2 per MAC per evaluated image, for every seed (the usual MFU convention: no rematerialisation,
+    no optimiser or normalisation arithmetic)."""
+    return seeds * macs * (6.0 * train_images + 2.0 * test_images)
+
+
+def archset_archs_per_hour(train_seconds: float, compile_seconds: float, measured_images: int,
+                           measured_seeds: int, variant: str) -> dict:
+    """Architectures per hour for the archset of Fashion-MNIST config `variant`, extrapolated
+    from one measured epoch: time scales with epochs x training images x seeds (the seeds axis
+    is vmapped, so this is conservative where a bigger vmap fills the device better). Reported
+    twice: compilation exposed, and hidden behind training (archset generation compiles the next
+    architecture in a background thread)."""
+    from ac_jax.config import get_config
+
+    a = get_config("fashion_mnist", variant).archset
+    images = a.schedule.train_subset or 60_000
+    train = train_seconds * a.schedule.epochs * (images / measured_images) * (a.seeds / measured_seeds)
+    return {"variant": variant, "epochs": a.schedule.epochs, "train_images": images,
+            "seeds": a.seeds, "seconds_per_arch": train + compile_seconds,
+            "per_hour_compile_exposed": 3600.0 / (train + compile_seconds),
+            "per_hour_compile_hidden": 3600.0 / max(train, compile_seconds)}
+
+
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| arch | params | MACs | ac_jax img/s | torch img/s | ratio | ac_jax compile s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| arch | params | MACs | ac_jax img/s | torch img/s | ratio | ac_jax compile s "
+        "| ac_jax model TFLOP/s | MFU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         def fmt(v, spec):
@@ -198,7 +234,9 @@ def markdown_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['arch']} | {r['params']:,} | {r['macs'] / 1e6:.1f}M | "
             f"{fmt(r.get('jax_img_per_s'), ',.0f')} | {fmt(r.get('torch_img_per_s'), ',.0f')} | "
-            f"{fmt(r.get('ratio'), '.2f')}x | {fmt(r.get('jax_compile_seconds'), '.1f')} |"
+            f"{fmt(r.get('ratio'), '.2f')}x | {fmt(r.get('jax_compile_seconds'), '.1f')} | "
+            f"{fmt(r.get('jax_model_tflops'), '.3g')} | "
+            f"{'-' if r.get('jax_mfu') is None else format(r['jax_mfu'], '.1%')} |"
         )
     return "\n".join(lines)
 
@@ -218,6 +256,12 @@ def main(argv=None) -> int:
     parser.add_argument("--frameworks", nargs="+", choices=("jax", "torch"),
                         default=["jax", "torch"])
     parser.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files")
+    parser.add_argument("--variant", default="cpu", choices=("cpu", "default", "paper"),
+                        help="Fashion-MNIST config variant whose sampler caps draw the sampled "
+                             "architectures and whose archset the archs/hour estimate is for")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak TFLOP/s for the dtype used, for model FLOP "
+                             "utilisation (e.g. 494.7 for TF32 dense on an H100 SXM)")
     common.add_common_args(parser, repeats=1)  # --repeats (the best is reported), --json
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.repeats < 1 or args.train_subset < BATCH_SIZE:
@@ -231,7 +275,8 @@ def main(argv=None) -> int:
     load_data(args.train_subset, args.test_subset, args.data_dir)  # fail early if missing
     images = (args.train_subset // BATCH_SIZE) * BATCH_SIZE  # per seed, full batches only
     rows = []
-    for name, arch in benchmark_archs(args.models, args.num_sampled, args.sample_seed):
+    for name, arch in benchmark_archs(args.models, args.num_sampled, args.sample_seed,
+                                      args.variant):
         info = shapes.analyze(arch)
         row = {"arch": name, "layers": [list(layer) for layer in arch.layers],
                "params": info.num_params, "macs": info.macs}
@@ -242,6 +287,13 @@ def main(argv=None) -> int:
             row[f"{framework}_img_per_s"] = args.seeds * images / best
             row[f"{framework}_compile_seconds"] = result["compile_seconds"]
             row[f"{framework}_result"] = result
+            flops = model_flops(info.macs, args.seeds, images, args.test_subset)
+            row[f"{framework}_model_tflops"] = flops / best / 1e12
+            if args.peak_tflops:
+                row[f"{framework}_mfu"] = row[f"{framework}_model_tflops"] / args.peak_tflops
+            if framework == "jax" and name.startswith("sampled"):
+                row["jax_archset"] = archset_archs_per_hour(
+                    best, result["compile_seconds"], images, args.seeds, args.variant)
             print(f"[{name}] {framework}: {row[f'{framework}_img_per_s']:,.0f} img/s "
                   f"(best of {result['train_seconds']}), compile "
                   f"{result['compile_seconds']:.1f} s, accuracy "
@@ -255,10 +307,17 @@ def main(argv=None) -> int:
           f"seed, {args.test_subset} test images; {platform.machine()} with {os.cpu_count()} "
           f"CPUs; " + "; ".join(backends) + ". ratio = ac_jax / torch.\n")
     print(markdown_table(rows))
+    for r in rows:
+        if "jax_archset" in r:
+            e = r["jax_archset"]
+            print(f"\n{r['arch']}: archset `{e['variant']}` proxy ({e['epochs']} epochs x "
+                  f"{e['train_images']:,} images x {e['seeds']} seeds) extrapolated: "
+                  f"{e['seconds_per_arch']:.1f} s/arch, {e['per_hour_compile_exposed']:,.0f} "
+                  f"archs/hour (compile exposed), {e['per_hour_compile_hidden']:,.0f} (hidden)")
     if args.json:
         settings = {k: getattr(args, k) for k in (
             "models", "num_sampled", "sample_seed", "seeds", "train_subset", "test_subset",
-            "repeats", "frameworks")}
+            "repeats", "frameworks", "variant", "peak_tflops")}
         common.save_json(args.json, {"settings": settings, "batch_size": BATCH_SIZE,
                                      "images_per_seed": images, "cpus": os.cpu_count(),
                                      "backends": backends, "rows": rows})

@@ -149,6 +149,34 @@ def machine_line(info: dict) -> str:
     return "; ".join(parts)
 
 
+def torch_device():
+    """The PyTorch reference's device: the GPU when torch sees one, so that on an accelerator the
+    reference runs where ac_jax runs (JAX picks the GPU by itself), else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        # The strongest plain reference: cuDNN may pick its fastest algorithms per shape.
+        torch.backends.cudnn.benchmark = True
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def torch_sync(device) -> None:
+    """Waits for queued GPU work, so that wall-clock timings include it."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def torch_backend(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"torch {torch.__version__} cuda ({torch.cuda.get_device_name(device)})"
+    return f"torch {torch.__version__} cpu ({torch.get_num_threads()} threads)"
+
+
 # ------------------------------------------------------------------------------------------
 # Worker subprocesses
 # ------------------------------------------------------------------------------------------

@@ -192,18 +192,20 @@ def run_torch(config: dict) -> dict:
 
     cfg = _config(config)
     feats, accuracy, target = _data(config)
+    device = common.torch_device()
     torch.manual_seed(0)
-    model = torch_surrogate(cfg.arch)
+    model = torch_surrogate(cfg.arch).to(device)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
-    x_all = torch.from_numpy(feats.transpose(0, 2, 1).copy())  # [N, 6, T]
-    acc_all, p_all = torch.from_numpy(accuracy), torch.from_numpy(target)
-    weights = torch.from_numpy(ROUNDING_UNIT_WEIGHTS)[None, :, None]
-    generator = torch.Generator().manual_seed(1)
+    x_all = torch.from_numpy(feats.transpose(0, 2, 1).copy()).to(device)  # [N, 6, T]
+    acc_all = torch.from_numpy(accuracy).to(device)
+    p_all = torch.from_numpy(target).to(device)
+    weights = torch.from_numpy(ROUNDING_UNIT_WEIGHTS)[None, :, None].to(device)
+    generator = torch.Generator(device=device).manual_seed(1)
     n, batch = len(feats), cfg.batch_size
 
     def step():
-        idx = torch.randint(0, n, (batch,), generator=generator)
+        idx = torch.randint(0, n, (batch,), generator=generator, device=device)
         x, acc_true, p_true = x_all[idx], acc_all[idx], p_all[idx]
         recon, acc, p, _ = model(x)
         loss_d = (weights * (recon - x) ** 2).sum(1).mean()
@@ -228,7 +230,7 @@ def run_torch(config: dict) -> dict:
         losses.append(total / steps)
     return {"seconds": times, "compile_seconds": 0.0, "loss": losses,
             "num_params": int(sum(p.numel() for p in model.parameters())),
-            "backend": f"torch {torch.__version__} cpu ({torch.get_num_threads()} threads)"}
+            "backend": common.torch_backend(device)}
 
 
 # ------------------------------------------------------------------------------------------

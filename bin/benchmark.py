@@ -40,6 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import child_training  # noqa: E402
 import common  # noqa: E402
 
 SECTIONS = ("child", "compile", "sampler", "surrogate", "compress")
@@ -75,6 +76,10 @@ def section_command(name: str, args, json_out: Path) -> list[str]:
                 value = QUICK_CHILD[key]
             if value is not None:
                 cmd += [f"--{key.replace('_', '-')}", str(value)]
+    if name == "child":
+        cmd += ["--variant", args.variant]
+        if args.peak_tflops:
+            cmd += ["--peak-tflops", str(args.peak_tflops)]
     if name in ("child", "compile") and args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     if name == "compress" and args.surrogate:
@@ -86,7 +91,7 @@ def child_metrics(result: dict) -> list[dict]:
     """Rows of benchmarks/child_training.py's JSON, as medians (the script prints the best)."""
     seeds = result["settings"]["seeds"]
     images = result["images_per_seed"]
-    rows, compile_s = [], []
+    rows, compile_s, archset = [], [], []
     for row in result["rows"]:
         rate = {}
         for framework in ("jax", "torch"):
@@ -98,12 +103,32 @@ def child_metrics(result: dict) -> list[dict]:
             f"{row['macs'] / 1e6:.1f}M MACs), {seeds} seeds", "img/s",
             rate.get("jax"), rate.get("torch"), "PyTorch (eager)" if "torch" in rate else None,
             accuracy={f: row[f"{f}_result"]["mean_accuracy"] for f in rate}))
+        if "jax" in rate:
+            flops = child_training.model_flops(row["macs"], seeds, images,
+                                               result["settings"]["test_subset"])
+            peak = result["settings"].get("peak_tflops")
+            tflops = {f: flops * rate[f] / (seeds * images) / 1e12 for f in rate}
+            rows.append(common.metric(
+                f"child training model TFLOP/s: {row['arch']}"
+                + (f" (MFU {tflops['jax'] / peak:.1%} of {peak:g})" if peak else ""),
+                "TFLOP/s", tflops["jax"], tflops.get("torch"),
+                "PyTorch (eager)" if "torch" in tflops else None))
         if row.get("jax_result"):
             compile_s.append(row["jax_result"]["compile_seconds"])
+        if row.get("jax_archset"):
+            archset.append(row["jax_archset"])
     if compile_s:
         rows.append(common.metric("child training program compile s (median over archs)", "s",
                                   common.median(compile_s), higher_is_better=False,
                                   per_arch=compile_s))
+    if archset:
+        e = archset[0]
+        proxy = (f"`{e['variant']}` archset proxy, {e['epochs']} epochs x {e['train_images']:,} "
+                 f"images x {e['seeds']} seeds, extrapolated from the sampled archs")
+        for key, label in (("per_hour_compile_exposed", "compile exposed"),
+                           ("per_hour_compile_hidden", "compile in background")):
+            rows.append(common.metric(f"archset archs/hour ({proxy}; {label}; median)", "arch/h",
+                                      common.median([a[key] for a in archset])))
     return rows
 
 
@@ -179,6 +204,11 @@ def main(argv=None) -> int:
                         help="child: training images per seed (passed through)")
     parser.add_argument("--seeds", type=int, default=None, help="child: seeds (passed through)")
     parser.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files")
+    parser.add_argument("--variant", default="cpu", choices=("cpu", "default", "paper"),
+                        help="child: config variant for the sampled architectures' caps and the "
+                             "archset archs/hour estimate (default cpu; paper scale: default)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="child: the device's peak TFLOP/s, for model FLOP utilisation")
     parser.add_argument("--surrogate", default=None, metavar="DIR",
                         help="compress: trained surrogate (default surrogates/fashion_mnist)")
     parser.add_argument("--markdown", metavar="OUT", help="also write the Markdown table here")
