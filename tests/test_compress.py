@@ -168,8 +168,28 @@ def test_refinement_trains_candidates_and_searches_again(surrogate, tiny_archset
                            work_dir=tmp_path, finetune_steps=50, dataset=load("synthetic"),
                            archset_path=tiny_archset, log=lambda s: None)
     (info,) = result.rounds
-    assert 1 <= len(info["trained"]) <= 2
+    # The original (not in the archset) is trained once in round 1, then up to `top` candidates.
+    assert [t["original"] for t in info["trained"]][0] is True
+    assert 2 <= len(info["trained"]) <= 3
     assert all(t["status"] == "ok" and 0 <= t["trained"] <= 1 for t in info["trained"])
     with ArchsetStore(tmp_path / "tiny" / "refine.sqlite", readonly=True) as store:
         assert len(store) == len(info["trained"])
     assert (tmp_path / "tiny" / "surrogate_round1" / "surrogate.json").exists()
+
+
+def test_refinement_fills_a_small_front_with_the_best_predicted_smaller_candidates():
+    from ac_jax.compress import refine
+
+    archs = [zoo.get("tinycnn", SHAPE, CLASSES)]
+    sampled, _ = sample(6, SHAPE, CLASSES, seed=3,
+                        cfg=SamplerConfig(max_len=12, max_params=40_000, max_macs=400_000))
+    archs += sampled
+    # (params, predicted accuracy): index 0 alone on the front (smallest and best predicted)
+    specs = [(100, 0.9), (500, 0.5), (300, 0.8), (900, 0.85), (200, 0.1), (5000, 0.95), (400, 0.7)]
+    cands = [Candidate(a, p, 0, acc, 0.1, 1) for a, (p, acc) in zip(archs, specs)]
+    picked = refine.to_train(cands, np.array([0]), top=3, max_params=1000)
+    # the front member, then the best-predicted others under the original's 1,000 parameters
+    assert [c.num_params for c in picked] == [100, 900, 300]
+    # a front as large as `top` is only spread, nothing added
+    spread = refine.to_train(cands, np.array([0, 2, 6, 1]), top=2, max_params=1000)
+    assert [c.num_params for c in spread] == [100, 500]

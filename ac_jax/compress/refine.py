@@ -39,6 +39,29 @@ def spread(front_candidates: list, top: int) -> list:
     return [ordered[i] for i in picks]
 
 
+def to_train(candidates: list, front: np.ndarray, top: int, max_params: int) -> list:
+    """The `top` candidates a round trains: spread along the Pareto set, then, when the set is
+    smaller than `top` (a surrogate that over-rates one small network puts it alone on the
+    front), the best-predicted other candidates with fewer than `max_params` parameters (the
+    original's size). Those are what the next search would pick once the front's members are
+    corrected, so they are where a wrong accuracy regressor does harm and where a trained record
+    corrects it most."""
+    chosen = spread([candidates[i] for i in front], top)
+    if len(chosen) < top:
+        taken = {c.arch for c in chosen}
+        others = sorted((c for c in candidates
+                         if c.arch not in taken and c.num_params < max_params),
+                        key=lambda c: (-c.predicted_accuracy, c.num_params))
+        chosen += others[: top - len(chosen)]
+    return chosen
+
+
+def _holds(arrays: ArchsetArrays, arch, max_len: int) -> bool:
+    """Whether the archset already has a record of `arch`."""
+    row = arch.to_matrix(max_len)
+    return bool((arrays.matrices == row[None]).all(axis=(1, 2)).any())
+
+
 def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int, work_dir,
            finetune_steps: int = 400, dataset=None, archset_path=None, log=print):
     """Returns a new `CompressResult` after `rounds` rounds; `result.rounds` describes each."""
@@ -60,7 +83,11 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
     history = list(result.rounds)
     meta = archset_meta(cfg, dataset.input_shape, dataset.num_classes)
     for r in range(rounds):
-        chosen = spread([result.candidates[i] for i in result.front], top)
+        chosen = to_train(result.candidates, result.front, top, original.num_params)
+        if r == 0 and not _holds(base, original, surrogate.max_len):
+            # The pick is judged against the original's *predicted* accuracy; one trained record
+            # of the original anchors that prediction (the archset may hold nothing that big).
+            chosen = [result.original] + chosen
         round_info = {"round": r + 1, "trained": []}
         with ArchsetStore(work_dir / "refine.sqlite", meta) as store:
             done = {rec.arch: rec for rec in store.records()}
@@ -76,7 +103,8 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
                                  out.epoch_losses, out.compile_seconds, out.train_seconds)
                     store.add(rec)
                     next_id += 1
-                round_info["trained"].append({"num_params": cand.num_params,
+                round_info["trained"].append({"original": cand.arch == original,
+                                              "num_params": cand.num_params,
                                               "predicted": cand.predicted_accuracy,
                                               "trained": rec.mean_accuracy, "status": rec.status})
         refined = load_arrays(work_dir / "refine.sqlite", max_len=surrogate.max_len)
