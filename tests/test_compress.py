@@ -193,3 +193,19 @@ def test_refinement_fills_a_small_front_with_the_best_predicted_smaller_candidat
     # a front as large as `top` is only spread, nothing added
     spread = refine.to_train(cands, np.array([0, 2, 6, 1]), top=2, max_params=1000)
     assert [c.num_params for c in spread] == [100, 500]
+
+
+def test_refinement_trains_like_the_archset_the_surrogate_was_trained_on():
+    from types import SimpleNamespace
+
+    from ac_jax.compress import refine
+    from ac_jax.config import get_config
+
+    default = get_config("fashion_mnist")  # what bin/compress.py starts with
+    shipped = SimpleNamespace(meta={"task": {"config": "fashion_mnist/cpu"}})
+    own = refine.archset_config_of(shipped, default.replace(data_dir="/data"))
+    cpu = get_config("fashion_mnist", "cpu").archset
+    assert own.archset.path == cpu.path and own.archset.schedule == cpu.schedule
+    assert own.archset.seeds == cpu.seeds and own.data_dir == "/data"
+    unnamed = SimpleNamespace(meta={"task": {"dataset": "synthetic"}})
+    assert refine.archset_config_of(unnamed, default) is default

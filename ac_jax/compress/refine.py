@@ -56,6 +56,24 @@ def to_train(candidates: list, front: np.ndarray, top: int, max_params: int) -> 
     return chosen
 
 
+def archset_config_of(surrogate, cfg):
+    """The config whose archset the surrogate was trained on (``task.config`` in its metadata,
+    e.g. ``fashion_mnist/cpu``), else `cfg`. Refined records join that archset, so they must be
+    trained with its proxy schedule and seeds and stored next to its records, whatever config
+    variant the compression itself was started with."""
+    from ac_jax.config import get_config
+
+    name = (surrogate.meta or {}).get("task", {}).get("config") or ""
+    dataset, _, variant = name.partition("/")
+    if not dataset or not variant:
+        return cfg
+    try:
+        own = get_config(dataset, variant)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError):
+        return cfg
+    return own.replace(data_dir=cfg.data_dir)
+
+
 def _holds(arrays: ArchsetArrays, arch, max_len: int) -> bool:
     """Whether the archset already has a record of `arch`."""
     row = arch.to_matrix(max_len)
@@ -75,6 +93,7 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
 
     work_dir = Path(work_dir) / result.name
     work_dir.mkdir(parents=True, exist_ok=True)
+    cfg = archset_config_of(surrogate, cfg)
     dataset = dataset if dataset is not None else load(cfg.dataset, cfg.data_dir)
     a = cfg.archset
     trainer = ChildTrainer(to_device(dataset, a.schedule, seed=a.sample_seed), a.schedule, a.seeds)
