@@ -167,13 +167,23 @@ def test_refinement_trains_candidates_and_searches_again(surrogate, tiny_archset
     result = refine.refine(first, surrogate, cfg, CFG, Constraint(), rounds=1, top=2,
                            work_dir=tmp_path, finetune_steps=50, dataset=load("synthetic"),
                            archset_path=tiny_archset, log=lambda s: None)
-    (info,) = result.rounds
+    info, final = result.rounds
     # The original (not in the archset) is trained once in round 1, then up to `top` candidates.
     assert [t["original"] for t in info["trained"]][0] is True
     assert 2 <= len(info["trained"]) <= 3
     assert all(t["status"] == "ok" and 0 <= t["trained"] <= 1 for t in info["trained"])
+    # The last search's candidates are trained too, and the pick is made on measured accuracy
+    # when a trained candidate qualifies.
+    assert final["round"] == "final" and 1 <= len(final["trained"]) <= 2
+    assert final["original_measured"] == info["trained"][0]["trained"]
+    assert result.original.measured_accuracy == final["original_measured"]
+    if final["pick"] == "trained":
+        assert result.chosen.measured_accuracy is not None
+        assert result.chosen.num_params < arch.num_params
+        assert result.chosen.measured_accuracy >= final["original_measured"] - 0.01
     with ArchsetStore(tmp_path / "tiny" / "refine.sqlite", readonly=True) as store:
-        assert len(store) == len(info["trained"])
+        # every distinct candidate is stored once (the final round may meet round-1 ones again)
+        assert len(info["trained"]) <= len(store) <= len(info["trained"]) + len(final["trained"])
     assert (tmp_path / "tiny" / "surrogate_round1" / "surrogate.json").exists()
 
 
@@ -209,3 +219,27 @@ def test_refinement_trains_like_the_archset_the_surrogate_was_trained_on():
     assert own.archset.seeds == cpu.seeds and own.data_dir == "/data"
     unnamed = SimpleNamespace(meta={"task": {"dataset": "synthetic"}})
     assert refine.archset_config_of(unnamed, default) is default
+
+
+def test_measured_pick_prefers_trained_accuracy_over_prediction():
+    import dataclasses
+
+    from ac_jax.compress import refine
+
+    archs, _ = sample(4, SHAPE, CLASSES, seed=5,
+                      cfg=SamplerConfig(max_len=12, max_params=40_000, max_macs=400_000))
+    original = Candidate(zoo.get("tinycnn", SHAPE, CLASSES), 10_000, 0, 0.6, float("nan"), 0,
+                         measured_accuracy=0.50)
+    # (params, predicted, measured): the surrogate over-rates the smallest one
+    specs = [(1_000, 0.90, 0.30), (2_000, 0.55, 0.495), (3_000, 0.70, 0.70), (20_000, 0.9, 0.9)]
+    trained = [Candidate(a, p, 0, pred, 0.1, 1, measured_accuracy=m)
+               for a, (p, pred, m) in zip(archs, specs)]
+    # default constraint: fewest parameters measured within 0.01 of the original's 0.50
+    assert refine.measured_pick(trained, original, Constraint()) is trained[1]
+    assert refine.measured_pick(trained, original, Constraint(max_params=2_500)) is trained[1]
+    assert refine.measured_pick(trained, original, Constraint(min_accuracy=0.6)) is trained[2]
+    # nothing qualifies, the original's accuracy is unknown, or the paper's lambda mode: None
+    assert refine.measured_pick(trained, original, Constraint(max_params=500)) is None
+    unknown = dataclasses.replace(original, measured_accuracy=None)
+    assert refine.measured_pick(trained, unknown, Constraint()) is None
+    assert refine.measured_pick(trained, original, Constraint(lam=1.0)) is None

@@ -29,6 +29,8 @@ class Candidate:
     predicted_accuracy: float
     lam: float  # lambda of the first trajectory that reached it (nan: the original)
     step: int  # gradient step at which it was first decoded
+    # Proxy-schedule accuracy when it was trained (refinement rounds), else None.
+    measured_accuracy: float | None = None
 
     def to_dict(self) -> dict:
         from ac_jax.arch.torch_io import to_json
@@ -39,6 +41,7 @@ class Candidate:
             "predicted_accuracy": self.predicted_accuracy,
             "lambda": self.lam,
             "step": self.step,
+            "measured_accuracy": self.measured_accuracy,
             "num_layers": len(self.arch),
             "spec": to_json(self.arch),
         }

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ac_jax.archset.store import ArchsetArrays, ArchsetStore, Record, load_arrays
+from ac_jax.compress.candidates import pick
 
 # Refined records get ids far above any sample-plan position, so they never collide.
 REFINE_ID_BASE = 10_000_000
@@ -74,15 +75,41 @@ def archset_config_of(surrogate, cfg):
     return own.replace(data_dir=cfg.data_dir)
 
 
-def _holds(arrays: ArchsetArrays, arch, max_len: int) -> bool:
-    """Whether the archset already has a record of `arch`."""
+def _archset_accuracy(arrays: ArchsetArrays, arch, max_len: int) -> float | None:
+    """The archset's accuracy of `arch` (None: no record of it)."""
     row = arch.to_matrix(max_len)
-    return bool((arrays.matrices == row[None]).all(axis=(1, 2)).any())
+    hits = np.flatnonzero((arrays.matrices == row[None]).all(axis=(1, 2)))
+    return float(arrays.accuracy[hits[0]]) if len(hits) else None
+
+
+def measured_pick(trained: list, original, constraint):
+    """The pick among *trained* candidates, ranked by their measured proxy accuracy and judged
+    against the original's measured proxy accuracy (None when the original's is unknown, the
+    constraint is the paper's lambda mode, or no trained candidate satisfies it).
+
+    Refinement ends with the surrogate's predictions corrected only near what was trained, so a
+    measured accuracy beats a prediction wherever there is one; the final search's pick is kept
+    when no trained candidate qualifies.
+    """
+    if original.measured_accuracy is None or constraint.lam is not None or not trained:
+        return None
+    as_measured = [dataclasses.replace(c, predicted_accuracy=c.measured_accuracy) for c in trained]
+    anchor = dataclasses.replace(original, predicted_accuracy=original.measured_accuracy)
+    best = pick(as_measured, anchor, constraint)
+    if best is anchor:
+        return None
+    return trained[as_measured.index(best)]
 
 
 def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int, work_dir,
            finetune_steps: int = 400, dataset=None, archset_path=None, log=print):
-    """Returns a new `CompressResult` after `rounds` rounds; `result.rounds` describes each."""
+    """Returns a new `CompressResult` after `rounds` rounds; `result.rounds` describes each.
+
+    Round r trains `top` candidates of the current search (round 1 also the original), adds them
+    to the archset, fine-tunes the surrogate and searches again; the last search's candidates are
+    trained too, and the final pick is the best *trained* candidate under the constraint
+    (`measured_pick`), or the last search's pick when none qualifies.
+    """
     from ac_jax.archset.generate import archset_meta
     from ac_jax.child.trainer import ChildTrainer, to_device
     from ac_jax.cli import repo_path
@@ -101,20 +128,20 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
     original = result.original.arch
     history = list(result.rounds)
     meta = archset_meta(cfg, dataset.input_shape, dataset.num_classes)
-    for r in range(rounds):
-        chosen = to_train(result.candidates, result.front, top, original.num_params)
-        if r == 0 and not _holds(base, original, surrogate.max_len):
-            # The pick is judged against the original's *predicted* accuracy; one trained record
-            # of the original anchors that prediction (the archset may hold nothing that big).
-            chosen = [result.original] + chosen
-        round_info = {"round": r + 1, "trained": []}
+    measured: dict = {}  # arch -> Candidate with measured_accuracy (ok trainings only)
+    original_accuracy = _archset_accuracy(base, original, surrogate.max_len)
+
+    def train_all(chosen, label):
+        """Trains (or finds in refine.sqlite) every candidate of `chosen`; a round's info."""
+        nonlocal original_accuracy
+        info = {"round": label, "trained": []}
         with ArchsetStore(work_dir / "refine.sqlite", meta) as store:
             done = {rec.arch: rec for rec in store.records()}
             next_id = REFINE_ID_BASE + len(store)
             for cand in chosen:
                 rec = done.get(cand.arch)
                 if rec is None:
-                    log(f"refine round {r + 1}: training a {cand.num_params:,}-parameter candidate")
+                    log(f"refine round {label}: training a {cand.num_params:,}-parameter candidate")
                     out = trainer.train(cand.arch, list(range(a.seeds)))
                     rec = Record(next_id, cand.arch, "refine", cand.num_params, cand.macs,
                                  out.status, out.reason, out.seed_accuracies,
@@ -122,10 +149,25 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
                                  out.epoch_losses, out.compile_seconds, out.train_seconds)
                     store.add(rec)
                     next_id += 1
-                round_info["trained"].append({"original": cand.arch == original,
-                                              "num_params": cand.num_params,
-                                              "predicted": cand.predicted_accuracy,
-                                              "trained": rec.mean_accuracy, "status": rec.status})
+                is_original = cand.arch == original
+                if rec.status == "ok":
+                    if is_original:
+                        original_accuracy = rec.mean_accuracy
+                    else:
+                        measured.setdefault(cand.arch, dataclasses.replace(
+                            cand, measured_accuracy=rec.mean_accuracy))
+                info["trained"].append({"original": is_original, "num_params": cand.num_params,
+                                        "predicted": cand.predicted_accuracy,
+                                        "trained": rec.mean_accuracy, "status": rec.status})
+        return info
+
+    for r in range(rounds):
+        chosen = to_train(result.candidates, result.front, top, original.num_params)
+        if r == 0 and original_accuracy is None:
+            # The pick is judged against the original's accuracy; one trained record of the
+            # original anchors its prediction (the archset may hold nothing that big).
+            chosen = [result.original] + chosen
+        round_info = train_all(chosen, r + 1)
         refined = load_arrays(work_dir / "refine.sqlite", max_len=surrogate.max_len)
         scfg = dataclasses.replace(surrogate.config, steps=finetune_steps,
                                    checkpoint_every=finetune_steps, eval_every=finetune_steps)
@@ -136,5 +178,18 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
         (result,) = compress_batch(surrogate, [original], [result.name], search_cfg, constraint)
         round_info["chosen_params"] = result.chosen.num_params
         history.append(round_info)
+    if rounds:
+        final = train_all(to_train(result.candidates, result.front, top, original.num_params),
+                          "final")
+        anchor = dataclasses.replace(result.original, measured_accuracy=original_accuracy)
+        best = measured_pick(list(measured.values()), anchor, constraint)
+        final["search_pick_params"] = result.chosen.num_params
+        final["original_measured"] = original_accuracy
+        final["pick"] = "trained" if best is not None else "search"
+        if best is not None:
+            result.chosen = best
+        result.original = anchor
+        final["chosen_params"] = result.chosen.num_params
+        history.append(final)
     result.rounds = history
     return result
