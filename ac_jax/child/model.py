@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from ac_jax.arch import shapes
 from ac_jax.arch.spec import Arch, LayerType
 from ac_jax.child.conv import conv2d
+from ac_jax.child.pooling import max_pool
 
 # PyTorch's default kaiming_uniform(a=sqrt(5)) is U(-b, b) with b = 1 / sqrt(fan_in).
 _torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -57,6 +58,7 @@ class ChildNet(nn.Module):
     arch: Arch
     dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
     conv_impl: str = "auto"
+    pool_impl: str = "auto"  # ac_jax.child.pooling.max_pool
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -67,7 +69,7 @@ class ChildNet(nn.Module):
             if t == LayerType.CONV:
                 x = Conv(o, k, s, p, self.dtype, self.conv_impl)(x)
             elif t == LayerType.MAXPOOL:
-                x = nn.max_pool(x, (k, k), strides=(s, s), padding=((p, p), (p, p)))
+                x = max_pool(x, k, s, p, self.pool_impl)
             elif t == LayerType.AVGPOOL:
                 x = nn.avg_pool(
                     x, (k, k), strides=(s, s), padding=((p, p), (p, p)), count_include_pad=True
