@@ -131,12 +131,19 @@ def pooling_work(arch: Arch) -> int:
     return work
 
 
-def _too_costly(arch: Arch, cfg: ArchsetConfig) -> str:
-    cap = cfg.max_pooling_reads if cfg.max_pooling_reads is not None else cfg.sampler.max_macs
+def over_pooling_cap(arch: Arch, cap: int | None) -> str:
+    """Why `arch` is too costly to train (its `pooling_work` exceeds `cap`), or "" (None: no cap)."""
+    if cap is None:
+        return ""
     work = pooling_work(arch)
     if work > cap:
         return f"pooling work {work:,} window reads per image exceeds the cap {cap:,}"
     return ""
+
+
+def _too_costly(arch: Arch, cfg: ArchsetConfig) -> str:
+    cap = cfg.max_pooling_reads if cfg.max_pooling_reads is not None else cfg.sampler.max_macs
+    return over_pooling_cap(arch, cap)
 
 
 def _worker_name() -> str:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ac_jax.arch.sampler import SamplerConfig, sample_batches, sample_neighbourhood
 from ac_jax.arch.spec import Arch
-from ac_jax.archset.generate import pooling_work
+from ac_jax.archset.generate import over_pooling_cap
 from ac_jax.archset.store import ArchsetStore, Record, arch_key
 from ac_jax.baselines.common import BaselineResult
 from ac_jax.child.trainer import ChildTrainer, DeviceData, TrainResult, TrainSchedule
@@ -114,17 +114,9 @@ def _search_meta(data: DeviceData, schedule: TrainSchedule, target_params: int,
     }
 
 
-def _over_pooling_cap(arch: Arch, cfg: RandomSearchConfig) -> str:
-    work = pooling_work(arch)
-    if cfg.max_pooling_reads is not None and work > cfg.max_pooling_reads:
-        return f"pooling work {work:,} window reads per image exceeds the cap " \
-               f"{cfg.max_pooling_reads:,}"
-    return ""
-
-
 def _train_candidate(idx: int, arch: Arch, source: str, trainer: ChildTrainer,
                      seeds: list[int], cfg: RandomSearchConfig) -> Record:
-    too_costly = _over_pooling_cap(arch, cfg)
+    too_costly = over_pooling_cap(arch, cfg.max_pooling_reads)
     if too_costly:
         result = TrainResult("rejected", too_costly, (), (), 0.0, 0.0)
     else:
@@ -175,8 +167,8 @@ def random_search(data: DeviceData, schedule: TrainSchedule, target_params: int,
     resumed = 0
     # The next candidate compiles in a background thread while the current one trains (as in
     # archset generation); `trainer.compile` caches the executable that `train` then uses.
-    to_train = [i for i in range(len(candidates))
-                if i not in done and not _over_pooling_cap(candidates[i][0], cfg)]
+    to_train = [i for i, (arch, _) in enumerate(candidates)
+                if i not in done and not over_pooling_cap(arch, cfg.max_pooling_reads)]
     next_compile = dict(zip(to_train, to_train[1:]))
     pool = concurrent.futures.ThreadPoolExecutor(1)
     compiling = {}
