@@ -184,6 +184,10 @@ def test_refinement_trains_candidates_and_searches_again(surrogate, tiny_archset
     with ArchsetStore(tmp_path / "tiny" / "refine.sqlite", readonly=True) as store:
         # every distinct candidate is stored once (the final round may meet round-1 ones again)
         assert len(info["trained"]) <= len(store) <= len(info["trained"]) + len(final["trained"])
+        # the report's cost count (bin/baselines.py --random-archs archset reads it)
+        assert result.archs_trained == len(store) == final["refined_records"]
+    report = pipeline.report_dict(result, surrogate, {})
+    assert report["archs_trained"] == result.archs_trained
     assert (tmp_path / "tiny" / "surrogate_round1" / "surrogate.json").exists()
 
 

@@ -43,6 +43,11 @@ class CompressResult:
     def ratio(self) -> float:
         return self.original.num_params / max(self.chosen.num_params, 1)
 
+    @property
+    def archs_trained(self) -> int:
+        """Networks trained to reach this result beyond the surrogate's archset (refinement)."""
+        return self.rounds[-1]["refined_records"] if self.rounds else 0
+
 
 def targets(surrogate: TrainedSurrogate, archs: Sequence[Arch], cfg: SearchConfig, c: Constraint):
     """Per-network (a0, p0): the accuracy target and the normalised parameter target.
@@ -174,6 +179,7 @@ def report_dict(result: CompressResult, surrogate: TrainedSurrogate, extra: dict
         "compression_ratio": result.ratio,
         "reconstructed_exactly": result.reconstructed_exactly,
         "num_candidates": len(result.candidates),
+        "archs_trained": result.archs_trained,  # read by bin/baselines.py --random-archs archset
         "pareto": [cand(result.candidates[i]) for i in result.front],
         "verify": result.verify,
         "rounds": result.rounds,

@@ -159,6 +159,7 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
                 info["trained"].append({"original": is_original, "num_params": cand.num_params,
                                         "predicted": cand.predicted_accuracy,
                                         "trained": rec.mean_accuracy, "status": rec.status})
+            info["refined_records"] = len(store)  # distinct networks trained so far
         return info
 
     for r in range(rounds):
