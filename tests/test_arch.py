@@ -206,6 +206,28 @@ def test_canonicalize_never_raises_params(seed):
         assert canonicalize(clean) == clean
 
 
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), task=st.sampled_from([FMNIST, CIFAR]))
+def test_batch_canonicalize_matches_canonicalize(seed, task):
+    # Random matrices rich in no-op patterns (identity pools, Dropout 0, ReLU runs, BN pairs).
+    rng = np.random.default_rng(seed)
+    n, rows = 300, 16
+    fields = [rng.integers(1, 9, (n, rows)), rng.integers(0, 3, (n, rows)),
+              rng.integers(1, 20, (n, rows)), rng.integers(0, 3, (n, rows)),
+              rng.integers(0, 2, (n, rows))]
+    legal, lengths = batch.batch_legalize(np.stack(fields, -1), *task, max_len=rows + 2)
+    mats, new_lengths = batch.batch_canonicalize(legal, lengths)
+    changed = 0
+    for i in range(n):
+        reference = canonicalize(Arch.from_matrix(legal[i, : lengths[i]], *task))
+        assert np.array_equal(mats[i], reference.to_matrix(rows + 2))  # zero after the end
+        assert new_lengths[i] == len(reference)
+        fast = Arch.from_legal_rows(mats[i, : new_lengths[i]], *task)
+        assert fast == reference and hash(fast) == hash(reference)
+        changed += len(reference) < lengths[i]
+    assert changed > n // 4  # the test exercised the rules
+
+
 def test_topological_order_and_back():
     layers = [conv(3, 8, 1, 1), relu(), linear(10)]
     names = ["fc", "conv", "act"]

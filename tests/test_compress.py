@@ -63,6 +63,26 @@ def test_batched_search_equals_one_network_at_a_time(surrogate, nets):
         np.testing.assert_allclose(alone["y"][0], batched["y"][n], rtol=1e-4, atol=1e-4)
 
 
+def test_search_in_calls_of_a_few_networks_equals_one_call(surrogate, nets):
+    feats = encode_matrices(np.stack([a.to_matrix(16) for a in nets]))
+    a0, p0 = np.ones(len(nets)), np.zeros(len(nets))
+    whole = pipeline.search_decoded(surrogate, CFG, feats, CFG.lambdas, a0, p0, len(nets))
+    split = pipeline.search_decoded(surrogate, CFG, feats, CFG.lambdas, a0, p0, 4)  # 4 + 2 (padded)
+    assert split.shape == whole.shape == (len(nets), 3, CFG.snapshots, 16, 6)
+    np.testing.assert_allclose(split, whole, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="networks_per_call"):
+        pipeline.search_decoded(surrogate, CFG, feats, CFG.lambdas, a0, p0, 0)
+
+
+def test_candidates_of_a_batch_equal_those_of_each_network_alone(surrogate, nets):
+    names = [f"n{i}" for i in range(len(nets))]
+    together = pipeline.compress_batch(surrogate, nets, names, CFG, networks_per_call=4)
+    for i in (0, 4):
+        (alone,) = pipeline.compress_batch(surrogate, [nets[i]], [names[i]], CFG)
+        assert [c.arch for c in alone.candidates] == [c.arch for c in together[i].candidates]
+        assert [c.step for c in alone.candidates] == [c.step for c in together[i].candidates]
+
+
 def test_candidates_are_valid_canonical_and_exactly_counted(surrogate, nets):
     results = pipeline.compress_batch(surrogate, nets, [f"n{i}" for i in range(len(nets))], CFG)
     assert len(results) == len(nets)
@@ -247,3 +267,12 @@ def test_measured_pick_prefers_trained_accuracy_over_prediction():
     unknown = dataclasses.replace(original, measured_accuracy=None)
     assert refine.measured_pick(trained, unknown, Constraint()) is None
     assert refine.measured_pick(trained, original, Constraint(lam=1.0)) is None
+
+
+def test_first_per_network_keeps_first_occurrences_within_each_network():
+    from ac_jax.compress.candidates import first_per_network
+
+    a, b, c = (np.full((3, 5), v, np.int64) for v in (1, 2, 3))
+    # two networks of four rows each; `a` recurs within network 0 and again in network 1
+    mats = np.stack([a, b, a, c, b, a, a, b])
+    assert first_per_network(mats, 4).tolist() == [0, 1, 3, 4, 5]

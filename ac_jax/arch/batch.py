@@ -67,7 +67,7 @@ def batch_analyze(
     num_conv = np.zeros(n, np.int64)
     lengths = _lengths(mats[:, :, 0])
     last = np.zeros((n, 5), np.int64)
-    for j in range(rows):
+    for j in range(int(lengths.max(initial=0))):  # rows after every sequence's end change nothing
         active = j < lengths
         t, k, o, s, p = (mats[:, j, f] for f in range(5))
         is_conv = t == _T.CONV
@@ -151,6 +151,8 @@ def batch_legalize(
     for j in range(rows):
         t = np.clip(mats[:, j, 0], 0, int(_T.LINEAR))
         ended |= t == _T.END
+        if ended.all():  # nothing more to read (decoded batches end well before T)
+            break
         k, o, s, p = (mats[:, j, f] for f in range(1, 5))
         is_conv = t == _T.CONV
         is_pool = (t == _T.MAXPOOL) | (t == _T.AVGPOOL)
@@ -187,3 +189,50 @@ def batch_legalize(
     out[index, slot] = np.array([_T.LINEAR, 0, num_classes, 0, 0], np.int64)
     lengths = slot + 1
     return out, lengths
+
+
+def _canonical_keep(mats: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``[N, T]`` bool: the rows one pass of `legalize._canonicalize_once` keeps."""
+    rows = int(lengths.max(initial=0))
+    # Layer-position-major copies, so that the loop below reads contiguous columns.
+    t, k, s, p = (np.ascontiguousarray(mats[:, :rows, f].T) for f in (0, 1, 3, 4))
+    active = np.arange(rows)[:, None] < lengths[None, :]
+    is_pool = (t == _T.MAXPOOL) | (t == _T.AVGPOOL)
+    identity = (is_pool & (k == 1) & (s == 1) & (p == 0)) | ((t == _T.DROPOUT) & (p == 0))
+    next_is_bn = np.zeros_like(active)
+    next_is_bn[:-1] = active[1:] & (t[1:] == _T.BATCHNORM)
+    drop = identity | ((t == _T.BATCHNORM) & next_is_bn)
+    keeps_nonnegative = is_pool | (t == _T.DROPOUT)
+    makes_nonnegative = (t == _T.RELU) | (t == _T.SIGMOID)
+    keep = np.zeros_like(active)
+    nonnegative = np.zeros(len(mats), bool)  # mean-subtracted inputs can be negative
+    for j in range(rows):
+        kept = active[j] & ~drop[j] & ~((t[j] == _T.RELU) & nonnegative)
+        keep[j] = kept
+        after = makes_nonnegative[j] | (nonnegative & keeps_nonnegative[j])
+        nonnegative = np.where(kept, after, nonnegative)
+    out = np.zeros(mats.shape[:2], bool)
+    out[:, :rows] = keep.T
+    return out
+
+
+def batch_canonicalize(mats: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`legalize.canonicalize` of each ``[T, 5]`` matrix at once; returns (mats, lengths).
+
+    Drops the same no-op layers (identity pools, Dropout 0, a ReLU on a non-negative input, a
+    BatchNorm followed by a BatchNorm), pass after pass until nothing changes, and moves the kept
+    rows to the front; the rows after `lengths` are zero, so equal architectures have equal
+    matrices. Layers are only removed, so shapes and channel fields stay valid.
+    """
+    mats = np.asarray(mats, dtype=np.int64).copy()
+    lengths = np.asarray(lengths, dtype=np.int64).copy()
+    index = np.arange(len(mats))[:, None]
+    while True:
+        keep = _canonical_keep(mats, lengths)
+        new_lengths = keep.sum(axis=1)
+        if np.array_equal(new_lengths, lengths):
+            return mats, lengths
+        position = np.where(keep, np.cumsum(keep, axis=1) - 1, mats.shape[1])  # past-the-end
+        out = np.zeros((len(mats), mats.shape[1] + 1, 5), np.int64)
+        out[np.broadcast_to(index, keep.shape), position] = mats
+        mats, lengths = out[:, :-1], new_lengths

@@ -1,10 +1,14 @@
 """From decoded sequences to ranked discrete candidates: round, legalize, canonicalize, dedupe,
 count parameters and MACs exactly, re-score, and pick from the Pareto set.
 
+The decoded sequences of all networks of a batch are post-processed together with array
+operations (`arch.batch`), so that this step does not undo what batching the search buys.
+
 The surrogate's parameter regressor only steers the search; every number a user sees about a
-candidate's size is the exact count of the discrete architecture (`shapes.analyze`). Predicted
-accuracy is the accuracy regressor on the *re-encoded* discrete architecture, not on the
-continuous embedding it came from, so rounding effects are priced in.
+candidate's size is the exact count of the discrete architecture (`batch.batch_analyze`, tested
+equal to `shapes.analyze`). Predicted accuracy is the accuracy regressor on the *re-encoded*
+discrete architecture, not on the continuous embedding it came from, so rounding effects are
+priced in.
 """
 
 from __future__ import annotations
@@ -15,8 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from ac_jax.arch import shapes
-from ac_jax.arch.batch import batch_legalize
-from ac_jax.arch.legalize import canonicalize
+from ac_jax.arch.batch import batch_analyze, batch_canonicalize, batch_legalize
 from ac_jax.arch.spec import Arch
 from ac_jax.surrogate.encoding import decode_features, encode_matrices
 
@@ -55,18 +58,17 @@ def discretise(
     return batch_legalize(mats, input_shape, num_classes, max_len=max_len)
 
 
-def unique_archs(
-    mats: np.ndarray, lengths: np.ndarray, input_shape, num_classes: int
-) -> tuple[list[Arch], np.ndarray]:
-    """Canonical architectures of legal matrices, deduplicated; returns (archs, first index)."""
-    _, first = np.unique(mats.reshape(len(mats), -1), axis=0, return_index=True)
-    first = np.sort(first)  # keep trajectory order: earlier steps first
-    seen: dict[Arch, int] = {}
-    for i in first:
-        arch = Arch.from_matrix(mats[i, : lengths[i]], input_shape, num_classes)
-        arch = canonicalize(arch)
-        seen.setdefault(arch, int(i))
-    return list(seen), np.array(list(seen.values()), np.int64)
+def first_per_network(mats: np.ndarray, rows_per_network: int) -> np.ndarray:
+    """Indices of the first occurrence of each distinct matrix within its network's block.
+
+    `mats` is ``[N * rows_per_network, T, 5]``, network-major; the result is sorted, so it lists
+    each network's distinct architectures in trajectory order (earlier lambdas and steps first).
+    """
+    keys = np.ascontiguousarray(mats, dtype=np.int32).reshape(len(mats), -1)
+    seen: dict[tuple[int, bytes], int] = {}
+    for i, key in enumerate(keys):
+        seen.setdefault((i // rows_per_network, key.tobytes()), i)
+    return np.fromiter(seen.values(), np.int64, len(seen))
 
 
 def pareto_front(num_params: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
@@ -131,30 +133,43 @@ def build_candidates(
     decode_every: int,
     input_shape,
     num_classes: int,
-) -> list[Candidate]:
-    """Candidates of one network from its ``[L, S, T, 6]`` decoded trajectories."""
+) -> list[list[Candidate]]:
+    """Candidates of each network from its decoded trajectories ``decoded[n]`` (``[L, S, T, 6]``).
+
+    All networks are post-processed together with whole-batch array operations (legalize,
+    canonicalize, exact counts) and one scoring call; only the final `Arch` and `Candidate`
+    objects are made per candidate.
+    """
     from ac_jax.compress.search import score
 
-    num_lambdas, snapshots = decoded.shape[:2]
-    flat = decoded.reshape(num_lambdas * snapshots, *decoded.shape[2:])
+    num_networks, num_lambdas, snapshots = decoded.shape[:3]
+    per_network = num_lambdas * snapshots
+    flat = decoded.reshape(num_networks * per_network, *decoded.shape[3:])
     mats, lengths = discretise(flat, input_shape, num_classes, surrogate.max_len)
-    # Legal matrices have at most max_len rows and canonicalize only drops layers, so every
-    # candidate fits the surrogate (and `first` stays aligned with `archs`).
-    archs, first = unique_archs(mats, lengths, input_shape, num_classes)
-    infos = [shapes.analyze(a) for a in archs]
-    feats = encode_matrices(np.stack([a.to_matrix(surrogate.max_len) for a in archs]))
-    acc, _ = score(surrogate, feats)
-    return [
-        Candidate(
-            arch=a,
-            num_params=info.num_params,
-            macs=info.macs,
-            predicted_accuracy=float(acc[i]),
-            lam=float(lambdas[first[i] // snapshots]),
-            step=int(first[i] % snapshots) * decode_every,
+    # Legal matrices have at most max_len rows and canonicalising only drops layers, so every
+    # candidate fits the surrogate.
+    mats, lengths = batch_canonicalize(mats, lengths)
+    first = first_per_network(mats, per_network)
+    mats, lengths = mats[first], lengths[first]
+    info = batch_analyze(mats, input_shape, num_classes)
+    if not info.valid.all():  # legalize guarantees validity; this would be a bug there
+        bad = Arch.from_matrix(mats[~info.valid][0], input_shape, num_classes)
+        raise RuntimeError(f"legalized candidate is not a valid architecture: {bad}")
+    acc, _ = score(surrogate, encode_matrices(mats))
+    out: list[list[Candidate]] = [[] for _ in range(num_networks)]
+    for i, index in enumerate(first.tolist()):
+        network, position = divmod(index, per_network)
+        out[network].append(
+            Candidate(
+                arch=Arch.from_legal_rows(mats[i, : lengths[i]], input_shape, num_classes),
+                num_params=int(info.num_params[i]),
+                macs=int(info.macs[i]),
+                predicted_accuracy=float(acc[i]),
+                lam=float(lambdas[position // snapshots]),
+                step=(position % snapshots) * decode_every,
+            )
         )
-        for i, (a, info) in enumerate(zip(archs, infos))
-    ]
+    return out
 
 
 def original_candidates(surrogate, archs: Sequence[Arch]) -> list[Candidate]:
