@@ -12,7 +12,7 @@ measurement in a fresh process of its own, see benchmarks/common.py):
              (benchmarks/sampler.py)
   surrogate  surrogate training steps/s, ac_jax vs a PyTorch re-implementation
              (benchmarks/surrogate_step.py)
-  compress   networks/s of batched compression (256 networks in one call) vs one network per
+  compress   networks/s of batched compression (256 networks, calls of <= 64) vs one network per
              call, search alone and whole pipeline (benchmarks/batch_compress.py)
 
 The table has one row per metric: the ac_jax value, the reference it is compared with (PyTorch,
