@@ -42,7 +42,7 @@ def parse_args(argv):
     s.add_argument("--step-size", type=float, help="eta")
     s.add_argument("--lambdas", type=float, nargs="+", help="lambda grid searched in one call")
     s.add_argument("--batch", type=int, default=64,
-                   help="networks compressed together (one compiled search call each)")
+                   help="networks compressed together (searched in calls of at most 64)")
     s.add_argument("--rounds", type=int, default=0,
                    help="refinement rounds: train top candidates, fine-tune surrogate, search again")
     s.add_argument("--refine-top", type=int, default=6, help="candidates trained per round")
