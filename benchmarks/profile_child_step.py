@@ -96,7 +96,11 @@ def trace_events(trace_dir: str, names: set[str]) -> collections.Counter:
     if not files:
         raise RuntimeError(f"jax.profiler wrote no trace under {trace_dir}")
     totals: collections.Counter = collections.Counter()
-    for plane in ProfileData.from_file(files[-1]).planes:
+    planes = list(ProfileData.from_file(files[-1]).planes)
+    # On a GPU the kernels' own timeline is on the device planes; host-side launch events may
+    # carry the same op names and must not count as well.
+    device = [p for p in planes if p.name.startswith("/device:GPU")]
+    for plane in device or planes:
         for line in plane.lines:
             for event in line.events:
                 if event.name in names:
