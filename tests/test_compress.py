@@ -81,6 +81,8 @@ def test_candidates_of_a_batch_equal_those_of_each_network_alone(surrogate, nets
         (alone,) = pipeline.compress_batch(surrogate, [nets[i]], [names[i]], CFG)
         assert [c.arch for c in alone.candidates] == [c.arch for c in together[i].candidates]
         assert [c.step for c in alone.candidates] == [c.step for c in together[i].candidates]
+    # seconds since the call started (a wall time, not a clock reading)
+    assert all(0 < r.seconds < 600 for r in together)
 
 
 def test_candidates_are_valid_canonical_and_exactly_counted(surrogate, nets):

@@ -118,8 +118,8 @@ def compress_batch(
     decoded = search_decoded(surrogate, cfg, feats, lambdas, a0, p0, networks_per_call)
     shape, classes = surrogate.input_shape, surrogate.num_classes
     per_network = []
-    for start in range(0, len(archs), networks_per_call):  # bounded working set
-        chunk = decoded[start : start + networks_per_call]
+    for first in range(0, len(archs), networks_per_call):  # bounded working set
+        chunk = decoded[first : first + networks_per_call]
         per_network += build_candidates(surrogate, chunk, lambdas, cfg.decode_every, shape, classes)
     results = []
     for arch, name, orig, cands in zip(archs, names, originals, per_network):
