@@ -66,12 +66,9 @@ def attribute(op_name: str) -> tuple[str, str]:
         phase = "backward"
     elif "jvp(ChildNet" in op_name:
         phase = "forward"
-    elif "ChildNet" in op_name and "evaluate" in op_name:
-        phase = "eval"
-    elif "ChildNet" in op_name and "/while" not in op_name.split("ChildNet")[0]:
-        phase = "init"
     elif "ChildNet" in op_name:
-        phase = "eval"
+        # Outside the training scan's jvp: initialisation (before any loop) or evaluation.
+        phase = "eval" if "/while" in op_name.split("ChildNet")[0] else "init"
     else:
         phase = "other"
     layer = _LAYER.search(op_name)
@@ -83,7 +80,7 @@ def attribute(op_name: str) -> tuple[str, str]:
         return phase, "pool/flatten/other"
     if "preprocess" in op_name:
         return phase, "preprocess"
-    if "softmax" in op_name or "log_softmax" in op_name or "logsumexp" in op_name:
+    if "softmax" in op_name or "logsumexp" in op_name:
         return phase, "loss"
     return phase, "-"
 
