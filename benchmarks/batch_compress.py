@@ -17,7 +17,7 @@ compiles the search for that batch shape and the candidate scorer for every cand
 occurs); its time is reported as the "first pass", and the timed passes after it are steady state.
 
 and reports networks/s for
-  search      the compiled search calls alone (`pipeline.search_decoded`, decoded sequences
+  search      the compiled search calls alone (`pipeline.search_chunks`, decoded sequences
               copied to the host), inputs encoded beforehand
   pipeline    the whole `compress_batch`, candidate post-processing included
 
@@ -79,7 +79,7 @@ def _search_inputs(surrogate, archs, cfg):
 def run_compress(config: dict) -> dict:
     import numpy as np
 
-    from ac_jax.compress.pipeline import compress_batch, search_decoded
+    from ac_jax.compress.pipeline import compress_batch, search_chunks
     from ac_jax.compress.search import SearchConfig
     from ac_jax.surrogate.checkpoint import load_surrogate
 
@@ -93,7 +93,7 @@ def run_compress(config: dict) -> dict:
     per_call = config["networks_per_call"]
 
     def run_search(i):
-        return search_decoded(surrogate, cfg, *inputs[i], per_call)
+        return list(search_chunks(surrogate, cfg, *inputs[i], per_call))
 
     # First pass = warm-up: compiles the search for this batch shape and the candidate scorer
     # for every candidate count met (`score` compiles one program per count up to its batch),

@@ -66,12 +66,14 @@ def test_batched_search_equals_one_network_at_a_time(surrogate, nets):
 def test_search_in_calls_of_a_few_networks_equals_one_call(surrogate, nets):
     feats = encode_matrices(np.stack([a.to_matrix(16) for a in nets]))
     a0, p0 = np.ones(len(nets)), np.zeros(len(nets))
-    whole = pipeline.search_decoded(surrogate, CFG, feats, CFG.lambdas, a0, p0, len(nets))
-    split = pipeline.search_decoded(surrogate, CFG, feats, CFG.lambdas, a0, p0, 4)  # 4 + 2 (padded)
+    (whole,) = pipeline.search_chunks(surrogate, CFG, feats, CFG.lambdas, a0, p0, len(nets))
+    chunks = list(pipeline.search_chunks(surrogate, CFG, feats, CFG.lambdas, a0, p0, 4))
+    assert [len(c) for c in chunks] == [4, 2]  # the last call padded to 4, trimmed back
+    split = np.concatenate(chunks)
     assert split.shape == whole.shape == (len(nets), 3, CFG.snapshots, 16, 6)
     np.testing.assert_allclose(split, whole, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="networks_per_call"):
-        pipeline.search_decoded(surrogate, CFG, feats, CFG.lambdas, a0, p0, 0)
+        list(pipeline.search_chunks(surrogate, CFG, feats, CFG.lambdas, a0, p0, 0))
 
 
 def test_candidates_of_a_batch_equal_those_of_each_network_alone(surrogate, nets):

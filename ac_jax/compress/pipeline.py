@@ -74,20 +74,20 @@ def targets(surrogate: TrainedSurrogate, archs: Sequence[Arch], cfg: SearchConfi
 NETWORKS_PER_CALL = 64
 
 
-def search_decoded(surrogate, cfg, feats, lambdas, a0, p0, networks_per_call: int):
-    """`search`'s decoded sequences ``[N, L, S, T, 6]`` (host array), in calls of at most
-    `networks_per_call` networks; a short last call is padded by repeating its last network."""
+def search_chunks(surrogate, cfg, feats, lambdas, a0, p0, networks_per_call: int):
+    """Yields `search`'s decoded sequences ``[n, L, S, T, 6]`` (host arrays) for consecutive
+    chunks of at most `networks_per_call` networks; a short last chunk is searched padded (its
+    last network repeated) so that every call has the same shapes, and trimmed again."""
     if networks_per_call < 1:
         raise ValueError(f"networks_per_call must be >= 1, got {networks_per_call}")
     n = len(feats)
     if n <= networks_per_call:
-        return np.asarray(search(surrogate, cfg, feats, lambdas, a0, p0)["decoded"])
-    parts = []
+        yield np.asarray(search(surrogate, cfg, feats, lambdas, a0, p0)["decoded"])
+        return
     for start in range(0, n, networks_per_call):
         index = np.minimum(np.arange(start, start + networks_per_call), n - 1)
         out = search(surrogate, cfg, feats[index], lambdas, a0[index], p0[index])
-        parts.append(np.asarray(out["decoded"])[: min(networks_per_call, n - start)])
-    return np.concatenate(parts)
+        yield np.asarray(out["decoded"])[: min(networks_per_call, n - start)]
 
 
 def compress_batch(
@@ -101,8 +101,8 @@ def compress_batch(
     """Searches all `archs` over the lambda grid in one compiled program, then ranks candidates.
 
     Up to `networks_per_call` networks go into one call of the program; more are searched in
-    calls of that size (the last one padded, so one compilation serves all of them); their
-    candidates are built together, as many networks at a time.
+    calls of that size (`search_chunks`: one compilation serves them all), and the candidates of
+    each call's networks are built together.
     """
     start = time.perf_counter()
     for arch in archs:
@@ -115,12 +115,11 @@ def compress_batch(
     feats = encode_matrices(np.stack([a.to_matrix(surrogate.max_len) for a in archs]))
     lambdas = np.array([constraint.lam] if constraint.lam is not None else cfg.lambdas)
     a0, p0 = targets(surrogate, archs, cfg, constraint)
-    decoded = search_decoded(surrogate, cfg, feats, lambdas, a0, p0, networks_per_call)
     shape, classes = surrogate.input_shape, surrogate.num_classes
     per_network = []
-    for first in range(0, len(archs), networks_per_call):  # bounded working set
-        chunk = decoded[first : first + networks_per_call]
-        per_network += build_candidates(surrogate, chunk, lambdas, cfg.decode_every, shape, classes)
+    for decoded in search_chunks(surrogate, cfg, feats, lambdas, a0, p0, networks_per_call):
+        per_network += build_candidates(surrogate, decoded, lambdas, cfg.decode_every, shape,
+                                        classes)
     results = []
     for arch, name, orig, cands in zip(archs, names, originals, per_network):
         start_archs = [c.arch for c in cands if c.step == 0]
