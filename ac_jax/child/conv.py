@@ -27,15 +27,21 @@ def _xla_conv(x, kernel, stride: int, padding: int):
     )
 
 
-def image_patches(x, kernel_size: int, stride: int, padding: int, out_h: int, out_w: int):
-    """``[B, H, W, C] -> [B, out_h, out_w, k*k*C]``, patch features ordered (row, col, channel)."""
+def window_slices(x, kernel_size: int, stride: int, out_h: int, out_w: int) -> list:
+    """The k*k strided slices ``[B, out_h, out_w, C]`` of an already padded ``[B, H, W, C]``
+    input, one per window offset (row, col): slice (i, j) holds element (i, j) of every window."""
     k, s = kernel_size, stride
-    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    columns = [
+    return [
         x[:, i : i + s * (out_h - 1) + 1 : s, j : j + s * (out_w - 1) + 1 : s, :]
         for i in range(k)
         for j in range(k)
     ]
+
+
+def image_patches(x, kernel_size: int, stride: int, padding: int, out_h: int, out_w: int):
+    """``[B, H, W, C] -> [B, out_h, out_w, k*k*C]``, patch features ordered (row, col, channel)."""
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    columns = window_slices(x, kernel_size, stride, out_h, out_w)
     return jnp.concatenate(columns, axis=-1) if len(columns) > 1 else columns[0]
 
 

@@ -11,9 +11,13 @@ subgradient). On GPUs `reduce_window` is kept.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from ac_jax.child.conv import window_slices
 
 
 def strided_max_pool(x, kernel_size: int, stride: int, padding: int):
@@ -24,12 +28,7 @@ def strided_max_pool(x, kernel_size: int, stride: int, padding: int):
                     constant_values=-jnp.inf)
     out_h = (x.shape[1] - k) // s + 1
     out_w = (x.shape[2] - k) // s + 1
-    out = None
-    for i in range(k):
-        for j in range(k):
-            window = x[:, i : i + s * (out_h - 1) + 1 : s, j : j + s * (out_w - 1) + 1 : s, :]
-            out = window if out is None else jnp.maximum(out, window)
-    return out
+    return functools.reduce(jnp.maximum, window_slices(x, k, s, out_h, out_w))
 
 
 def max_pool(x, kernel_size: int, stride: int, padding: int, impl: str = "auto"):
