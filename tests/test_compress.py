@@ -20,7 +20,7 @@ from ac_jax.compress import pipeline
 from ac_jax.compress.candidates import Candidate, Constraint, pareto_front, pick
 from ac_jax.compress.search import SearchConfig, compression_loss, search
 from ac_jax.surrogate.checkpoint import load_surrogate
-from ac_jax.surrogate.encoding import encode_matrices
+from ac_jax.surrogate.encoding import decode_features, encode_matrices
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPE, CLASSES = (12, 12, 1), 4
@@ -44,6 +44,9 @@ def test_descent_lowers_the_compression_loss_for_every_net_and_lambda(surrogate,
     a0, p0 = np.ones(len(nets)), np.full(len(nets), -1.0)
     out = search(surrogate, CFG, feats, CFG.lambdas, a0, p0)
     assert out["decoded"].shape == (len(nets), 3, CFG.snapshots, 16, 6)
+    # Rounded on the device by the same rules as on the host (`decode_features`).
+    assert out["matrices"].shape == (len(nets), 3, CFG.snapshots, 16, 5)
+    np.testing.assert_array_equal(out["matrices"], decode_features(np.asarray(out["decoded"])))
     for n in range(len(nets)):
         for li, lam in enumerate(CFG.lambdas):
             ys = out["y"][n, li]
@@ -70,8 +73,8 @@ def test_search_in_calls_of_a_few_networks_equals_one_call(surrogate, nets):
     chunks = list(pipeline.search_chunks(surrogate, CFG, feats, CFG.lambdas, a0, p0, 4))
     assert [len(c) for c in chunks] == [4, 2]  # the last call padded to 4, trimmed back
     split = np.concatenate(chunks)
-    assert split.shape == whole.shape == (len(nets), 3, CFG.snapshots, 16, 6)
-    np.testing.assert_allclose(split, whole, rtol=1e-4, atol=1e-4)
+    assert split.shape == whole.shape == (len(nets), 3, CFG.snapshots, 16, 5)
+    np.testing.assert_array_equal(split, whole)
     with pytest.raises(ValueError, match="networks_per_call"):
         list(pipeline.search_chunks(surrogate, CFG, feats, CFG.lambdas, a0, p0, 0))
 

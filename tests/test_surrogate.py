@@ -37,6 +37,41 @@ def test_scaling_round_trips_every_sampled_architecture():
     np.testing.assert_array_equal(decode_features(feats), mats)
 
 
+def test_decode_inside_jit_applies_the_same_rules_as_numpy():
+    archs, _ = sample(100, (28, 28, 1), 10, seed=5)
+    feats = encode_matrices(np.stack([a.to_matrix(64) for a in archs]))
+    decode_on_device = jax.jit(lambda f: decode_features(f, jnp))
+    on_device = decode_on_device(feats)
+    assert on_device.dtype == jnp.int32
+    np.testing.assert_array_equal(on_device, decode_features(feats))
+    # Arbitrary decoder outputs, including values exactly at and next to every rounding
+    # boundary of every field: bit-for-bit the same.
+    rng = np.random.default_rng(0)
+    noisy = rng.uniform(-0.1, 1.4, (400, 64, 6)).astype(np.float32)
+    halves = (np.arange(20) + 0.5).astype(np.float32)
+    boundaries = np.concatenate([halves / 8, halves / 10,
+                                 np.log2(rng.integers(1, 65535, 200) + 0.5) / 12])
+    boundaries = boundaries.astype(np.float32)
+    edge = np.concatenate([boundaries, np.nextafter(boundaries, -1), np.nextafter(boundaries, 2)])
+    rows = noisy.reshape(-1, 6)  # a view: each boundary value goes into all five fields
+    rows[: len(edge), :5], rows[: len(edge), 5] = edge[:, None], 1.0
+    np.testing.assert_array_equal(decode_on_device(noisy), decode_features(noisy))
+
+
+def test_decoded_channels_round_two_to_the_twelve_x_minus_one():
+    x = np.random.default_rng(1).uniform(-0.1, 1.1, 20_000).astype(np.float32)  # o up to ~9,000
+    feats = np.zeros((len(x), 1, 6), np.float32)
+    feats[:, 0, 2], feats[:, 0, 5] = x, 1.0
+    got = decode_features(feats)[:, 0, 2]
+    value = np.exp2(np.clip(12 * x.astype(np.float64), 0, 16)) - 1  # exact for the float32 x
+    want = np.rint(value)
+    # The float32 thresholds resolve x to ~1 ulp, i.e. o to ~1e-6 relative (0.03 at 40,000
+    # channels); only values that close to a .5 boundary may go either way.
+    clear = np.abs(np.abs(value - want) - 0.5) > 2e-6 * (1 + value)
+    np.testing.assert_array_equal(got[clear], want[clear])
+    assert clear.mean() > 0.99
+
+
 def test_decode_ends_the_sequence_at_the_first_absent_row():
     feats = encode_matrices(zoo.get("tinycnn", (12, 12, 1), 4).to_matrix(16))
     feats[3, 5] = 0.2  # row 3 says "absent": rows 3.. are padding even if present later

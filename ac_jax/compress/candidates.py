@@ -1,5 +1,6 @@
-"""From decoded sequences to ranked discrete candidates: round, legalize, canonicalize, dedupe,
-count parameters and MACs exactly, re-score, and pick from the Pareto set.
+"""From decoded sequences to ranked discrete candidates: legalize, canonicalize, dedupe, count
+parameters and MACs exactly, re-score, and pick from the Pareto set (the search rounds the
+decoder's sequences to integer matrices on the device, `encoding.decode_features`).
 
 The decoded sequences of all networks of a batch are post-processed together with array
 operations (`arch.batch`), so that this step does not undo what batching the search buys.
@@ -21,7 +22,7 @@ import numpy as np
 from ac_jax.arch import shapes
 from ac_jax.arch.batch import batch_analyze, batch_canonicalize, batch_legalize
 from ac_jax.arch.spec import Arch
-from ac_jax.surrogate.encoding import decode_features, encode_matrices
+from ac_jax.surrogate.encoding import encode_matrices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,14 +49,6 @@ class Candidate:
             "num_layers": len(self.arch),
             "spec": to_json(self.arch),
         }
-
-
-def discretise(
-    decoded: np.ndarray, input_shape, num_classes: int, max_len: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """``[M, T, 6]`` decoder outputs -> legal ``[M, max_len, 5]`` matrices and lengths."""
-    mats = decode_features(decoded)
-    return batch_legalize(mats, input_shape, num_classes, max_len=max_len)
 
 
 def first_per_network(mats: np.ndarray, rows_per_network: int) -> np.ndarray:
@@ -128,13 +121,14 @@ def pick(candidates: Sequence[Candidate], original: Candidate, c: Constraint) ->
 
 def build_candidates(
     surrogate,
-    decoded: np.ndarray,
+    rounded: np.ndarray,
     lambdas: Sequence[float],
     decode_every: int,
     input_shape,
     num_classes: int,
 ) -> list[list[Candidate]]:
-    """Candidates of each network from its decoded trajectories ``decoded[n]`` (``[L, S, T, 6]``).
+    """Candidates of each network from its decoded trajectories ``rounded[n]`` (``[L, S, T, 5]``
+    integer matrices: the decoder's sequences after `decode_features`, as `search` returns them).
 
     All networks are post-processed together with whole-batch array operations (legalize,
     canonicalize, exact counts) and one scoring call; only the final `Arch` and `Candidate`
@@ -142,10 +136,10 @@ def build_candidates(
     """
     from ac_jax.compress.search import score
 
-    num_networks, num_lambdas, snapshots = decoded.shape[:3]
+    num_networks, num_lambdas, snapshots = rounded.shape[:3]
     per_network = num_lambdas * snapshots
-    flat = decoded.reshape(num_networks * per_network, *decoded.shape[3:])
-    mats, lengths = discretise(flat, input_shape, num_classes, surrogate.max_len)
+    flat = rounded.reshape(num_networks * per_network, *rounded.shape[3:])
+    mats, lengths = batch_legalize(flat, input_shape, num_classes, max_len=surrogate.max_len)
     # Legal matrices have at most max_len rows and canonicalising only drops layers, so every
     # candidate fits the surrogate.
     mats, lengths = batch_canonicalize(mats, lengths)

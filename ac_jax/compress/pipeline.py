@@ -75,19 +75,19 @@ NETWORKS_PER_CALL = 64
 
 
 def search_chunks(surrogate, cfg, feats, lambdas, a0, p0, networks_per_call: int):
-    """Yields `search`'s decoded sequences ``[n, L, S, T, 6]`` (host arrays) for consecutive
+    """Yields `search`'s rounded matrices ``[n, L, S, T, 5]`` (host arrays) for consecutive
     chunks of at most `networks_per_call` networks; a short last chunk is searched padded (its
     last network repeated) so that every call has the same shapes, and trimmed again."""
     if networks_per_call < 1:
         raise ValueError(f"networks_per_call must be >= 1, got {networks_per_call}")
     n = len(feats)
     if n <= networks_per_call:
-        yield np.asarray(search(surrogate, cfg, feats, lambdas, a0, p0)["decoded"])
+        yield np.asarray(search(surrogate, cfg, feats, lambdas, a0, p0)["matrices"])
         return
     for start in range(0, n, networks_per_call):
         index = np.minimum(np.arange(start, start + networks_per_call), n - 1)
         out = search(surrogate, cfg, feats[index], lambdas, a0[index], p0[index])
-        yield np.asarray(out["decoded"])[: min(networks_per_call, n - start)]
+        yield np.asarray(out["matrices"])[: min(networks_per_call, n - start)]
 
 
 def compress_batch(
@@ -117,8 +117,8 @@ def compress_batch(
     a0, p0 = targets(surrogate, archs, cfg, constraint)
     shape, classes = surrogate.input_shape, surrogate.num_classes
     per_network = []
-    for decoded in search_chunks(surrogate, cfg, feats, lambdas, a0, p0, networks_per_call):
-        per_network += build_candidates(surrogate, decoded, lambdas, cfg.decode_every, shape,
+    for mats in search_chunks(surrogate, cfg, feats, lambdas, a0, p0, networks_per_call):
+        per_network += build_candidates(surrogate, mats, lambdas, cfg.decode_every, shape,
                                         classes)
     results = []
     for arch, name, orig, cands in zip(archs, names, originals, per_network):

@@ -7,7 +7,8 @@ For each input network and each lambda of a grid, starting from ``y0 = encoder(x
 run inside one `lax.scan` (the paper's eq. 18 prints ``+``; we descend the loss it defines). Both
 the network axis and the lambda axis are `jax.vmap`ped, so one compiled call searches a whole
 batch of networks over the whole lambda grid, and the decoder turns every visited embedding into a
-``[T, 6]`` sequence in the same call. Everything after that is discrete and exact (`candidates`).
+``[T, 6]`` sequence, rounded to a ``[T, 5]`` integer matrix, in the same call. Everything after
+that is discrete and exact (`candidates`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from ac_jax.surrogate.checkpoint import TrainedSurrogate
+from ac_jax.surrogate.encoding import decode_features
 from ac_jax.surrogate.model import Surrogate
 
 
@@ -78,9 +80,11 @@ def _search(model, variables, cfg: SearchConfig, feats, lambdas, a0, p0):
     decoded = model.apply(variables, flat, method=Surrogate.decode)
     acc, ptarget = model.apply(variables, flat, method=Surrogate.predict)
     shape = ys.shape[:3]
+    mats = decode_features(decoded, jnp)  # rounded here: the host gets small int32 matrices
     return {
         "y": ys,
         "decoded": decoded.reshape(*shape, *decoded.shape[1:]),  # [N, L, S, T, 6]
+        "matrices": mats.reshape(*shape, *mats.shape[1:]),  # [N, L, S, T, 5]
         "acc": acc.reshape(shape),
         "ptarget": ptarget.reshape(shape),
     }

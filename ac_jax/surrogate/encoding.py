@@ -7,7 +7,7 @@ out-channels up to 4096), so each is mapped to roughly [0, 1] before the 1-D CNN
 |---------|------------------------|--------------------|---------------------------------|
 | 0       | type t                 | t / 8              | round(8 x), clipped to 0..8     |
 | 1       | kernel k               | k / 10             | round(10 x)                     |
-| 2       | out channels o         | log2(1 + o) / 12   | round(2^(12 x) - 1)             |
+| 2       | out channels o         | log2(1 + o) / 12   | round(2^(12 x) - 1), <= 65535   |
 | 3       | stride s               | s / 10             | round(10 x)                     |
 | 4       | padding / dropout p    | p / 10             | round(10 x)                     |
 | 5       | layer present (not EOS)| 1 or 0             | x > 0.5; the first 0 ends it    |
@@ -62,18 +62,34 @@ def encode_matrices(mats: np.ndarray) -> np.ndarray:
     return (feats * present[..., None]).astype(np.float32)
 
 
-def decode_features(feats: np.ndarray) -> np.ndarray:
-    """``[..., T, 6]`` floats -> ``[..., T, 5]`` int64 matrices (rows after the end are zero).
+# Out-channel rounding as a table: round(2^(12 x) - 1) >= n exactly when
+# x >= log2(n + 0.5) / 12, so the decoded count is the number of these float32 thresholds at or
+# below x. Comparisons are exact, so NumPy and a compiled program agree bit for bit, which
+# float32 `exp2` (its last bit differs between libraries) would not guarantee near a .5 boundary.
+_MAX_DECODED_CHANNELS = 2**16 - 1
+_CHANNEL_THRESHOLDS = (
+    np.log2(np.arange(1, _MAX_DECODED_CHANNELS + 1) + 0.5) / _LOG_CHANNEL_SCALE
+).astype(np.float32)
+
+
+def decode_features(feats, xp=np):
+    """``[..., T, 6]`` floats -> ``[..., T, 5]`` integer matrices (rows after the end are zero).
 
     Only rounds and clips to the representable ranges; `legalize` makes the result valid.
+    `xp` is the array module: NumPy (int64 result) or `jax.numpy` (int32), so that the compression
+    search rounds inside its compiled program and hands the host small integer matrices instead
+    of float sequences. Both compute in float32, the decoder's precision, with the same exactly
+    rounded operations (scalings by 8 and 10, `rint`, comparisons), so they agree exactly.
     """
-    feats = np.asarray(feats, dtype=np.float64)
-    present = np.cumprod(feats[..., 5] > 0.5, axis=-1).astype(bool)
-    t = np.clip(np.rint(feats[..., 0] * _TYPE_SCALE), 1, 8)
-    k = np.clip(np.rint(feats[..., 1] * _KERNEL_SCALE), 0, 99)
-    log_o = np.clip(feats[..., 2] * _LOG_CHANNEL_SCALE, 0.0, 16.0)
-    o = np.rint(np.exp2(log_o) - 1.0)
-    s = np.clip(np.rint(feats[..., 3] * _STRIDE_SCALE), 0, 99)
-    p = np.clip(np.rint(feats[..., 4] * _PAD_SCALE), 0, 99)
-    mats = np.stack([t, k, o, s, p], axis=-1).astype(np.int64)
-    return np.where(present[..., None], mats, 0)
+    if xp is np:
+        feats, int_type = np.asarray(feats, dtype=np.float32), np.int64
+    else:
+        feats, int_type = feats.astype(xp.float32), xp.int32
+    present = xp.cumprod((feats[..., 5] > 0.5).astype(int_type), axis=-1) > 0
+    t = xp.clip(xp.rint(feats[..., 0] * _TYPE_SCALE), 1, 8).astype(int_type)
+    k = xp.clip(xp.rint(feats[..., 1] * _KERNEL_SCALE), 0, 99).astype(int_type)
+    o = xp.searchsorted(xp.asarray(_CHANNEL_THRESHOLDS), feats[..., 2], side="right")
+    s = xp.clip(xp.rint(feats[..., 3] * _STRIDE_SCALE), 0, 99).astype(int_type)
+    p = xp.clip(xp.rint(feats[..., 4] * _PAD_SCALE), 0, 99).astype(int_type)
+    mats = xp.stack([t, k, o.astype(int_type), s, p], axis=-1)
+    return xp.where(present[..., None], mats, 0)
