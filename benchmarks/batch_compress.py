@@ -4,7 +4,7 @@
 `ac_jax.compress.pipeline.compress_batch` searches every network over the whole lambda grid in one
 compiled program (networks and lambdas are `jax.vmap` axes; calls of at most --networks-per-call
 networks) and then post-processes the decoded sequences of all networks together into ranked
-discrete candidates (round, legalize, canonicalize, dedupe, exact counts, re-score, Pareto set,
+discrete candidates (legalize, canonicalize, dedupe, exact counts, re-score, Pareto set,
 pick). This script compresses --num-networks networks
 (CONV-7 plus architectures from the Appendix 9 sampler for the surrogate's task, Fashion-MNIST
 `cpu` caps) with a trained surrogate, in two fresh processes:
@@ -17,9 +17,11 @@ compiles the search for that batch shape and the candidate scorer for every cand
 occurs); its time is reported as the "first pass", and the timed passes after it are steady state.
 
 and reports networks/s for
-  search      the compiled search calls alone (`pipeline.search_chunks`, decoded sequences
+  search      the compiled search calls alone (`pipeline.search_chunks`, rounded matrices
               copied to the host), inputs encoded beforehand
   pipeline    the whole `compress_batch`, candidate post-processing included
+and, from one more pass with `compress_batch(timings=...)`, milliseconds per network of each stage
+(search calls, legalize, canonicalize, dedupe, exact counts, re-scoring, objects, Pareto/pick).
 
   python benchmarks/batch_compress.py                              # 256 networks, shipped surrogate
   python benchmarks/batch_compress.py --num-networks 4 --search-steps 5 --repeats 1 \\
@@ -116,7 +118,12 @@ def run_compress(config: dict) -> dict:
                    for r in compress_batch(surrogate, *g, cfg, networks_per_call=per_call)]
         pipeline_s.append(time.perf_counter() - start)
         candidates = sum(len(r.candidates) for r in results)
-    return {"search_seconds": search_s, "pipeline_seconds": pipeline_s,
+    # One more pass, with every stage timed (kept out of the passes above, whose totals it
+    # would otherwise include the bookkeeping of).
+    stages: dict[str, float] = {}
+    for group in groups:
+        compress_batch(surrogate, *group, cfg, networks_per_call=per_call, timings=stages)
+    return {"search_seconds": search_s, "pipeline_seconds": pipeline_s, "stage_seconds": stages,
             "first_pass_seconds": first_pass_seconds, "num_networks": len(archs),
             "calls": len(groups), "candidates": candidates,
             "mean_ratio": float(np.mean([r.ratio for r in results])),
@@ -245,7 +252,26 @@ def main(argv=None) -> int:
              f"{args.search_steps}, decode_every={args.decode_every}), "
              f"{len(defaults.lambdas)} lambdas, surrogate "
              f"{'TINY 12x12 (smoke test)' if tiny else args.surrogate}.")
-    return common.finish(title, args, metrics, {"results": results, "tiny_surrogate": tiny})
+    status = common.finish(title, args, metrics, {"results": results, "tiny_surrogate": tiny})
+    print(f"\nWhere the time goes (one more pass, every stage timed):\n\n{stage_table(results)}")
+    return status
+
+
+def stage_table(results: dict) -> str:
+    """Markdown: milliseconds per network of each `compress_batch` stage, one column per mode."""
+    modes = list(results)
+    stages = list(dict.fromkeys(s for r in results.values() for s in r["stage_seconds"]))
+    lines = ["| stage | " + " | ".join(f"{m} ms/network" for m in modes) + " |",
+             "|---|" + "---:|" * len(modes)]
+    for stage in [*stages, "total"]:
+        cells = []
+        for mode in modes:
+            seconds = results[mode]["stage_seconds"]
+            value = sum(seconds.values()) if stage == "total" else seconds.get(stage)
+            cells.append("-" if value is None else
+                         f"{1000 * value / results[mode]['num_networks']:.2f}")
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -72,3 +72,16 @@ def test_torch_reference_device_is_the_cpu_without_a_gpu():
     assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     common.torch_sync(device)  # a no-op on the CPU, must not fail
     assert common.torch_backend(device).startswith(f"torch {torch.__version__}")
+
+
+def test_batch_compress_stage_table_per_network_and_total():
+    import batch_compress
+
+    results = {
+        "batched": {"num_networks": 4, "stage_seconds": {"search": 0.04, "legalize": 0.008}},
+        "single": {"num_networks": 4, "stage_seconds": {"search": 0.08}},
+    }
+    table = batch_compress.stage_table(results)
+    assert "| search | 10.00 | 20.00 |" in table
+    assert "| legalize | 2.00 | - |" in table
+    assert "| total | 12.00 | 20.00 |" in table

@@ -90,6 +90,24 @@ def test_candidates_of_a_batch_equal_those_of_each_network_alone(surrogate, nets
     assert all(0 < r.seconds < 600 for r in together)
 
 
+def test_stage_timings_cover_every_stage_and_change_nothing(surrogate, nets):
+    names = [f"n{i}" for i in range(len(nets))]
+    timings: dict = {}
+    timed = pipeline.compress_batch(surrogate, nets, names, CFG, networks_per_call=4,
+                                    timings=timings)
+    plain = pipeline.compress_batch(surrogate, nets, names, CFG, networks_per_call=4)
+    assert [[c.arch for c in r.candidates] for r in timed] == [
+        [c.arch for c in r.candidates] for r in plain]
+    assert set(timings) == {
+        "inputs (score originals, encode, targets)", "search", "legalize", "canonicalize",
+        "dedupe", "exact counts", "re-score (encode + surrogate)", "Arch and Candidate objects",
+        "Pareto set and pick"}
+    assert all(seconds > 0 for seconds in timings.values())
+    # Stages are parts of the call: together no longer than its wall time (the last network's
+    # seconds are read just before its own Pareto set and pick, hence the small margin).
+    assert sum(timings.values()) <= max(r.seconds for r in timed) + 0.05
+
+
 def test_candidates_are_valid_canonical_and_exactly_counted(surrogate, nets):
     results = pipeline.compress_batch(surrogate, nets, [f"n{i}" for i in range(len(nets))], CFG)
     assert len(results) == len(nets)

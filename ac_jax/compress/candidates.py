@@ -14,8 +14,10 @@ priced in.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Sequence
+import time
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -49,6 +51,34 @@ class Candidate:
             "num_layers": len(self.arch),
             "spec": to_json(self.arch),
         }
+
+
+@contextlib.contextmanager
+def timed(timings: dict | None, stage: str):
+    """Adds the block's wall seconds to ``timings[stage]`` (nothing to do when `timings` is None):
+    where the time of compression goes, for `benchmarks/batch_compress.py --stages`."""
+    if timings is None:
+        yield
+        return
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def timed_items(items: Iterable, timings: dict | None, stage: str) -> Iterator:
+    """`items`, with the time spent producing each one (a generator's work) added to `stage`."""
+    iterator = iter(items)
+    while True:
+        with timed(timings, stage):
+            item = next(iterator, _END)
+        if item is _END:
+            return
+        yield item
+
+
+_END = object()
 
 
 def first_per_network(mats: np.ndarray, rows_per_network: int) -> np.ndarray:
@@ -126,43 +156,50 @@ def build_candidates(
     decode_every: int,
     input_shape,
     num_classes: int,
+    timings: dict | None = None,
 ) -> list[list[Candidate]]:
     """Candidates of each network from its decoded trajectories ``rounded[n]`` (``[L, S, T, 5]``
     integer matrices: the decoder's sequences after `decode_features`, as `search` returns them).
 
     All networks are post-processed together with whole-batch array operations (legalize,
     canonicalize, exact counts) and one scoring call; only the final `Arch` and `Candidate`
-    objects are made per candidate.
+    objects are made per candidate. `timings` (optional) collects seconds per stage (`timed`).
     """
     from ac_jax.compress.search import score
 
     num_networks, num_lambdas, snapshots = rounded.shape[:3]
     per_network = num_lambdas * snapshots
     flat = rounded.reshape(num_networks * per_network, *rounded.shape[3:])
-    mats, lengths = batch_legalize(flat, input_shape, num_classes, max_len=surrogate.max_len)
+    with timed(timings, "legalize"):
+        mats, lengths = batch_legalize(flat, input_shape, num_classes, max_len=surrogate.max_len)
     # Legal matrices have at most max_len rows and canonicalising only drops layers, so every
     # candidate fits the surrogate.
-    mats, lengths = batch_canonicalize(mats, lengths)
-    first = first_per_network(mats, per_network)
-    mats, lengths = mats[first], lengths[first]
-    info = batch_analyze(mats, input_shape, num_classes)
+    with timed(timings, "canonicalize"):
+        mats, lengths = batch_canonicalize(mats, lengths)
+    with timed(timings, "dedupe"):
+        first = first_per_network(mats, per_network)
+        mats, lengths = mats[first], lengths[first]
+    with timed(timings, "exact counts"):
+        info = batch_analyze(mats, input_shape, num_classes)
     if not info.valid.all():  # legalize guarantees validity; this would be a bug there
         bad = Arch.from_matrix(mats[~info.valid][0], input_shape, num_classes)
         raise RuntimeError(f"legalized candidate is not a valid architecture: {bad}")
-    acc, _ = score(surrogate, encode_matrices(mats))
+    with timed(timings, "re-score (encode + surrogate)"):
+        acc, _ = score(surrogate, encode_matrices(mats))
     out: list[list[Candidate]] = [[] for _ in range(num_networks)]
-    for i, index in enumerate(first.tolist()):
-        network, position = divmod(index, per_network)
-        out[network].append(
-            Candidate(
-                arch=Arch.from_legal_rows(mats[i, : lengths[i]], input_shape, num_classes),
-                num_params=int(info.num_params[i]),
-                macs=int(info.macs[i]),
-                predicted_accuracy=float(acc[i]),
-                lam=float(lambdas[position // snapshots]),
-                step=(position % snapshots) * decode_every,
+    with timed(timings, "Arch and Candidate objects"):
+        for i, index in enumerate(first.tolist()):
+            network, position = divmod(index, per_network)
+            out[network].append(
+                Candidate(
+                    arch=Arch.from_legal_rows(mats[i, : lengths[i]], input_shape, num_classes),
+                    num_params=int(info.num_params[i]),
+                    macs=int(info.macs[i]),
+                    predicted_accuracy=float(acc[i]),
+                    lam=float(lambdas[position // snapshots]),
+                    step=(position % snapshots) * decode_every,
+                )
             )
-        )
     return out
 
 

@@ -20,6 +20,8 @@ from ac_jax.compress.candidates import (
     original_candidates,
     pareto_front,
     pick,
+    timed,
+    timed_items,
 )
 from ac_jax.compress.search import SearchConfig, search
 from ac_jax.surrogate.checkpoint import TrainedSurrogate
@@ -97,12 +99,14 @@ def compress_batch(
     cfg: SearchConfig = SearchConfig(),
     constraint: Constraint = Constraint(),
     networks_per_call: int = NETWORKS_PER_CALL,
+    timings: dict | None = None,
 ) -> list[CompressResult]:
     """Searches all `archs` over the lambda grid in one compiled program, then ranks candidates.
 
     Up to `networks_per_call` networks go into one call of the program; more are searched in
     calls of that size (`search_chunks`: one compilation serves them all), and the candidates of
-    each call's networks are built together.
+    each call's networks are built together. `timings` (optional) collects seconds per stage:
+    the search calls (results on the host) and each candidate post-processing stage.
     """
     start = time.perf_counter()
     for arch in archs:
@@ -111,21 +115,23 @@ def compress_batch(
                 f"network is for input {arch.input_shape} with {arch.num_classes} classes, the "
                 f"surrogate for {surrogate.input_shape} with {surrogate.num_classes}"
             )
-    originals = original_candidates(surrogate, archs)
-    feats = encode_matrices(np.stack([a.to_matrix(surrogate.max_len) for a in archs]))
-    lambdas = np.array([constraint.lam] if constraint.lam is not None else cfg.lambdas)
-    a0, p0 = targets(surrogate, archs, cfg, constraint)
+    with timed(timings, "inputs (score originals, encode, targets)"):
+        originals = original_candidates(surrogate, archs)
+        feats = encode_matrices(np.stack([a.to_matrix(surrogate.max_len) for a in archs]))
+        lambdas = np.array([constraint.lam] if constraint.lam is not None else cfg.lambdas)
+        a0, p0 = targets(surrogate, archs, cfg, constraint)
     shape, classes = surrogate.input_shape, surrogate.num_classes
     per_network = []
-    for mats in search_chunks(surrogate, cfg, feats, lambdas, a0, p0, networks_per_call):
+    chunks = search_chunks(surrogate, cfg, feats, lambdas, a0, p0, networks_per_call)
+    for mats in timed_items(chunks, timings, "search"):
         per_network += build_candidates(surrogate, mats, lambdas, cfg.decode_every, shape,
-                                        classes)
+                                        classes, timings)
     results = []
-    for arch, name, orig, cands in zip(archs, names, originals, per_network):
-        start_archs = [c.arch for c in cands if c.step == 0]
-        results.append(
-            _result(name, orig, cands, constraint, arch in start_archs, time.perf_counter() - start)
-        )
+    with timed(timings, "Pareto set and pick"):
+        for arch, name, orig, cands in zip(archs, names, originals, per_network):
+            start_archs = [c.arch for c in cands if c.step == 0]
+            seconds = time.perf_counter() - start
+            results.append(_result(name, orig, cands, constraint, arch in start_archs, seconds))
     return results
 
 
