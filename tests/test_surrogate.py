@@ -42,7 +42,7 @@ def test_decode_inside_jit_applies_the_same_rules_as_numpy():
     feats = encode_matrices(np.stack([a.to_matrix(64) for a in archs]))
     decode_on_device = jax.jit(lambda f: decode_features(f, jnp))
     on_device = decode_on_device(feats)
-    assert on_device.dtype == jnp.int32
+    assert on_device.dtype == jnp.uint16
     np.testing.assert_array_equal(on_device, decode_features(feats))
     # Arbitrary decoder outputs, including values exactly at and next to every rounding
     # boundary of every field: bit-for-bit the same.

@@ -80,7 +80,7 @@ def _search(model, variables, cfg: SearchConfig, feats, lambdas, a0, p0):
     decoded = model.apply(variables, flat, method=Surrogate.decode)
     acc, ptarget = model.apply(variables, flat, method=Surrogate.predict)
     shape = ys.shape[:3]
-    mats = decode_features(decoded, jnp)  # rounded here: the host gets small int32 matrices
+    mats = decode_features(decoded, jnp)  # rounded here: the host gets small uint16 matrices
     return {
         "y": ys,
         "decoded": decoded.reshape(*shape, *decoded.shape[1:]),  # [N, L, S, T, 6]
