@@ -19,8 +19,7 @@ import conv_layers  # noqa: E402
 from ac_jax.child.conv import conv2d  # noqa: E402
 
 
-@pytest.mark.parametrize("m", [2, 4])
-@pytest.mark.parametrize("size,padding", [(8, 1), (7, 1), (9, 0)])
+@pytest.mark.parametrize("m,size,padding", [(2, 8, 1), (2, 7, 1), (4, 9, 0), (4, 7, 1)])
 def test_winograd_matches_xla_convolution_and_its_gradients(m, size, padding):
     rng = np.random.default_rng(m * 100 + size)
     x = jnp.asarray(rng.standard_normal((2, size, size + 1, 3), np.float32))
