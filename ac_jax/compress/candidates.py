@@ -56,7 +56,7 @@ class Candidate:
 @contextlib.contextmanager
 def timed(timings: dict | None, stage: str):
     """Adds the block's wall seconds to ``timings[stage]`` (nothing to do when `timings` is None):
-    where the time of compression goes, for `benchmarks/batch_compress.py --stages`."""
+    where the time of compression goes, as `benchmarks/batch_compress.py` prints it."""
     if timings is None:
         yield
         return
@@ -65,6 +65,9 @@ def timed(timings: dict | None, stage: str):
         yield
     finally:
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+_END = object()
 
 
 def timed_items(items: Iterable, timings: dict | None, stage: str) -> Iterator:
@@ -76,9 +79,6 @@ def timed_items(items: Iterable, timings: dict | None, stage: str) -> Iterator:
         if item is _END:
             return
         yield item
-
-
-_END = object()
 
 
 def first_per_network(mats: np.ndarray, rows_per_network: int) -> np.ndarray:
