@@ -190,10 +190,15 @@ def load_surrogate(path: str | Path) -> TrainedSurrogate:
         raise CheckpointError(f"{path / META_FILE} lacks or mangles {err}; it is corrupt") from None
     model = Surrogate(cfg.arch)
     template = init_state(model, cfg, make_optimizer(cfg, 1))
-    mgr = manager(path) if (path / "ckpt").exists() else None
-    if mgr is None or mgr.latest_step() is None:
+    if not (path / "ckpt").exists():
         raise CheckpointError(f"{path} has {META_FILE} but no checkpoint under {path / 'ckpt'}")
-    state = restore_latest(mgr, template, path)
+    mgr = manager(path)
+    try:  # closed afterwards: an open manager's threads outlive the call otherwise
+        if mgr.latest_step() is None:
+            raise CheckpointError(f"{path} has {META_FILE} but no checkpoint under {path / 'ckpt'}")
+        state = restore_latest(mgr, template, path)
+    finally:
+        mgr.close()
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     bad = [k for k, v in jax.tree_util.tree_leaves_with_path(variables) if not np.isfinite(v).all()]
     if bad:
@@ -211,8 +216,10 @@ def export(run_dir: str | Path, out_dir: str | Path, keep_optimizer: bool = Fals
         shutil.rmtree(out_dir)
     state = init_state_like(surrogate)
     mgr = manager(out_dir)
-    save(mgr, int(surrogate.meta.get("step", 0)), state)
-    mgr.wait_until_finished()
+    try:
+        save(mgr, int(surrogate.meta.get("step", 0)), state)
+    finally:
+        mgr.close()  # waits for the save to finish
     write_meta(out_dir, surrogate.meta)
     return out_dir
 

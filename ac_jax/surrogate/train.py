@@ -342,7 +342,7 @@ def train(
             ckpt_io.write_meta(run_dir, meta)
     if bar is not None:
         bar.close()
-    manager.wait_until_finished()
+    manager.close()  # waits for the last save; stops the manager's background threads
     variables = _variables(state)
     metrics = evaluate(model, variables, holdout_split)
     train_metrics = evaluate(model, variables, train_split)
