@@ -52,6 +52,9 @@ def parse_args(argv):
     v.add_argument("--verify-seeds", type=int, default=2)
     v.add_argument("--verify-train-subset", type=int)
     v.add_argument("--verify-test-subset", type=int)
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not use the persistent XLA compilation cache (~/.cache/ac_jax/xla, "
+                        "or $AC_JAX_COMPILE_CACHE), which lets a rerun skip compiling the search")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 
@@ -80,6 +83,10 @@ def main(argv=None) -> int:
     from ac_jax.compress.candidates import Constraint
     from ac_jax.surrogate.checkpoint import CheckpointError, load_surrogate, read_meta
 
+    if not args.no_compile_cache:
+        from ac_jax.archset.generate import enable_compilation_cache
+
+        enable_compilation_cache()
     surrogate_dir = Path(args.surrogate) if args.surrogate else cli.surrogate_path(cfg)
     how_to_build = (
         f"\n\nNo usable surrogate for {args.config} at {surrogate_dir}. Build one:\n"

@@ -4,6 +4,7 @@ Pareto picks, verification and the bin/compress.py command."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -159,9 +160,10 @@ def test_verify_trains_both_with_the_same_seeds():
     assert "| tinycnn |" in pipeline.table1_row("tinycnn", row)
 
 
-def run_cli(*args, cwd=REPO):
+def run_cli(*args, cwd=REPO, env=None):
     return subprocess.run([sys.executable, str(REPO / "bin" / "compress.py"), *args],
-                          capture_output=True, text=True, cwd=cwd, timeout=600)
+                          capture_output=True, text=True, cwd=cwd, timeout=600,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def test_cli_writes_report_printout_module_and_plot(tiny_surrogate_dir, tmp_path, nets):
@@ -171,10 +173,13 @@ def test_cli_writes_report_printout_module_and_plot(tiny_surrogate_dir, tmp_path
 
     net_file.write_text(to_json(nets[2]))
     (tmp_path / "nets" / "tiny.txt").write_text(to_printout(nets[0]))
+    cache = tmp_path / "xla_cache"
     proc = run_cli("--dataset", "tiny", "--surrogate", str(tiny_surrogate_dir), "--models",
                    str(tmp_path / "nets"), "--out", str(tmp_path / "out"), "--steps", "6",
-                   "--lambdas", "0.3", "3", "--quiet")
+                   "--lambdas", "0.3", "3", "--quiet", env={"AC_JAX_COMPILE_CACHE": str(cache)})
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # The compiled search went into the persistent cache, so a rerun skips compiling it.
+    assert cache.is_dir() and any(cache.iterdir())
     for name in ("sampled", "tiny"):
         d = tmp_path / "out" / name
         report = json.loads((d / "report.json").read_text())
