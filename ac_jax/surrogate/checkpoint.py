@@ -174,7 +174,7 @@ def config_from_dict(d: dict) -> SurrogateConfig:
 
 def load_surrogate(path: str | Path) -> TrainedSurrogate:
     """Loads a run directory (latest checkpoint) or a shipped surrogate directory."""
-    from ac_jax.surrogate.train import Normaliser, init_state, make_optimizer
+    from ac_jax.surrogate.train import Normaliser, abstract_state, make_optimizer
 
     path = Path(path)
     meta = read_meta(path)
@@ -189,7 +189,7 @@ def load_surrogate(path: str | Path) -> TrainedSurrogate:
     except (KeyError, TypeError) as err:
         raise CheckpointError(f"{path / META_FILE} lacks or mangles {err}; it is corrupt") from None
     model = Surrogate(cfg.arch)
-    template = init_state(model, cfg, make_optimizer(cfg, 1))
+    template = abstract_state(model, cfg, make_optimizer(cfg, 1))
     if not (path / "ckpt").exists():
         raise CheckpointError(f"{path} has {META_FILE} but no checkpoint under {path / 'ckpt'}")
     mgr = manager(path)

@@ -138,14 +138,22 @@ def state_from(variables: dict, tx, step: int = 0) -> dict:
     }
 
 
-def init_state(model: Surrogate, cfg: SurrogateConfig, tx) -> dict:
+def _initialiser(model: Surrogate, cfg: SurrogateConfig, tx) -> Callable:
     dummy = jnp.zeros((1, cfg.arch.max_len, 6), jnp.float32)
+    return lambda key: state_from(model.init(key, dummy, False), tx)
 
-    def init(key):
-        return state_from(model.init(key, dummy, False), tx)
 
+def init_state(model: Surrogate, cfg: SurrogateConfig, tx) -> dict:
     # Jitted: op-by-op (eager) initialisation of the conv stack takes ~30 s on a CPU.
-    return jax.jit(init)(jax.random.PRNGKey(cfg.seed))
+    return jax.jit(_initialiser(model, cfg, tx))(jax.random.PRNGKey(cfg.seed))
+
+
+def abstract_state(model: Surrogate, cfg: SurrogateConfig, tx) -> dict:
+    """`init_state`'s structure, shapes and dtypes (on the default device), computing nothing:
+    what restoring a checkpoint needs, without the ~6 s compile of the initialiser on a CPU."""
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shapes = jax.eval_shape(_initialiser(model, cfg, tx), jax.random.PRNGKey(cfg.seed))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
 
 
 def make_train_chunk(model: Surrogate, tx, cfg: SurrogateConfig, num_train: int) -> Callable:
