@@ -296,11 +296,10 @@ def train(
     model = Surrogate(cfg.arch)
     steps_per_epoch = max(1, len(train_split) // cfg.batch_size)
     tx = make_optimizer(cfg, steps_per_epoch)
-    state = init_state(model, cfg, tx)
-    if init_variables is not None:
-        state["params"] = init_variables["params"]
-        state["batch_stats"] = init_variables["batch_stats"]
-        state["opt_state"] = tx.init(state["params"])
+    if init_variables is not None:  # fine-tuning: no fresh initialisation to compile and run
+        state = state_from(init_variables, tx)
+    else:
+        state = init_state(model, cfg, tx)
     history = list(meta.get("history", [])) if meta else []
     manager = ckpt_io.manager(run_dir)
     state = ckpt_io.restore_latest(manager, state, run_dir)
