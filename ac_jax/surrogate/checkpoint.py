@@ -190,15 +190,14 @@ def load_surrogate(path: str | Path) -> TrainedSurrogate:
         raise CheckpointError(f"{path / META_FILE} lacks or mangles {err}; it is corrupt") from None
     model = Surrogate(cfg.arch)
     template = abstract_state(model, cfg, make_optimizer(cfg, 1))
-    if not (path / "ckpt").exists():
-        raise CheckpointError(f"{path} has {META_FILE} but no checkpoint under {path / 'ckpt'}")
-    mgr = manager(path)
-    try:  # closed afterwards: an open manager's threads outlive the call otherwise
-        if mgr.latest_step() is None:
+    mgr = manager(path) if (path / "ckpt").exists() else None
+    try:
+        if mgr is None or mgr.latest_step() is None:
             raise CheckpointError(f"{path} has {META_FILE} but no checkpoint under {path / 'ckpt'}")
         state = restore_latest(mgr, template, path)
     finally:
-        mgr.close()
+        if mgr is not None:  # an open manager's threads would outlive the call
+            mgr.close()
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     bad = [k for k, v in jax.tree_util.tree_leaves_with_path(variables) if not np.isfinite(v).all()]
     if bad:
