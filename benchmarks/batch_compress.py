@@ -3,9 +3,9 @@
 
 `ac_jax.compress.pipeline.compress_batch` searches every network over the whole lambda grid in one
 compiled program (networks and lambdas are `jax.vmap` axes; calls of at most --networks-per-call
-networks) and then post-processes the decoded sequences of all networks together into ranked
-discrete candidates (legalize, canonicalize, dedupe, exact counts, re-score, Pareto set,
-pick). This script compresses --num-networks networks
+networks; the decoded sequences are rounded, legalized and canonicalized in the same program)
+and then post-processes the candidates of all networks together on the host (dedupe, exact
+counts, re-score, Pareto set, pick). This script compresses --num-networks networks
 (CONV-7 plus architectures from the Appendix 9 sampler for the surrogate's task, Fashion-MNIST
 `cpu` caps) with a trained surrogate, in two fresh processes:
 
@@ -17,11 +17,11 @@ compiles the search for that batch shape and the candidate scorer for every cand
 occurs); its time is reported as the "first pass", and the timed passes after it are steady state.
 
 and reports networks/s for
-  search      the compiled search calls alone (`pipeline.search_chunks`, rounded matrices
+  search      the compiled search calls alone (`pipeline.search_chunks`, candidate matrices
               copied to the host), inputs encoded beforehand
   pipeline    the whole `compress_batch`, candidate post-processing included
 and, from one more pass with `compress_batch(timings=...)`, milliseconds per network of each stage
-(search calls, legalize, canonicalize, dedupe, exact counts, re-scoring, objects, Pareto/pick).
+(search calls, dedupe, exact counts, re-scoring, objects, Pareto/pick).
 
   python benchmarks/batch_compress.py                              # 256 networks, shipped surrogate
   python benchmarks/batch_compress.py --num-networks 4 --search-steps 5 --repeats 1 \\

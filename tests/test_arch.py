@@ -228,6 +228,37 @@ def test_batch_canonicalize_matches_canonicalize(seed, task):
     assert changed > n // 4  # the test exercised the rules
 
 
+@pytest.mark.parametrize("task", [FMNIST, CIFAR, ((5, 7, 2), 3)])
+def test_traced_legalize_and_canonicalize_match_numpy(task):
+    # The compressor runs both passes with jax.numpy inside its compiled search; they must give
+    # the NumPy results bit for bit, on rows that need every rule: out-of-range fields, end
+    # markers mid-sequence (some at row 0), collapsing and post-Linear spatial layers, no-op
+    # patterns, and sequences longer than max_len.
+    rng = np.random.default_rng(sum(task[0]))
+    n, rows = 2000, 14
+    mats = np.stack([rng.integers(0, 10, (n, rows)), rng.integers(0, 12, (n, rows)),
+                     rng.integers(0, 5000, (n, rows)), rng.integers(0, 12, (n, rows)),
+                     rng.integers(0, 12, (n, rows))], -1)
+    small = rng.random((n, rows)) < 0.5  # many small fields, so the no-op rules fire
+    mats[:, :, 1:] = np.where(small[..., None], mats[:, :, 1:] % 3, mats[:, :, 1:])
+    mats[rng.random((n, rows)) < 0.05, 0] = 0
+    for max_len in (rows + 1, 6):
+        legal, lengths = batch.batch_legalize(mats, *task, max_len=max_len)
+        canon, canon_lengths = batch.batch_canonicalize(legal, lengths)
+
+        @jax.jit
+        def traced(m):
+            out = batch.batch_legalize(m, *task, max_len=max_len, xp=jax.numpy)
+            return out, batch.batch_canonicalize(*out, xp=jax.numpy)
+
+        (t_legal, t_lengths), (t_canon, t_canon_lengths) = traced(mats.astype(np.uint16))
+        for mine, reference in ((t_legal, legal), (t_lengths, lengths), (t_canon, canon),
+                                (t_canon_lengths, canon_lengths)):
+            np.testing.assert_array_equal(np.asarray(mine), reference)
+        assert (canon_lengths < lengths).mean() > 0.2  # canonicalize had work to do
+    assert (lengths == max_len).mean() > 0.1  # and some sequences were cut at max_len
+
+
 def test_topological_order_and_back():
     layers = [conv(3, 8, 1, 1), relu(), linear(10)]
     names = ["fc", "conv", "act"]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from ac_jax.arch import shapes, zoo
+from ac_jax.arch.batch import batch_canonicalize, batch_legalize
 from ac_jax.arch.legalize import canonicalize
 from ac_jax.arch.sampler import SamplerConfig, sample
 from ac_jax.arch.torch_io import parse_json, parse_printout
@@ -48,6 +49,11 @@ def test_descent_lowers_the_compression_loss_for_every_net_and_lambda(surrogate,
     # Rounded on the device by the same rules as on the host (`decode_features`).
     assert out["matrices"].shape == (len(nets), 3, CFG.snapshots, 16, 5)
     np.testing.assert_array_equal(out["matrices"], decode_features(np.asarray(out["decoded"])))
+    # ... and legalized and canonicalized there by the host's rules too.
+    flat = np.asarray(out["matrices"]).reshape(-1, 16, 5)
+    legal, lengths = batch_canonicalize(*batch_legalize(flat, SHAPE, CLASSES, max_len=16))
+    np.testing.assert_array_equal(np.asarray(out["candidates"]).reshape(-1, 16, 5), legal)
+    np.testing.assert_array_equal(np.asarray(out["lengths"]).reshape(-1), lengths)
     for n in range(len(nets)):
         for li, lam in enumerate(CFG.lambdas):
             ys = out["y"][n, li]
@@ -70,12 +76,14 @@ def test_batched_search_equals_one_network_at_a_time(surrogate, nets):
 def test_search_in_calls_of_a_few_networks_equals_one_call(surrogate, nets):
     feats = encode_matrices(np.stack([a.to_matrix(16) for a in nets]))
     a0, p0 = np.ones(len(nets)), np.zeros(len(nets))
-    (whole,) = pipeline.search_chunks(surrogate, CFG, feats, CFG.lambdas, a0, p0, len(nets))
+    ((whole, whole_lengths),) = pipeline.search_chunks(surrogate, CFG, feats, CFG.lambdas, a0,
+                                                       p0, len(nets))
     chunks = list(pipeline.search_chunks(surrogate, CFG, feats, CFG.lambdas, a0, p0, 4))
-    assert [len(c) for c in chunks] == [4, 2]  # the last call padded to 4, trimmed back
-    split = np.concatenate(chunks)
+    assert [len(m) for m, _ in chunks] == [4, 2]  # the last call padded to 4, trimmed back
+    split = np.concatenate([m for m, _ in chunks])
     assert split.shape == whole.shape == (len(nets), 3, CFG.snapshots, 16, 5)
     np.testing.assert_array_equal(split, whole)
+    np.testing.assert_array_equal(np.concatenate([n for _, n in chunks]), whole_lengths)
     with pytest.raises(ValueError, match="networks_per_call"):
         list(pipeline.search_chunks(surrogate, CFG, feats, CFG.lambdas, a0, p0, 0))
 
@@ -100,7 +108,7 @@ def test_stage_timings_cover_every_stage_and_change_nothing(surrogate, nets):
     assert [[c.arch for c in r.candidates] for r in timed] == [
         [c.arch for c in r.candidates] for r in plain]
     assert set(timings) == {
-        "inputs (score originals, encode, targets)", "search", "legalize", "canonicalize",
+        "inputs (score originals, encode, targets)", "search, legalize, canonicalize (compiled)",
         "dedupe", "exact counts", "re-score (encode + surrogate)", "Arch and Candidate objects",
         "Pareto set and pick"}
     assert all(seconds > 0 for seconds in timings.values())

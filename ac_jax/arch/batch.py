@@ -114,13 +114,62 @@ def batch_analyze(
     )
 
 
+def _scan(xp, step, carry, xs: tuple):
+    """`jax.lax.scan` for ``xp = jax.numpy`` (traceable inside `jit`), a Python loop for NumPy.
+
+    `xs` is a tuple of arrays scanned along their first axis; `step(carry, x) -> (carry, y)`
+    with `y` a tuple of arrays, returned stacked along a new first axis.
+    """
+    if xp is np:
+        xs = tuple(np.ascontiguousarray(x) for x in xs)  # each step reads one contiguous slice
+        outputs = []
+        for i in range(len(xs[0])):
+            carry, y = step(carry, tuple(x[i] for x in xs))
+            outputs.append(y)
+        return carry, tuple(np.stack(parts) for parts in zip(*outputs))
+    import jax
+
+    return jax.lax.scan(step, carry, xs)
+
+
+def _set_rows(xp, out, index, slot, values):
+    """``out[index, slot] = values`` for NumPy (in place) and jax.numpy (functional)."""
+    if xp is np:
+        out[index, slot] = values
+        return out
+    return out.at[index, slot].set(values)
+
+
+def _compact(xp, mats, keep, out_rows: int):
+    """The kept rows of each ``[T, 5]`` matrix moved to the front of ``[out_rows, 5]``, zeros
+    after them (``keep.sum(1) <= out_rows`` is the caller's promise)."""
+    n = mats.shape[0]
+    position = xp.cumsum(keep, axis=1) - 1
+    if xp is np:  # only the kept rows: cheaper than NumPy scattering every row
+        out = np.zeros((n, out_rows, 5), mats.dtype)
+        rows_of, columns_of = np.nonzero(keep)
+        out[rows_of, position[rows_of, columns_of]] = mats[rows_of, columns_of]
+        return out
+    position = xp.where(keep, position, out_rows)  # out_rows: a row that is cut off
+    out = xp.zeros((n, out_rows + 1, 5), mats.dtype)
+    out = _set_rows(xp, out, xp.arange(n)[:, None], position, mats)
+    return out[:, :out_rows]
+
+
+def _int_dtype(xp):
+    # Exact in both: fields are small (decoded channels < 2**16) and shapes shrink, so int32 is
+    # enough on the device (where 64-bit integers are off by default); NumPy keeps int64.
+    return np.int64 if xp is np else xp.int32
+
+
 def batch_legalize(
-    mats: np.ndarray,
+    mats,
     input_shape: Sequence[int],
     num_classes: int,
     max_len: int | None = None,
     ranges: FieldRanges = DEFAULT_RANGES,
-) -> tuple[np.ndarray, np.ndarray]:
+    xp=np,
+):
     """Turns any integer ``[N, T, 5]`` batch into valid architectures; returns (mats, lengths).
 
     Rules, applied left to right with the running shape (deterministic and idempotent):
@@ -132,107 +181,140 @@ def batch_legalize(
          1x1, is dropped.
       4. The last layer becomes Linear with `num_classes` outputs: a trailing Linear is resized,
          otherwise one is appended (or, if `max_len` rows are already used, replaces the last).
-    Returns int64 matrices of `max_len` rows (default: T + 1), zero-padded, and their lengths.
+    Returns matrices of `max_len` rows (default: T + 1), zero-padded, and their lengths: int64
+    NumPy arrays, or with ``xp=jax.numpy`` int32 arrays computed by the same rules inside a
+    traced program (the compressor runs it in the search's compiled call).
     """
-    mats = np.asarray(mats, dtype=np.int64)
+    dtype = _int_dtype(xp)
+    mats = xp.asarray(mats, dtype=dtype)
     n, rows, _ = mats.shape
     out_rows = rows + 1 if max_len is None else max_len
     if out_rows < 1:
         raise ValueError("max_len must be at least 1")
+    if xp is np:  # rows after every sequence's end change nothing (decoded batches end early)
+        running = np.cumsum(np.clip(mats[:, :, 0], 0, int(_T.LINEAR)) == _T.END, axis=1) == 0
+        mats = mats[:, : int(running.sum(axis=1).max(initial=0))]
     h0, w0, c0 = (int(v) for v in input_shape)
-    h = np.full(n, h0, np.int64)
-    w = np.full(n, w0, np.int64)
-    c = np.full(n, c0, np.int64)
-    flat = np.zeros(n, bool)
-    ended = np.zeros(n, bool)
-    ptr = np.zeros(n, np.int64)
-    out = np.zeros((n, out_rows, 5), np.int64)
-    index = np.arange(n)
-    for j in range(rows):
-        t = np.clip(mats[:, j, 0], 0, int(_T.LINEAR))
-        ended |= t == _T.END
-        if ended.all():  # nothing more to read (decoded batches end well before T)
-            break
-        k, o, s, p = (mats[:, j, f] for f in range(1, 5))
+    start = (
+        xp.full(n, h0, dtype),
+        xp.full(n, w0, dtype),
+        xp.full(n, c0, dtype),
+        xp.zeros(n, bool),  # flat: after the first Linear
+        xp.zeros(n, bool),  # ended: a 0 type was read
+        xp.zeros(n, dtype),  # rows kept so far
+    )
+
+    def step(carry, x):
+        h, w, c, flat, ended, kept = carry
+        (row,) = x
+        t = xp.clip(row[:, 0], 0, int(_T.LINEAR))
+        ended = ended | (t == _T.END)
+        k, o, s, p = (row[:, f] for f in range(1, 5))
         is_conv = t == _T.CONV
         is_pool = (t == _T.MAXPOOL) | (t == _T.AVGPOOL)
         is_spatial = is_conv | is_pool
         is_linear = t == _T.LINEAR
-        k = np.where(is_spatial, np.clip(k, 1, ranges.max_kernel), 0)
-        s = np.where(is_spatial, np.clip(s, 1, ranges.max_stride), 0)
-        p = np.select(
-            [is_conv, is_pool, t == _T.DROPOUT],
-            [
-                np.clip(p, 0, ranges.max_padding),
-                np.clip(p, 0, k // 2),
-                np.clip(p, 0, MAX_DROPOUT_FIELD),
-            ],
-            0,
+        k = xp.where(is_spatial, xp.clip(k, 1, ranges.max_kernel), 0)
+        s = xp.where(is_spatial, xp.clip(s, 1, ranges.max_stride), 0)
+        p = xp.where(
+            is_conv,
+            xp.clip(p, 0, ranges.max_padding),
+            xp.where(is_pool, xp.clip(p, 0, k // 2),
+                     xp.where(t == _T.DROPOUT, xp.clip(p, 0, MAX_DROPOUT_FIELD), 0)),
         )
-        o = np.where(is_conv | is_linear, np.clip(o, 1, ranges.max_channels), c)
-        out_h = (h + 2 * p - k) // np.maximum(s, 1) + 1
-        out_w = (w + 2 * p - k) // np.maximum(s, 1) + 1
+        o = xp.where(is_conv | is_linear, xp.clip(o, 1, ranges.max_channels), c)
+        out_h = (h + 2 * p - k) // xp.maximum(s, 1) + 1
+        out_w = (w + 2 * p - k) // xp.maximum(s, 1) + 1
         drop = is_spatial & (flat | (out_h < 1) | (out_w < 1))
         # Rows already full keep their last slot for the final Linear (rule 4).
-        keep = ~ended & ~drop & (ptr < out_rows)
-        rows_kept = index[keep]
-        out[rows_kept, ptr[keep]] = np.stack([t, k, o, s, p], axis=1)[keep]
-        ptr += keep
+        keep = ~ended & ~drop & (kept < out_rows)
         moved = keep & is_spatial
-        h = np.where(moved, out_h, h)
-        w = np.where(moved, out_w, w)
-        c = np.where(keep & (is_conv | is_linear), o, c)
-        flat |= keep & is_linear
-    last_index = np.maximum(ptr - 1, 0)
-    last_is_linear = (ptr > 0) & (out[index, last_index, 0] == _T.LINEAR)
-    slot = np.where(last_is_linear | (ptr >= out_rows), last_index, ptr)
-    out[index, slot] = np.array([_T.LINEAR, 0, num_classes, 0, 0], np.int64)
-    lengths = slot + 1
-    return out, lengths
+        h = xp.where(moved, out_h, h)
+        w = xp.where(moved, out_w, w)
+        c = xp.where(keep & (is_conv | is_linear), o, c)
+        flat = flat | (keep & is_linear)
+        legal_row = xp.stack([t, k, o, s, p], axis=1)
+        return (h, w, c, flat, ended, kept + keep), (legal_row, keep)
+
+    if mats.shape[1]:
+        carry, (legal, keep) = _scan(xp, step, start, (xp.swapaxes(mats, 0, 1),))
+        kept = carry[-1]
+        out = _compact(xp, xp.swapaxes(legal, 0, 1), xp.swapaxes(keep, 0, 1), out_rows)
+    else:
+        kept, out = start[-1], xp.zeros((n, out_rows, 5), dtype)
+    index = xp.arange(n)
+    last_index = xp.maximum(kept - 1, 0)
+    last_is_linear = (kept > 0) & (out[index, last_index, 0] == _T.LINEAR)
+    slot = xp.where(last_is_linear | (kept >= out_rows), last_index, kept)
+    final = xp.asarray([int(_T.LINEAR), 0, int(num_classes), 0, 0], dtype)
+    out = _set_rows(xp, out, index, slot, final)
+    return out, slot + 1
 
 
-def _canonical_keep(mats: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def _canonical_keep(xp, mats, lengths):
     """``[N, T]`` bool: the rows one pass of `legalize._canonicalize_once` keeps."""
-    rows = int(lengths.max(initial=0))
-    # Layer-position-major copies, so that the loop below reads contiguous columns.
-    t, k, s, p = (np.ascontiguousarray(mats[:, :rows, f].T) for f in (0, 1, 3, 4))
-    active = np.arange(rows)[:, None] < lengths[None, :]
+    fields = xp.moveaxis(mats, 2, 0)
+    if xp is np:
+        fields = np.ascontiguousarray(fields)  # whole-array passes below read contiguous fields
+    t, k, s, p = (fields[f] for f in (0, 1, 3, 4))
+    active = xp.arange(mats.shape[1])[None, :] < lengths[:, None]
     is_pool = (t == _T.MAXPOOL) | (t == _T.AVGPOOL)
     identity = (is_pool & (k == 1) & (s == 1) & (p == 0)) | ((t == _T.DROPOUT) & (p == 0))
-    next_is_bn = np.zeros_like(active)
-    next_is_bn[:-1] = active[1:] & (t[1:] == _T.BATCHNORM)
+    next_is_bn = xp.concatenate(
+        [active[:, 1:] & (t[:, 1:] == _T.BATCHNORM), xp.zeros_like(active[:, :1])], axis=1
+    )
     drop = identity | ((t == _T.BATCHNORM) & next_is_bn)
+    candidate = active & ~drop
+    is_relu = t == _T.RELU
     keeps_nonnegative = is_pool | (t == _T.DROPOUT)
-    makes_nonnegative = (t == _T.RELU) | (t == _T.SIGMOID)
-    keep = np.zeros_like(active)
-    nonnegative = np.zeros(len(mats), bool)  # mean-subtracted inputs can be negative
-    for j in range(rows):
-        kept = active[j] & ~drop[j] & ~((t[j] == _T.RELU) & nonnegative)
-        keep[j] = kept
-        after = makes_nonnegative[j] | (nonnegative & keeps_nonnegative[j])
-        nonnegative = np.where(kept, after, nonnegative)
-    out = np.zeros(mats.shape[:2], bool)
-    out[:, :rows] = keep.T
-    return out
+    makes_nonnegative = is_relu | (t == _T.SIGMOID)
+
+    def step(nonnegative, x):
+        candidate, is_relu, makes, keeps = x
+        kept = candidate & ~(is_relu & nonnegative)
+        after = makes | (nonnegative & keeps)
+        return xp.where(kept, after, nonnegative), (kept,)
+
+    # Layer-position-major, so that each step reads one contiguous column.
+    columns = tuple(xp.swapaxes(a, 0, 1) for a in (candidate, is_relu, makes_nonnegative,
+                                                   keeps_nonnegative))
+    nonnegative = xp.zeros(mats.shape[0], bool)  # mean-subtracted inputs can be negative
+    _, (keep,) = _scan(xp, step, nonnegative, columns)
+    return xp.swapaxes(keep, 0, 1)
 
 
-def batch_canonicalize(mats: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def batch_canonicalize(mats, lengths, xp=np):
     """`legalize.canonicalize` of each ``[T, 5]`` matrix at once; returns (mats, lengths).
 
     Drops the same no-op layers (identity pools, Dropout 0, a ReLU on a non-negative input, a
     BatchNorm followed by a BatchNorm), pass after pass until nothing changes, and moves the kept
     rows to the front; the rows after `lengths` are zero, so equal architectures have equal
-    matrices. Layers are only removed, so shapes and channel fields stay valid.
+    matrices. Layers are only removed, so shapes and channel fields stay valid. With
+    ``xp=jax.numpy`` it is traceable (the passes run in a `lax.while_loop`).
     """
-    mats = np.asarray(mats, dtype=np.int64).copy()
-    lengths = np.asarray(lengths, dtype=np.int64).copy()
-    index = np.arange(len(mats))[:, None]
-    while True:
-        keep = _canonical_keep(mats, lengths)
-        new_lengths = keep.sum(axis=1)
-        if np.array_equal(new_lengths, lengths):
-            return mats, lengths
-        position = np.where(keep, np.cumsum(keep, axis=1) - 1, mats.shape[1])  # past-the-end
-        out = np.zeros((len(mats), mats.shape[1] + 1, 5), np.int64)
-        out[np.broadcast_to(index, keep.shape), position] = mats
-        mats, lengths = out[:, :-1], new_lengths
+    dtype = _int_dtype(xp)
+    mats = xp.asarray(mats, dtype=dtype)
+    lengths = xp.asarray(lengths, dtype=dtype)
+    rows = mats.shape[1]
+    if xp is np:
+        # Rows after the longest sequence never change: passes look at the used part only.
+        used = int(lengths.max(initial=0))
+        head, lengths = mats[:, :used], lengths.copy()
+        while True:
+            keep = _canonical_keep(np, head, lengths)
+            new_lengths = keep.sum(axis=1)
+            if np.array_equal(new_lengths, lengths):
+                tail = np.zeros((len(head), rows - used, 5), dtype)
+                return np.concatenate([head, tail], axis=1), lengths
+            head, lengths = _compact(np, head, keep, used), new_lengths
+    import jax
+
+    def one_pass(state):
+        mats, lengths, _ = state
+        keep = _canonical_keep(xp, mats, lengths)
+        new_lengths = keep.sum(axis=1).astype(dtype)
+        return _compact(xp, mats, keep, rows), new_lengths, xp.any(new_lengths != lengths)
+
+    mats, lengths, _ = jax.lax.while_loop(lambda state: state[2], one_pass,
+                                          (mats, lengths, xp.asarray(True)))
+    return mats, lengths

@@ -1,9 +1,9 @@
-"""From decoded sequences to ranked discrete candidates: legalize, canonicalize, dedupe, count
-parameters and MACs exactly, re-score, and pick from the Pareto set (the search rounds the
-decoder's sequences to integer matrices on the device, `encoding.decode_features`).
+"""From the search's candidate matrices to ranked discrete candidates: dedupe, count parameters
+and MACs exactly, re-score, and pick from the Pareto set. The search has already rounded the
+decoder's sequences, legalized and canonicalized them on the device (`search._search`).
 
-The decoded sequences of all networks of a batch are post-processed together with array
-operations (`arch.batch`), so that this step does not undo what batching the search buys.
+The candidates of all networks of a batch are post-processed together with array operations
+(`arch.batch`), so that this step does not undo what batching the search buys.
 
 The surrogate's parameter regressor only steers the search; every number a user sees about a
 candidate's size is the exact count of the discrete architecture (`batch.batch_analyze`, tested
@@ -22,7 +22,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from ac_jax.arch import shapes
-from ac_jax.arch.batch import batch_analyze, batch_canonicalize, batch_legalize
+from ac_jax.arch.batch import batch_analyze
 from ac_jax.arch.spec import Arch
 from ac_jax.surrogate.encoding import encode_matrices
 
@@ -151,31 +151,28 @@ def pick(candidates: Sequence[Candidate], original: Candidate, c: Constraint) ->
 
 def build_candidates(
     surrogate,
-    rounded: np.ndarray,
+    canonical: np.ndarray,
+    lengths: np.ndarray,
     lambdas: Sequence[float],
     decode_every: int,
     input_shape,
     num_classes: int,
     timings: dict | None = None,
 ) -> list[list[Candidate]]:
-    """Candidates of each network from its decoded trajectories ``rounded[n]`` (``[L, S, T, 5]``
-    integer matrices: the decoder's sequences after `decode_features`, as `search` returns them).
+    """Candidates of each network from its visited architectures ``canonical[n]``
+    (``[L, S, T, 5]`` legal, canonical integer matrices, zero after ``lengths[n]`` rows, as
+    `search` returns them under "candidates" and "lengths").
 
-    All networks are post-processed together with whole-batch array operations (legalize,
-    canonicalize, exact counts) and one scoring call; only the final `Arch` and `Candidate`
-    objects are made per candidate. `timings` (optional) collects seconds per stage (`timed`).
+    All networks are post-processed together with whole-batch array operations (dedupe, exact
+    counts) and one scoring call; only the final `Arch` and `Candidate` objects are made per
+    candidate. `timings` (optional) collects seconds per stage (`timed`).
     """
     from ac_jax.compress.search import score
 
-    num_networks, num_lambdas, snapshots = rounded.shape[:3]
+    num_networks, num_lambdas, snapshots = canonical.shape[:3]
     per_network = num_lambdas * snapshots
-    flat = rounded.reshape(num_networks * per_network, *rounded.shape[3:])
-    with timed(timings, "legalize"):
-        mats, lengths = batch_legalize(flat, input_shape, num_classes, max_len=surrogate.max_len)
-    # Legal matrices have at most max_len rows and canonicalising only drops layers, so every
-    # candidate fits the surrogate.
-    with timed(timings, "canonicalize"):
-        mats, lengths = batch_canonicalize(mats, lengths)
+    mats = canonical.reshape(num_networks * per_network, *canonical.shape[3:])
+    lengths = np.asarray(lengths).reshape(-1)
     with timed(timings, "dedupe"):
         first = first_per_network(mats, per_network)
         mats, lengths = mats[first], lengths[first]

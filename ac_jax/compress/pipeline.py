@@ -77,19 +77,21 @@ NETWORKS_PER_CALL = 64
 
 
 def search_chunks(surrogate, cfg, feats, lambdas, a0, p0, networks_per_call: int):
-    """Yields `search`'s rounded matrices ``[n, L, S, T, 5]`` (host arrays) for consecutive
-    chunks of at most `networks_per_call` networks; a short last chunk is searched padded (its
-    last network repeated) so that every call has the same shapes, and trimmed again."""
+    """Yields `search`'s candidate matrices ``[n, L, S, T, 5]`` and lengths ``[n, L, S]`` (host
+    arrays) for consecutive chunks of at most `networks_per_call` networks; a short last chunk is
+    searched padded (its last network repeated) so that every call has the same shapes, and
+    trimmed again."""
     if networks_per_call < 1:
         raise ValueError(f"networks_per_call must be >= 1, got {networks_per_call}")
     n = len(feats)
-    if n <= networks_per_call:
-        yield np.asarray(search(surrogate, cfg, feats, lambdas, a0, p0)["matrices"])
-        return
     for start in range(0, n, networks_per_call):
-        index = np.minimum(np.arange(start, start + networks_per_call), n - 1)
+        if n <= networks_per_call:
+            index = np.arange(n)
+        else:
+            index = np.minimum(np.arange(start, start + networks_per_call), n - 1)
         out = search(surrogate, cfg, feats[index], lambdas, a0[index], p0[index])
-        yield np.asarray(out["matrices"])[: min(networks_per_call, n - start)]
+        keep = min(networks_per_call, n - start)
+        yield np.asarray(out["candidates"])[:keep], np.asarray(out["lengths"])[:keep]
 
 
 def compress_batch(
@@ -106,7 +108,8 @@ def compress_batch(
     Up to `networks_per_call` networks go into one call of the program; more are searched in
     calls of that size (`search_chunks`: one compilation serves them all), and the candidates of
     each call's networks are built together. `timings` (optional) collects seconds per stage:
-    the search calls (results on the host) and each candidate post-processing stage.
+    the search calls (legal, canonical candidate matrices on the host) and each stage of the
+    host's post-processing.
     """
     start = time.perf_counter()
     for arch in archs:
@@ -123,9 +126,10 @@ def compress_batch(
     shape, classes = surrogate.input_shape, surrogate.num_classes
     per_network = []
     chunks = search_chunks(surrogate, cfg, feats, lambdas, a0, p0, networks_per_call)
-    for mats in timed_items(chunks, timings, "search"):
-        per_network += build_candidates(surrogate, mats, lambdas, cfg.decode_every, shape,
-                                        classes, timings)
+    stage = "search, legalize, canonicalize (compiled)"
+    for mats, lengths in timed_items(chunks, timings, stage):
+        per_network += build_candidates(surrogate, mats, lengths, lambdas, cfg.decode_every,
+                                        shape, classes, timings)
     results = []
     with timed(timings, "Pareto set and pick"):
         for arch, name, orig, cands in zip(archs, names, originals, per_network):

@@ -7,8 +7,10 @@ For each input network and each lambda of a grid, starting from ``y0 = encoder(x
 run inside one `lax.scan` (the paper's eq. 18 prints ``+``; we descend the loss it defines). Both
 the network axis and the lambda axis are `jax.vmap`ped, so one compiled call searches a whole
 batch of networks over the whole lambda grid, and the decoder turns every visited embedding into a
-``[T, 6]`` sequence, rounded to a ``[T, 5]`` integer matrix, in the same call. Everything after
-that is discrete and exact (`candidates`).
+``[T, 6]`` sequence, rounded to a ``[T, 5]`` integer matrix, legalized and canonicalized
+(`arch.batch`, the same rules as on the host, traced with jax.numpy) in the same call, so the
+host receives finished candidate matrices. Everything after that is discrete and exact
+(`candidates`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ac_jax.arch.batch import batch_canonicalize, batch_legalize
 from ac_jax.surrogate.checkpoint import TrainedSurrogate
 from ac_jax.surrogate.encoding import decode_features
 from ac_jax.surrogate.model import Surrogate
@@ -68,8 +71,8 @@ def _trajectory(model, variables, cfg: SearchConfig, y0, lam, a0, p0):
     return ys[:: cfg.decode_every]
 
 
-@partial(jax.jit, static_argnums=(0, 2))
-def _search(model, variables, cfg: SearchConfig, feats, lambdas, a0, p0):
+@partial(jax.jit, static_argnums=(0, 2, 3, 4))
+def _search(model, variables, cfg: SearchConfig, input_shape, num_classes, feats, lambdas, a0, p0):
     y0 = model.apply(variables, feats, method=Surrogate.encode)  # [N, E]
     per_lambda = jax.vmap(
         lambda y, lam, a, p: _trajectory(model, variables, cfg, y, lam, a, p),
@@ -81,10 +84,17 @@ def _search(model, variables, cfg: SearchConfig, feats, lambdas, a0, p0):
     acc, ptarget = model.apply(variables, flat, method=Surrogate.predict)
     shape = ys.shape[:3]
     mats = decode_features(decoded, jnp)  # rounded here: the host gets small uint16 matrices
+    # At most the decoder's T rows (legalize keeps the last one for the final Linear and
+    # canonicalize only drops rows), so every candidate fits the surrogate again.
+    legal, lengths = batch_legalize(mats, input_shape, num_classes, max_len=mats.shape[1], xp=jnp)
+    legal, lengths = batch_canonicalize(legal, lengths, xp=jnp)
     return {
         "y": ys,
         "decoded": decoded.reshape(*shape, *decoded.shape[1:]),  # [N, L, S, T, 6]
-        "matrices": mats.reshape(*shape, *mats.shape[1:]),  # [N, L, S, T, 5]
+        "matrices": mats.reshape(*shape, *mats.shape[1:]),  # [N, L, S, T, 5] rounded, raw
+        # Legal, canonical [N, L, S, T, 5] matrices (zero after `lengths` rows) and lengths.
+        "candidates": legal.astype(jnp.uint16).reshape(*shape, *legal.shape[1:]),
+        "lengths": lengths.reshape(shape),
         "acc": acc.reshape(shape),
         "ptarget": ptarget.reshape(shape),
     }
@@ -96,6 +106,8 @@ def search(surrogate: TrainedSurrogate, cfg: SearchConfig, feats, lambdas, a0, p
         surrogate.model,
         surrogate.variables,
         cfg,
+        tuple(surrogate.input_shape),
+        int(surrogate.num_classes),
         jnp.asarray(feats, jnp.float32),
         jnp.asarray(lambdas, jnp.float32),
         jnp.asarray(a0, jnp.float32),
