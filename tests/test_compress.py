@@ -109,7 +109,7 @@ def test_stage_timings_cover_every_stage_and_change_nothing(surrogate, nets):
         [c.arch for c in r.candidates] for r in plain]
     assert set(timings) == {
         "inputs (score originals, encode, targets)", "search, legalize, canonicalize (compiled)",
-        "dedupe", "exact counts", "re-score (encode + surrogate)", "Arch and Candidate objects",
+        "dedupe", "exact counts", "re-score (encode + surrogate)", "per-network candidate lists",
         "Pareto set and pick"}
     assert all(seconds > 0 for seconds in timings.values())
     # Stages are parts of the call: together no longer than its wall time (the last network's
@@ -131,6 +131,30 @@ def test_candidates_are_valid_canonical_and_exactly_counted(surrogate, nets):
             seen.add(c.arch)
         # chosen obeys the default rule: no larger than the original
         assert result.chosen.num_params <= result.original.num_params
+
+
+def test_candidate_lists_make_objects_on_demand_and_rank_like_lists(surrogate, nets):
+    from ac_jax.compress.candidates import CandidateList, columns
+
+    (result,) = pipeline.compress_batch(surrogate, [nets[0]], ["n0"], CFG)
+    lazy = result.candidates
+    assert isinstance(lazy, CandidateList)
+    # the pipeline built the pick's object (when it is a candidate), nothing else
+    assert list(lazy._made.values()) in ([result.chosen], [])
+    eager = list(lazy)  # every object, as a plain list
+    assert lazy[0] is eager[0] and lazy[-1] is eager[-1] and lazy[1:3] == eager[1:3]
+    with pytest.raises(IndexError):
+        lazy[len(lazy)]
+    for got, want in zip(columns(lazy), columns(eager)):
+        np.testing.assert_array_equal(got, want)
+    for constraint in (Constraint(), Constraint(max_params=lazy.num_params.min() + 1),
+                       Constraint(lam=CFG.lambdas[1]), Constraint(min_accuracy=0.0)):
+        assert pick(lazy, result.original, constraint) == pick(eager, result.original, constraint)
+    start = eager[0].arch.to_matrix(16)
+    assert eager[0].step == 0 and lazy.contains_matrix(start, first_step_only=True)
+    later = next(c for c in eager if c.step > 0 and c.arch != eager[0].arch)
+    assert lazy.contains_matrix(later.arch.to_matrix(16))
+    assert not lazy.contains_matrix(later.arch.to_matrix(16), first_step_only=True)
 
 
 def test_pareto_front_and_picks():

@@ -14,6 +14,7 @@ priced in.
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import dataclasses
 import time
@@ -51,6 +52,62 @@ class Candidate:
             "num_layers": len(self.arch),
             "spec": to_json(self.arch),
         }
+
+
+class CandidateList(collections.abc.Sequence):
+    """One network's candidates as arrays; each `Candidate` object is made when it is first read.
+
+    A network yields a few hundred distinct candidates, but only the Pareto set and the pick are
+    ever looked at one by one; making every `Arch` up front cost ~4 ms per network, as much as
+    the rest of the host's post-processing. Ranking (`pareto_front`, `pick`, the plot) reads
+    the columns below directly. Indexing gives the same `Candidate` object on every read.
+    """
+
+    def __init__(self, rows, lengths, num_params, macs, predicted_accuracy, lams, steps,
+                 input_shape, num_classes):
+        self.rows = rows  # [M, T, 5] legal, canonical matrices, zero after `lengths` rows
+        self.lengths = np.asarray(lengths)
+        self.num_params = np.asarray(num_params, np.int64)
+        self.macs = np.asarray(macs, np.int64)
+        self.predicted_accuracy = np.asarray(predicted_accuracy, np.float64)
+        self.lams = np.asarray(lams, np.float64)
+        self.steps = np.asarray(steps, np.int64)
+        self.input_shape, self.num_classes = tuple(input_shape), int(num_classes)
+        self._made: dict[int, Candidate] = {}
+
+    def __len__(self) -> int:
+        return len(self.num_params)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = range(len(self))[index]  # negative indices; IndexError past the end
+        if index not in self._made:
+            arch = Arch.from_legal_rows(self.rows[index, : self.lengths[index]],
+                                        self.input_shape, self.num_classes)
+            self._made[index] = Candidate(
+                arch=arch,
+                num_params=int(self.num_params[index]),
+                macs=int(self.macs[index]),
+                predicted_accuracy=float(self.predicted_accuracy[index]),
+                lam=float(self.lams[index]),
+                step=int(self.steps[index]),
+            )
+        return self._made[index]
+
+    def contains_matrix(self, matrix: np.ndarray, first_step_only: bool = False) -> bool:
+        """Whether one of the candidates is the ``[T, 5]`` `matrix` (zero-padded like `rows`)."""
+        rows = self.rows[self.steps == 0] if first_step_only else self.rows
+        return bool((rows == matrix).all(axis=(1, 2)).any())
+
+
+def columns(candidates: Sequence[Candidate]) -> tuple[np.ndarray, np.ndarray]:
+    """(exact parameter counts, predicted accuracies) of `candidates`, without making objects
+    when they are a `CandidateList`."""
+    if isinstance(candidates, CandidateList):
+        return candidates.num_params, candidates.predicted_accuracy
+    return (np.array([c.num_params for c in candidates], np.int64),
+            np.array([c.predicted_accuracy for c in candidates], np.float64))
 
 
 @contextlib.contextmanager
@@ -130,11 +187,15 @@ class Constraint:
 
 def pick(candidates: Sequence[Candidate], original: Candidate, c: Constraint) -> Candidate:
     """The candidate that satisfies `c` (the original itself if none does)."""
-    params = np.array([x.num_params for x in candidates])
-    acc = np.array([x.predicted_accuracy for x in candidates])
+    params, acc = columns(candidates)
     if c.lam is not None:
-        mine = [x for x in candidates if np.isclose(x.lam, c.lam)]
-        return max(mine, key=lambda x: x.step) if mine else original
+        if isinstance(candidates, CandidateList):
+            lams, steps = candidates.lams, candidates.steps
+        else:
+            lams = np.array([x.lam for x in candidates], np.float64)
+            steps = np.array([x.step for x in candidates], np.int64)
+        mine = np.flatnonzero(np.isclose(lams, c.lam))
+        return candidates[mine[np.argmax(steps[mine])]] if len(mine) else original
     if c.max_params is not None or c.target_ratio is not None:
         limit = c.max_params if c.max_params is not None else original.num_params / c.target_ratio
         ok = np.flatnonzero(params <= limit)
@@ -158,14 +219,15 @@ def build_candidates(
     input_shape,
     num_classes: int,
     timings: dict | None = None,
-) -> list[list[Candidate]]:
+) -> list[CandidateList]:
     """Candidates of each network from its visited architectures ``canonical[n]``
     (``[L, S, T, 5]`` legal, canonical integer matrices, zero after ``lengths[n]`` rows, as
     `search` returns them under "candidates" and "lengths").
 
     All networks are post-processed together with whole-batch array operations (dedupe, exact
-    counts) and one scoring call; only the final `Arch` and `Candidate` objects are made per
-    candidate. `timings` (optional) collects seconds per stage (`timed`).
+    counts) and one scoring call; `Arch` and `Candidate` objects are only made for the
+    candidates that are read (`CandidateList`). `timings` (optional) collects seconds per stage
+    (`timed`).
     """
     from ac_jax.compress.search import score
 
@@ -183,20 +245,18 @@ def build_candidates(
         raise RuntimeError(f"legalized candidate is not a valid architecture: {bad}")
     with timed(timings, "re-score (encode + surrogate)"):
         acc, _ = score(surrogate, encode_matrices(mats))
-    out: list[list[Candidate]] = [[] for _ in range(num_networks)]
-    with timed(timings, "Arch and Candidate objects"):
-        for i, index in enumerate(first.tolist()):
-            network, position = divmod(index, per_network)
-            out[network].append(
-                Candidate(
-                    arch=Arch.from_legal_rows(mats[i, : lengths[i]], input_shape, num_classes),
-                    num_params=int(info.num_params[i]),
-                    macs=int(info.macs[i]),
-                    predicted_accuracy=float(acc[i]),
-                    lam=float(lambdas[position // snapshots]),
-                    step=(position % snapshots) * decode_every,
-                )
-            )
+    with timed(timings, "per-network candidate lists"):
+        network, position = np.divmod(first, per_network)
+        lams = np.asarray(lambdas, np.float64)[position // snapshots]
+        steps = (position % snapshots) * decode_every
+        # `first` is sorted, so each network's candidates are one contiguous block.
+        bounds = np.searchsorted(network, np.arange(num_networks + 1))
+        out = []
+        for n in range(num_networks):
+            block = slice(bounds[n], bounds[n + 1])
+            out.append(CandidateList(mats[block], lengths[block], info.num_params[block],
+                                     info.macs[block], acc[block], lams[block], steps[block],
+                                     input_shape, num_classes))
     return out
 
 

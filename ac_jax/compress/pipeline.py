@@ -15,8 +15,10 @@ import numpy as np
 from ac_jax.arch.spec import Arch
 from ac_jax.compress.candidates import (
     Candidate,
+    CandidateList,
     Constraint,
     build_candidates,
+    columns,
     original_candidates,
     pareto_front,
     pick,
@@ -32,7 +34,7 @@ from ac_jax.surrogate.encoding import encode_matrices
 class CompressResult:
     name: str
     original: Candidate
-    candidates: list[Candidate]
+    candidates: CandidateList | list[Candidate]
     front: np.ndarray  # indices into candidates
     chosen: Candidate
     constraint: Constraint
@@ -133,15 +135,15 @@ def compress_batch(
     results = []
     with timed(timings, "Pareto set and pick"):
         for arch, name, orig, cands in zip(archs, names, originals, per_network):
-            start_archs = [c.arch for c in cands if c.step == 0]
+            # decoder(encoder(x)) is x again: the search's starting point decodes to the input
+            exact = cands.contains_matrix(arch.to_matrix(surrogate.max_len), first_step_only=True)
             seconds = time.perf_counter() - start
-            results.append(_result(name, orig, cands, constraint, arch in start_archs, seconds))
+            results.append(_result(name, orig, cands, constraint, exact, seconds))
     return results
 
 
 def _result(name, orig, cands, constraint, exact, seconds) -> CompressResult:
-    params = np.array([c.num_params for c in cands])
-    acc = np.array([c.predicted_accuracy for c in cands])
+    params, acc = columns(cands)
     front = pareto_front(params, acc) if cands else np.zeros(0, np.int64)
     chosen = pick(cands, orig, constraint) if cands else orig
     return CompressResult(name, orig, cands, front, chosen, constraint, exact, seconds)
@@ -256,8 +258,7 @@ def plot_pareto(result: CompressResult, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    params = np.array([c.num_params for c in result.candidates])
-    acc = np.array([c.predicted_accuracy for c in result.candidates])
+    params, acc = columns(result.candidates)
     if len(params):
         ax.scatter(params, acc, s=9, c="0.65", label=f"candidates ({len(params)})")
         front = result.front[np.argsort(params[result.front])]
