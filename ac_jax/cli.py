@@ -13,6 +13,16 @@ from ac_jax.config import Config, get_config
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> None:
+    """Persistent XLA cache: a restarted run reuses the programs it already compiled."""
+    import jax
+
+    path = path or os.environ.get("AC_JAX_COMPILE_CACHE", str(Path.home() / ".cache/ac_jax/xla"))
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def add_config_args(parser: argparse.ArgumentParser, default: str = "fashion_mnist") -> None:
     parser.add_argument(
         "--dataset", "--config", dest="config", default=default,

@@ -10,7 +10,7 @@ stratified Fashion-MNIST subset:
   cold        seconds per architecture in a fresh process with no persistent compilation cache
               (`jax_compilation_cache_dir` unset); one run = one process
   cached      the same architectures in a second fresh process whose persistent cache
-              (`ac_jax.archset.generate.enable_compilation_cache(tmpdir)`, as bin/make_archset.py
+              (`ac_jax.cli.enable_compilation_cache(tmpdir)`, as bin/make_archset.py
               uses it) was filled by an earlier process that compiled them; tracing and lowering
               still happen, only the XLA compilation is read back
   overlapped  per architecture i: wall time of compiling architecture i + 1 in a background
@@ -67,7 +67,7 @@ def _trainer(config: dict, cache_dir: str | None):
     if cache_dir is None:
         jax.config.update("jax_compilation_cache_dir", None)
     else:
-        from ac_jax.archset.generate import enable_compilation_cache
+        from ac_jax.cli import enable_compilation_cache
 
         enable_compilation_cache(cache_dir)
     from ac_jax.child.trainer import ChildTrainer, TrainSchedule, to_device

@@ -301,9 +301,7 @@ def main(argv=None) -> int:
         f"results/baselines/{cfg.name.replace('/', '_')}_{budget.name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     if not args.no_compile_cache:
-        from ac_jax.archset.generate import enable_compilation_cache
-
-        enable_compilation_cache()
+        cli.enable_compilation_cache()
 
     try:
         full = dataset.subset(budget.train_subset, budget.test_subset)

@@ -84,9 +84,7 @@ def main(argv=None) -> int:
     from ac_jax.surrogate.checkpoint import CheckpointError, load_surrogate, read_meta
 
     if not args.no_compile_cache:
-        from ac_jax.archset.generate import enable_compilation_cache
-
-        enable_compilation_cache()
+        cli.enable_compilation_cache()
     surrogate_dir = Path(args.surrogate) if args.surrogate else cli.surrogate_path(cfg)
     how_to_build = (
         f"\n\nNo usable surrogate for {args.config} at {surrogate_dir}. Build one:\n"

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     cfg = cfg.replace(archset=archset)
     out = Path(args.out) if args.out else cli.repo_path(archset.path)
     num = args.num or archset.num
-    generate.enable_compilation_cache()
+    cli.enable_compilation_cache()
     try:
         stats = generate.generate(cfg, num, out, shard=args.shard, progress=not args.quiet)
     except (ValueError, FileNotFoundError) as err:

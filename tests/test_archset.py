@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ac_jax import cli
 from ac_jax.arch import shapes
 from ac_jax.arch.spec import Arch
 from ac_jax.archset import generate
@@ -116,7 +117,7 @@ class FakeTrainer:
 def fake_training(monkeypatch):
     monkeypatch.setattr(generate, "to_device", lambda dataset, schedule, seed=0: None)
     monkeypatch.setattr(generate, "ChildTrainer", FakeTrainer)
-    monkeypatch.setattr(generate, "enable_compilation_cache", lambda path=None: None)
+    monkeypatch.setattr(cli, "enable_compilation_cache", lambda path=None: None)
     monkeypatch.setattr(FakeTrainer, "fail", set())
     monkeypatch.setattr(FakeTrainer, "trained", [])
     return FakeTrainer

@@ -94,14 +94,6 @@ def archset_meta(cfg: Config, input_shape, num_classes: int) -> dict:
     }
 
 
-def enable_compilation_cache(path: str | os.PathLike | None = None) -> None:
-    """Persistent XLA cache: a restarted run reuses the programs it already compiled."""
-    path = path or os.environ.get("AC_JAX_COMPILE_CACHE", str(Path.home() / ".cache/ac_jax/xla"))
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
 @dataclasses.dataclass
 class RunStats:
     trained: int = 0
