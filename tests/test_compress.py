@@ -109,7 +109,7 @@ def test_stage_timings_cover_every_stage_and_change_nothing(surrogate, nets):
         [c.arch for c in r.candidates] for r in plain]
     assert set(timings) == {
         "inputs (score originals, encode, targets)", "search, legalize, canonicalize (compiled)",
-        "dedupe", "exact counts", "re-score (encode + surrogate)", "per-network candidate lists",
+        "dedupe", "exact counts", "re-score (surrogate, encoding compiled in)", "per-network candidate lists",
         "Pareto set and pick"}
     assert all(seconds > 0 for seconds in timings.values())
     # Stages are parts of the call: together no longer than its wall time (the last network's
@@ -155,6 +155,18 @@ def test_candidate_lists_make_objects_on_demand_and_rank_like_lists(surrogate, n
     later = next(c for c in eager if c.step > 0 and c.arch != eager[0].arch)
     assert lazy.contains_matrix(later.arch.to_matrix(16))
     assert not lazy.contains_matrix(later.arch.to_matrix(16), first_step_only=True)
+
+
+def test_scoring_integer_matrices_equals_scoring_their_encoding(surrogate, nets):
+    from ac_jax.compress.search import score, score_matrices
+
+    (result,) = pipeline.compress_batch(surrogate, [nets[1]], ["n1"], CFG)
+    mats = result.candidates.rows
+    assert mats.dtype == np.uint16 and len(mats) > 3
+    for got, want in zip(score_matrices(surrogate, mats), score(surrogate, encode_matrices(mats))):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="0..65535"):
+        score_matrices(surrogate, np.full((1, 16, 5), 70_000))
 
 
 def test_pareto_front_and_picks():

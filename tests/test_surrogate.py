@@ -58,6 +58,21 @@ def test_decode_inside_jit_applies_the_same_rules_as_numpy():
     np.testing.assert_array_equal(decode_on_device(noisy), decode_features(noisy))
 
 
+def test_encode_inside_jit_equals_numpy_for_every_uint16_field_value():
+    from ac_jax.surrogate.encoding import encode_traced, encoding_tables
+
+    rng = np.random.default_rng(1)
+    mats = rng.integers(0, 2**16, (300, 16, 5)).astype(np.uint16)
+    mats[:, :, 0] = rng.integers(0, 10, (300, 16))  # types, with end markers mid-sequence
+    every_value = np.arange(2**16, dtype=np.uint16).reshape(-1, 16, 1)  # each value, each field
+    mats = np.concatenate([mats, np.broadcast_to(every_value, (4096, 16, 5))])
+    mats[300:, :, 0] = np.maximum(mats[300:, :, 0], 1)  # present rows, so nothing is masked
+    encode_on_device = jax.jit(encode_traced)
+    on_device = encode_on_device(mats, jnp.asarray(encoding_tables()))
+    assert on_device.dtype == jnp.float32
+    np.testing.assert_array_equal(on_device, encode_matrices(mats))
+
+
 def test_decoded_channels_round_two_to_the_twelve_x_minus_one():
     x = np.random.default_rng(1).uniform(-0.1, 1.1, 20_000).astype(np.float32)  # o up to ~9,000
     feats = np.zeros((len(x), 1, 6), np.float32)

@@ -229,7 +229,7 @@ def build_candidates(
     candidates that are read (`CandidateList`). `timings` (optional) collects seconds per stage
     (`timed`).
     """
-    from ac_jax.compress.search import score
+    from ac_jax.compress.search import score_matrices
 
     num_networks, num_lambdas, snapshots = canonical.shape[:3]
     per_network = num_lambdas * snapshots
@@ -243,8 +243,8 @@ def build_candidates(
     if not info.valid.all():  # legalize guarantees validity; this would be a bug there
         bad = Arch.from_matrix(mats[~info.valid][0], input_shape, num_classes)
         raise RuntimeError(f"legalized candidate is not a valid architecture: {bad}")
-    with timed(timings, "re-score (encode + surrogate)"):
-        acc, _ = score(surrogate, encode_matrices(mats))
+    with timed(timings, "re-score (surrogate, encoding compiled in)"):
+        acc, _ = score_matrices(surrogate, mats)
     with timed(timings, "per-network candidate lists"):
         network, position = np.divmod(first, per_network)
         lams = np.asarray(lambdas, np.float64)[position // snapshots]

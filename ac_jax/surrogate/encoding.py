@@ -26,6 +26,8 @@ type fields, which round to the wrong layer.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 NUM_INPUT_FEATURES = 6
@@ -42,24 +44,54 @@ ROUNDING_UNIT_WEIGHTS = np.array(
 )
 
 
+def _field_features(mats: np.ndarray) -> list[np.ndarray]:
+    """The five scaled fields (float64) of ``[..., 5]`` float64 layer matrices."""
+    return [
+        mats[..., 0] / _TYPE_SCALE,
+        mats[..., 1] / _KERNEL_SCALE,
+        np.log2(1.0 + np.maximum(mats[..., 2], 0.0)) / _LOG_CHANNEL_SCALE,
+        mats[..., 3] / _STRIDE_SCALE,
+        mats[..., 4] / _PAD_SCALE,
+    ]
+
+
 def encode_matrices(mats: np.ndarray) -> np.ndarray:
     """``[..., T, 5]`` integer layer matrices (t = 0 rows are padding) -> ``[..., T, 6]`` float32."""
     mats = np.asarray(mats, dtype=np.float64)
     present = (mats[..., 0] > 0).astype(np.float64)
     # A zero row anywhere means end of sequence: everything after it is padding too.
     present = np.cumprod(present, axis=-1)
-    feats = np.stack(
-        [
-            mats[..., 0] / _TYPE_SCALE,
-            mats[..., 1] / _KERNEL_SCALE,
-            np.log2(1.0 + np.maximum(mats[..., 2], 0.0)) / _LOG_CHANNEL_SCALE,
-            mats[..., 3] / _STRIDE_SCALE,
-            mats[..., 4] / _PAD_SCALE,
-            present,
-        ],
-        axis=-1,
-    )
+    feats = np.stack([*_field_features(mats), present], axis=-1)
     return (feats * present[..., None]).astype(np.float32)
+
+
+ENCODABLE_VALUES = 2**16  # `encode_traced` reads fields 0..65535 (uint16 matrices)
+
+
+@functools.cache
+def encoding_tables() -> np.ndarray:
+    """``[5, 65536]`` float32: `encode_matrices`' value of each field for each value 0..65535."""
+    values = np.broadcast_to(np.arange(ENCODABLE_VALUES, dtype=np.float64)[:, None],
+                             (ENCODABLE_VALUES, 5))
+    return np.stack(_field_features(values)).astype(np.float32)
+
+
+def encode_traced(mats, tables):
+    """`encode_matrices` in a compiled program: ``[..., T, 5]`` integers in 0..65535 (the
+    search's uint16 candidate matrices) -> ``[..., T, 6]`` float32, equal bit for bit.
+
+    Every field is looked up in `tables` (`encoding_tables()`, made by the NumPy code itself)
+    instead of recomputed, because float32 division and `log2` in a compiled program need not
+    round like NumPy's float64 ones followed by the cast. Values outside the tables give NaN.
+    """
+    import jax.numpy as jnp
+
+    index = mats.astype(jnp.int32)
+    present = jnp.cumprod((index[..., 0] > 0).astype(jnp.float32), axis=-1)
+    fields = [jnp.take(tables[f], index[..., f], mode="fill", fill_value=jnp.nan)
+              for f in range(5)]
+    # x * 1.0 and x * 0.0 are exact, as in the float64 code (fields are never negative here).
+    return jnp.stack([*fields, present], axis=-1) * present[..., None]
 
 
 # Out-channel rounding as a table: round(2^(12 x) - 1) >= n exactly when
