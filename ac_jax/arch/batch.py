@@ -1,9 +1,12 @@
-"""Vectorised (NumPy, over a batch of ``[T, 5]`` matrices) shape analysis and legalisation.
+"""Vectorised (over a batch of ``[T, 5]`` matrices) shape analysis, legalisation, canonicalisation.
 
 The sampler draws thousands of candidate matrices at once and the compressor decodes one per
-gradient step, network and lambda, so both passes below walk the T layer positions once with
-whole-batch array operations instead of looping over architectures in Python. `shapes.analyze` is
-the readable single-architecture reference; tests check that both agree.
+gradient step, network and lambda, so the passes below walk the T layer positions once with
+whole-batch array operations instead of looping over architectures in Python. `shapes.analyze` and
+`legalize.canonicalize` are the readable single-architecture references; tests check that all
+agree. Legalize and canonicalize take the array module `xp`: NumPy, or jax.numpy inside the
+compressor's compiled search (the same rules, so both give the same matrices; `_scan` is a Python
+loop for one and `lax.scan` for the other). The exact counts stay NumPy: they need int64.
 """
 
 from __future__ import annotations
