@@ -21,7 +21,7 @@ and reports networks/s for
               copied to the host), inputs encoded beforehand
   pipeline    the whole `compress_batch`, candidate post-processing included
 and, from one more pass with `compress_batch(timings=...)`, milliseconds per network of each stage
-(search calls, dedupe, exact counts, re-scoring, objects, Pareto/pick).
+(search calls, dedupe, exact counts, re-scoring, candidate lists, Pareto/pick).
 
   python benchmarks/batch_compress.py                              # 256 networks, shipped surrogate
   python benchmarks/batch_compress.py --num-networks 4 --search-steps 5 --repeats 1 \\
@@ -98,7 +98,7 @@ def run_compress(config: dict) -> dict:
         return list(search_chunks(surrogate, cfg, *inputs[i], per_call))
 
     # First pass = warm-up: compiles the search for this batch shape and the candidate scorer
-    # for every candidate count met (`score` compiles one program per count up to its batch),
+    # for every candidate count met (`score_matrices` compiles one program per power of two),
     # so the timed passes below are steady state in both modes.
     start = time.perf_counter()
     for group in groups:

@@ -145,7 +145,8 @@ def test_candidate_lists_make_objects_on_demand_and_rank_like_lists(surrogate, n
     assert lazy[0] is eager[0] and lazy[-1] is eager[-1] and lazy[1:3] == eager[1:3]
     with pytest.raises(IndexError):
         lazy[len(lazy)]
-    for got, want in zip(columns(lazy), columns(eager)):
+    fields = ("num_params", "macs", "predicted_accuracy", "lam", "step")
+    for got, want in zip(columns(lazy, *fields), columns(eager, *fields), strict=True):
         np.testing.assert_array_equal(got, want)
     for constraint in (Constraint(), Constraint(max_params=lazy.num_params.min() + 1),
                        Constraint(lam=CFG.lambdas[1]), Constraint(min_accuracy=0.0)):

@@ -63,15 +63,16 @@ class CandidateList(collections.abc.Sequence):
     the columns below directly. Indexing gives the same `Candidate` object on every read.
     """
 
-    def __init__(self, rows, lengths, num_params, macs, predicted_accuracy, lams, steps,
+    def __init__(self, rows, lengths, num_params, macs, predicted_accuracy, lam, step,
                  input_shape, num_classes):
         self.rows = rows  # [M, T, 5] legal, canonical matrices, zero after `lengths` rows
         self.lengths = np.asarray(lengths)
+        # One array per `Candidate` field, under the field's name (`columns` reads them).
         self.num_params = np.asarray(num_params, np.int64)
         self.macs = np.asarray(macs, np.int64)
         self.predicted_accuracy = np.asarray(predicted_accuracy, np.float64)
-        self.lams = np.asarray(lams, np.float64)
-        self.steps = np.asarray(steps, np.int64)
+        self.lam = np.asarray(lam, np.float64)
+        self.step = np.asarray(step, np.int64)
         self.input_shape, self.num_classes = tuple(input_shape), int(num_classes)
         self._made: dict[int, Candidate] = {}
 
@@ -90,24 +91,23 @@ class CandidateList(collections.abc.Sequence):
                 num_params=int(self.num_params[index]),
                 macs=int(self.macs[index]),
                 predicted_accuracy=float(self.predicted_accuracy[index]),
-                lam=float(self.lams[index]),
-                step=int(self.steps[index]),
+                lam=float(self.lam[index]),
+                step=int(self.step[index]),
             )
         return self._made[index]
 
     def contains_matrix(self, matrix: np.ndarray, first_step_only: bool = False) -> bool:
         """Whether one of the candidates is the ``[T, 5]`` `matrix` (zero-padded like `rows`)."""
-        rows = self.rows[self.steps == 0] if first_step_only else self.rows
+        rows = self.rows[self.step == 0] if first_step_only else self.rows
         return bool((rows == matrix).all(axis=(1, 2)).any())
 
 
-def columns(candidates: Sequence[Candidate]) -> tuple[np.ndarray, np.ndarray]:
-    """(exact parameter counts, predicted accuracies) of `candidates`, without making objects
-    when they are a `CandidateList`."""
+def columns(candidates: Sequence[Candidate], *fields: str) -> tuple[np.ndarray, ...]:
+    """One array per named `Candidate` field over `candidates`; a `CandidateList`'s own columns,
+    without making objects."""
     if isinstance(candidates, CandidateList):
-        return candidates.num_params, candidates.predicted_accuracy
-    return (np.array([c.num_params for c in candidates], np.int64),
-            np.array([c.predicted_accuracy for c in candidates], np.float64))
+        return tuple(getattr(candidates, f) for f in fields)
+    return tuple(np.array([getattr(c, f) for c in candidates]) for f in fields)
 
 
 @contextlib.contextmanager
@@ -187,13 +187,9 @@ class Constraint:
 
 def pick(candidates: Sequence[Candidate], original: Candidate, c: Constraint) -> Candidate:
     """The candidate that satisfies `c` (the original itself if none does)."""
-    params, acc = columns(candidates)
+    params, acc, lams, steps = columns(candidates, "num_params", "predicted_accuracy", "lam",
+                                       "step")
     if c.lam is not None:
-        if isinstance(candidates, CandidateList):
-            lams, steps = candidates.lams, candidates.steps
-        else:
-            lams = np.array([x.lam for x in candidates], np.float64)
-            steps = np.array([x.step for x in candidates], np.int64)
         mine = np.flatnonzero(np.isclose(lams, c.lam))
         return candidates[mine[np.argmax(steps[mine])]] if len(mine) else original
     if c.max_params is not None or c.target_ratio is not None:

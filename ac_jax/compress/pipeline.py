@@ -86,13 +86,11 @@ def search_chunks(surrogate, cfg, feats, lambdas, a0, p0, networks_per_call: int
     if networks_per_call < 1:
         raise ValueError(f"networks_per_call must be >= 1, got {networks_per_call}")
     n = len(feats)
-    for start in range(0, n, networks_per_call):
-        if n <= networks_per_call:
-            index = np.arange(n)
-        else:
-            index = np.minimum(np.arange(start, start + networks_per_call), n - 1)
+    size = min(networks_per_call, n)  # every call's batch size: one compilation serves them all
+    for start in range(0, n, size):
+        index = np.minimum(np.arange(start, start + size), n - 1)
         out = search(surrogate, cfg, feats[index], lambdas, a0[index], p0[index])
-        keep = min(networks_per_call, n - start)
+        keep = min(size, n - start)
         yield np.asarray(out["candidates"])[:keep], np.asarray(out["lengths"])[:keep]
 
 
@@ -143,7 +141,7 @@ def compress_batch(
 
 
 def _result(name, orig, cands, constraint, exact, seconds) -> CompressResult:
-    params, acc = columns(cands)
+    params, acc = columns(cands, "num_params", "predicted_accuracy")
     front = pareto_front(params, acc) if cands else np.zeros(0, np.int64)
     chosen = pick(cands, orig, constraint) if cands else orig
     return CompressResult(name, orig, cands, front, chosen, constraint, exact, seconds)
@@ -258,7 +256,7 @@ def plot_pareto(result: CompressResult, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    params, acc = columns(result.candidates)
+    params, acc = columns(result.candidates, "num_params", "predicted_accuracy")
     if len(params):
         ax.scatter(params, acc, s=9, c="0.65", label=f"candidates ({len(params)})")
         front = result.front[np.argsort(params[result.front])]

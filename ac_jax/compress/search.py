@@ -16,7 +16,7 @@ host receives finished candidate matrices. Everything after that is discrete and
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
+from functools import cache, partial
 
 import jax
 import jax.numpy as jnp
@@ -126,6 +126,11 @@ def _score_matrices(model, variables, tables, mats):
     return _score(model, variables, encode_traced(mats, tables))
 
 
+@cache
+def _device_encoding_tables():
+    return jnp.asarray(encoding_tables())  # copied to the device once, not per scoring call
+
+
 def _in_padded_batches(fn, inputs, batch: int):
     """`fn` over `inputs` in chunks padded to a power of two (at most `batch` rows), so that
     the number of candidates, which differs from network to network, costs a handful of
@@ -163,7 +168,7 @@ def score_matrices(surrogate: TrainedSurrogate, mats, batch: int = 1024):
     mats = np.asarray(mats)
     if mats.dtype != np.uint16 and mats.size and (mats.min() < 0 or mats.max() > 65535):
         raise ValueError("score_matrices reads fields 0..65535; use score(encode_matrices(...))")
-    tables = jnp.asarray(encoding_tables())
+    tables = _device_encoding_tables()
     return _in_padded_batches(
         lambda x: _score_matrices(surrogate.model, surrogate.variables, tables, x),
         mats.astype(np.uint16), batch)
