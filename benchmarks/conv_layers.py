@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402  (puts the repository on sys.path too)
 
-JAX_IMPLS = ("im2col", "xla", "im2col_grad", "winograd2", "winograd4")
+JAX_IMPLS = ("im2col", "onednn", "auto", "xla", "im2col_grad", "winograd2", "winograd4")
 STEPS = 4  # scan steps per timed call
 
 

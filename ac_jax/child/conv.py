@@ -14,6 +14,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from ac_jax.child import onednn
+
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -84,14 +86,36 @@ def conv2d(x, kernel, stride: int, padding: int, impl: str = "auto"):
 
     `impl`: "xla" (lax.conv and its autodiff), "im2col_grad" (lax.conv forward, im2col weight
     gradient), "im2col" (patches @ kernel; under `vmap` over seeds it is a batched matmul
-    instead of a grouped convolution, which XLA:CPU runs slowly), or "auto" (im2col on CPU).
+    instead of a grouped convolution, which XLA:CPU runs slowly), "onednn" (oneDNN's direct
+    convolutions as XLA FFI calls, float32 on CPU: `onednn.py`), or "auto": on CPU "onednn" where
+    it is built and the layer suits it (`auto_cpu_impl`), else "im2col"; "xla" on GPUs.
     """
     if impl == "auto":
-        impl = "im2col" if jax.default_backend() == "cpu" else "xla"
+        impl = auto_cpu_impl(x, kernel) if jax.default_backend() == "cpu" else "xla"
+    if impl == "onednn":
+        if not onednn.available():
+            raise RuntimeError(f"conv impl 'onednn' is not available: {onednn.reason()}")
+        return onednn.conv2d(x.astype(jnp.float32), kernel.astype(jnp.float32), stride, padding)
     if impl == "im2col":
         return _im2col_conv(x, kernel, stride, padding)
     if impl == "im2col_grad":
         return _conv_im2col_grad(x, kernel, stride, padding)
     if impl == "xla":
         return _xla_conv(x, kernel, stride, padding)
-    raise ValueError(f"unknown conv impl {impl!r}; use 'auto', 'im2col_grad' or 'xla'")
+    raise ValueError(
+        f"unknown conv impl {impl!r}; use 'auto', 'onednn', 'im2col', 'im2col_grad' or 'xla'"
+    )
+
+
+# Below this many input channels im2col's single matmul beats a direct convolution (the input
+# layer: 1 or 3 channels); see BENCHMARKS.md, per-layer table.
+ONEDNN_MIN_CHANNELS = 16
+
+
+def auto_cpu_impl(x, kernel) -> str:
+    """The CPU implementation "auto" picks for this layer: "onednn" for float32 layers with at
+    least ONEDNN_MIN_CHANNELS input channels when the library is built, else "im2col"."""
+    wide = kernel.shape[-2] >= ONEDNN_MIN_CHANNELS
+    if wide and x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and onednn.available():
+        return "onednn"
+    return "im2col"

@@ -1,0 +1,265 @@
+// 2-D convolution (forward, input gradient, weight gradient) through oneDNN, as XLA FFI handlers.
+//
+// Why: XLA:CPU has no direct convolution for the vmapped-seed case (it runs a grouped
+// convolution as a naive loop), and its im2col matmuls copy every activation k*k times. oneDNN's
+// direct convolutions are what PyTorch uses on CPU. Built and loaded by ac_jax/child/onednn.py.
+//
+// Layouts (what XLA hands over, row-major): x [..., B, H, W, C], kernel [..., K, K, C, O],
+// y [..., B, OH, OW, O]. The leading dimensions (the vmapped seeds) must be equal on all operands;
+// each leading index is one independent convolution, run one after another. Activations and
+// weights are reordered to oneDNN's blocked layouts inside the call (its fast kernels need them).
+// Plans (primitives, blocked buffers) are cached per shape and guarded by a mutex each.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+
+#include "dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = memory::format_tag;
+
+namespace {
+
+#if DNNL_VERSION_MAJOR >= 3
+#define AC_JAX_PD(kind, engine, ...) kind::primitive_desc(engine, __VA_ARGS__)
+#define AC_JAX_PD_HINT(kind, engine, hint, ...) kind::primitive_desc(engine, __VA_ARGS__, hint)
+#else
+#define AC_JAX_PD(kind, engine, ...) kind::primitive_desc(kind::desc(__VA_ARGS__), engine)
+#define AC_JAX_PD_HINT(kind, engine, hint, ...) \
+  kind::primitive_desc(kind::desc(__VA_ARGS__), engine, hint)
+#endif
+
+struct Shape {
+  int64_t batch, height, width, channels, features, kernel, stride, padding;
+  auto tie() const {
+    return std::tie(batch, height, width, channels, features, kernel, stride, padding);
+  }
+  bool operator<(const Shape& other) const { return tie() < other.tie(); }
+  int64_t out_h() const { return (height + 2 * padding - kernel) / stride + 1; }
+  int64_t out_w() const { return (width + 2 * padding - kernel) / stride + 1; }
+};
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// A tensor as XLA holds it (user layout) and, if oneDNN wants another, a blocked copy.
+struct Operand {
+  memory user, blocked;
+  bool reordered = false;
+  dnnl::reorder to_blocked, to_user;
+
+  Operand() = default;
+  Operand(const memory::desc& user_desc, const memory::desc& wanted) {
+    auto& engine = cpu_engine();
+    user = memory(user_desc, engine, DNNL_MEMORY_NONE);
+    reordered = wanted != user_desc;
+    if (reordered) {
+      blocked = memory(wanted, engine);
+      to_blocked = dnnl::reorder(user, blocked);
+      to_user = dnnl::reorder(blocked, user);
+    }
+  }
+  // Points the user view at `data` and returns the memory the primitive should read.
+  memory& read(dnnl::stream& stream, void* data) {
+    user.set_data_handle(data);
+    if (!reordered) return user;
+    to_blocked.execute(stream, user, blocked);
+    return blocked;
+  }
+  // The memory the primitive should write; `flush` copies it back to `data`.
+  memory& write(void* data) {
+    user.set_data_handle(data);
+    return reordered ? blocked : user;
+  }
+  void flush(dnnl::stream& stream) {
+    if (reordered) to_user.execute(stream, blocked, user);
+  }
+};
+
+struct Plan {
+  std::mutex mutex;
+  dnnl::stream stream{cpu_engine()};
+  dnnl::convolution_forward forward;
+  dnnl::convolution_backward_data backward_data;
+  dnnl::convolution_backward_weights backward_weights;
+  Operand fwd_x, fwd_w, fwd_y;        // forward
+  Operand bd_gy, bd_w, bd_gx;         // input gradient
+  Operand bw_x, bw_gy, bw_gw;         // weight gradient
+};
+
+std::unique_ptr<Plan> make_plan(const Shape& s) {
+  using dt = memory::data_type;
+  auto& engine = cpu_engine();
+  const memory::dims x_dims{s.batch, s.channels, s.height, s.width};
+  const memory::dims w_dims{s.features, s.channels, s.kernel, s.kernel};
+  const memory::dims y_dims{s.batch, s.features, s.out_h(), s.out_w()};
+  const memory::dims strides{s.stride, s.stride}, pad{s.padding, s.padding};
+  const memory::desc x_user(x_dims, dt::f32, tag::nhwc), y_user(y_dims, dt::f32, tag::nhwc);
+  const memory::desc w_user(w_dims, dt::f32, tag::hwio);
+  const memory::desc x_any(x_dims, dt::f32, tag::any), y_any(y_dims, dt::f32, tag::any);
+  const memory::desc w_any(w_dims, dt::f32, tag::any);
+  const auto direct = dnnl::algorithm::convolution_direct;
+
+  auto fwd_pd = AC_JAX_PD(dnnl::convolution_forward, engine, dnnl::prop_kind::forward_training,
+                          direct, x_any, w_any, y_any, strides, pad, pad);
+  auto bd_pd = AC_JAX_PD_HINT(dnnl::convolution_backward_data, engine, fwd_pd, direct, x_any,
+                              w_any, y_any, strides, pad, pad);
+  auto bw_pd = AC_JAX_PD_HINT(dnnl::convolution_backward_weights, engine, fwd_pd, direct, x_any,
+                              w_any, y_any, strides, pad, pad);
+
+  auto plan = std::make_unique<Plan>();
+  plan->forward = dnnl::convolution_forward(fwd_pd);
+  plan->backward_data = dnnl::convolution_backward_data(bd_pd);
+  plan->backward_weights = dnnl::convolution_backward_weights(bw_pd);
+  plan->fwd_x = Operand(x_user, fwd_pd.src_desc());
+  plan->fwd_w = Operand(w_user, fwd_pd.weights_desc());
+  plan->fwd_y = Operand(y_user, fwd_pd.dst_desc());
+  plan->bd_gy = Operand(y_user, bd_pd.diff_dst_desc());
+  plan->bd_w = Operand(w_user, bd_pd.weights_desc());
+  plan->bd_gx = Operand(x_user, bd_pd.diff_src_desc());
+  plan->bw_x = Operand(x_user, bw_pd.src_desc());
+  plan->bw_gy = Operand(y_user, bw_pd.diff_dst_desc());
+  plan->bw_gw = Operand(w_user, bw_pd.diff_weights_desc());
+  return plan;
+}
+
+Plan& plan_for(const Shape& shape) {
+  static std::mutex cache_mutex;
+  static std::map<Shape, std::unique_ptr<Plan>> cache;
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  auto& plan = cache[shape];
+  if (!plan) plan = make_plan(shape);
+  return *plan;
+}
+
+// Shape of one convolution and the number of leading (seed) indices, checked against all three
+// operands: x [..., B, H, W, C], kernel [..., K, K, C, O], y [..., B, OH, OW, O].
+ffi::Error read_shape(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+                      ffi::Span<const int64_t> y, int64_t stride, int64_t padding, Shape* shape,
+                      int64_t* seeds) {
+  if (x.size() < 4 || x.size() != w.size() || x.size() != y.size())
+    return ffi::Error::InvalidArgument("onednn conv: operands need equal rank >= 4");
+  const size_t lead = x.size() - 4;
+  *seeds = 1;
+  for (size_t i = 0; i < lead; ++i) {
+    if (x[i] != w[i] || x[i] != y[i])
+      return ffi::Error::InvalidArgument("onednn conv: leading (seed) dimensions differ");
+    *seeds *= x[i];
+  }
+  *shape = Shape{x[lead], x[lead + 1], x[lead + 2], x[lead + 3], w[lead + 3], w[lead], stride,
+                 padding};
+  if (w[lead + 1] != shape->kernel || w[lead + 2] != shape->channels)
+    return ffi::Error::InvalidArgument("onednn conv: kernel must be [K, K, C_in, C_out]");
+  if (stride < 1 || padding < 0 || shape->out_h() < 1 || shape->out_w() < 1 ||
+      y[lead] != shape->batch || y[lead + 1] != shape->out_h() || y[lead + 2] != shape->out_w() ||
+      y[lead + 3] != shape->features)
+    return ffi::Error::InvalidArgument("onednn conv: output shape does not match the input");
+  return ffi::Error::Success();
+}
+
+template <typename Body>
+ffi::Error guarded(Body body) {
+  try {
+    body();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+int64_t count(const Shape& s, char which) {
+  switch (which) {
+    case 'x': return s.batch * s.height * s.width * s.channels;
+    case 'w': return s.kernel * s.kernel * s.channels * s.features;
+    default: return s.batch * s.out_h() * s.out_w() * s.features;
+  }
+}
+
+ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t padding) {
+  Shape s;
+  int64_t seeds;
+  if (auto err = read_shape(x.dimensions(), w.dimensions(), y->dimensions(), stride, padding, &s,
+                            &seeds);
+      err.failure())
+    return err;
+  return guarded([&] {
+    Plan& plan = plan_for(s);
+    std::lock_guard<std::mutex> lock(plan.mutex);
+    for (int64_t i = 0; i < seeds; ++i) {
+      auto& src = plan.fwd_x.read(plan.stream, x.typed_data() + i * count(s, 'x'));
+      auto& wei = plan.fwd_w.read(plan.stream, w.typed_data() + i * count(s, 'w'));
+      auto& dst = plan.fwd_y.write(y->typed_data() + i * count(s, 'y'));
+      plan.forward.execute(plan.stream,
+                           {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}});
+      plan.fwd_y.flush(plan.stream);
+    }
+    plan.stream.wait();
+  });
+}
+
+// Both gradients in one call: they share the reordered output gradient, and one call keeps
+// XLA from running two oneDNN thread teams side by side on the same cores.
+ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                        ffi::Buffer<ffi::F32> grad_y, ffi::ResultBuffer<ffi::F32> grad_x,
+                        ffi::ResultBuffer<ffi::F32> grad_w, int64_t stride, int64_t padding) {
+  Shape s;
+  int64_t seeds;
+  if (auto err = read_shape(x.dimensions(), w.dimensions(), grad_y.dimensions(), stride, padding,
+                            &s, &seeds);
+      err.failure())
+    return err;
+  return guarded([&] {
+    Plan& plan = plan_for(s);
+    std::lock_guard<std::mutex> lock(plan.mutex);
+    for (int64_t i = 0; i < seeds; ++i) {
+      float* gy_data = grad_y.typed_data() + i * count(s, 'y');
+      auto& gy = plan.bd_gy.read(plan.stream, gy_data);
+      auto& wei = plan.bd_w.read(plan.stream, w.typed_data() + i * count(s, 'w'));
+      auto& gx = plan.bd_gx.write(grad_x->typed_data() + i * count(s, 'x'));
+      plan.backward_data.execute(
+          plan.stream, {{DNNL_ARG_DIFF_DST, gy}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DIFF_SRC, gx}});
+      plan.bd_gx.flush(plan.stream);
+
+      auto& src = plan.bw_x.read(plan.stream, x.typed_data() + i * count(s, 'x'));
+      // Same blocked layout for both gradients (the usual case): reuse the reordered copy.
+      auto& gy_w = plan.bw_gy.blocked.get_desc() == plan.bd_gy.blocked.get_desc() &&
+                           plan.bw_gy.reordered && plan.bd_gy.reordered
+                       ? gy
+                       : plan.bw_gy.read(plan.stream, gy_data);
+      auto& gw = plan.bw_gw.write(grad_w->typed_data() + i * count(s, 'w'));
+      plan.backward_weights.execute(
+          plan.stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, gy_w}, {DNNL_ARG_DIFF_WEIGHTS, gw}});
+      plan.bw_gw.flush(plan.stream);
+    }
+    plan.stream.wait();
+  });
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AcJaxConvForward, ForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("padding"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AcJaxConvBackward, BackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("padding"));
