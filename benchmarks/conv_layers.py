@@ -8,11 +8,13 @@ does) with each convolution implementation asked for; PyTorch (the reference) ru
 after another with `F.conv2d` and autograd. Each (implementation, layer list) runs in its own
 subprocess, one after the other.
 
-  python benchmarks/conv_layers.py                                  # CONV-7, im2col + PyTorch
+  python benchmarks/conv_layers.py                                  # CONV-7, auto + PyTorch
   python benchmarks/conv_layers.py --impls im2col winograd2 torch --json results/conv_layers.json
 
-Implementations: the library's `conv2d` impls ("im2col", the CPU default; "xla"; "im2col_grad")
-and two Winograd variants kept here as measured alternatives, F(2x2, 3x3) and F(4x4, 3x3)
+Implementations: the library's `conv2d` impls ("auto", the CPU default: "onednn" for layers with
+16 or more input channels, "im2col" below; "onednn", oneDNN with its choice of algorithm;
+"onednn_direct", oneDNN's direct convolution as PyTorch runs it; "im2col"; "xla"; "im2col_grad")
+and two Winograd variants written in jax.numpy, kept here as measured alternatives, F(2x2, 3x3) and F(4x4, 3x3)
 (`winograd_conv`, stride-1 3x3 layers only; others fall back to im2col and are marked). Winograd
 cuts the multiplications 2.25x / 4x but trades them for input and output transforms, which are
 memory-bound elementwise passes over 4x / 2.25x the activations.
@@ -33,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402  (puts the repository on sys.path too)
 
-JAX_IMPLS = ("im2col", "onednn", "auto", "xla", "im2col_grad", "winograd2", "winograd4")
+JAX_IMPLS = ("im2col", "onednn", "onednn_direct", "auto", "xla", "im2col_grad", "winograd2", "winograd4")
 STEPS = 4  # scan steps per timed call
 
 
@@ -245,7 +247,7 @@ def markdown_table(layers: list[dict], by_impl: dict[str, list[dict]]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="conv7", help="zoo model whose convolutions are timed")
-    parser.add_argument("--impls", nargs="+", default=["im2col", "torch"],
+    parser.add_argument("--impls", nargs="+", default=["auto", "torch"],
                         choices=[*JAX_IMPLS, "torch"])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=64)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ac_jax.arch import shapes
 from ac_jax.arch.spec import Arch, LayerType
 from ac_jax.arch.torch_io import to_json
+from ac_jax.child import onednn
 from ac_jax.child.model import ChildNet
 from ac_jax.child.trainer import DeviceData, TrainSchedule, make_optimizer
 from ac_jax.data.device import preprocess
@@ -125,12 +126,16 @@ class TrainedNet:
 def loop_conv_impl(schedule: TrainSchedule) -> str:
     """The convolution implementation for the per-step loops here.
 
-    "auto" picks im2col on CPU because XLA:CPU's weight gradient is slow *inside* `lax.scan`
-    (see ac_jax.child.conv); these loops jit single steps outside any scan, where XLA's own
-    convolution was the fastest of the three (CONV-7, batch 64, 2 cores: 0.54 s/step against
-    0.76 s for im2col_grad and 0.86 s for im2col).
+    On CPU with the oneDNN convolution built, "auto" stays "auto" (oneDNN for layers with 16 or
+    more input channels, im2col for the input layer). Without it, these loops (single jitted
+    steps outside any `lax.scan`) use XLA's own convolution, the fastest of the XLA paths there
+    (CONV-7, batch 64, 2 cores: 0.54 s/step against 0.76 s for im2col_grad and 0.86 s for
+    im2col); inside `lax.scan` its weight gradient is a naive loop (see ac_jax.child.conv).
     """
-    return "xla" if schedule.conv_impl == "auto" else schedule.conv_impl
+    if schedule.conv_impl != "auto":
+        return schedule.conv_impl
+    on_cpu = jax.default_backend() == "cpu"
+    return "auto" if on_cpu and onednn.available() else "xla"
 
 
 def child_model(arch: Arch, schedule: TrainSchedule) -> ChildNet:

@@ -81,30 +81,38 @@ def _im2col_conv(x, kernel, stride: int, padding: int):
     )
 
 
-def conv2d(x, kernel, stride: int, padding: int, impl: str = "auto"):
-    """NHWC x HWIO convolution.
+def conv2d(x, kernel, stride: int, padding: int, impl: str = "auto", bias=None):
+    """NHWC x HWIO convolution, plus `bias` ``[O]`` when given.
 
     `impl`: "xla" (lax.conv and its autodiff), "im2col_grad" (lax.conv forward, im2col weight
     gradient), "im2col" (patches @ kernel; under `vmap` over seeds it is a batched matmul
-    instead of a grouped convolution, which XLA:CPU runs slowly), "onednn" (oneDNN's direct
-    convolutions as XLA FFI calls, float32 on CPU: `onednn.py`), or "auto": on CPU "onednn" where
-    it is built and the layer suits it (`auto_cpu_impl`), else "im2col"; "xla" on GPUs.
+    instead of a grouped convolution, which XLA:CPU runs slowly), "onednn" (oneDNN convolutions as
+    XLA FFI calls, float32 on CPU, oneDNN's choice of algorithm: Winograd for 3x3 stride-1
+    layers; `onednn.py`), "onednn_direct" (the same, always oneDNN's direct convolution, as
+    PyTorch runs), or "auto": on CPU "onednn" where it is built and the layer suits it
+    (`auto_cpu_impl`), else "im2col"; "xla" on GPUs.
     """
     if impl == "auto":
         impl = auto_cpu_impl(x, kernel) if jax.default_backend() == "cpu" else "xla"
-    if impl == "onednn":
-        if not onednn.available():
-            raise RuntimeError(f"conv impl 'onednn' is not available: {onednn.reason()}")
-        return onednn.conv2d(x.astype(jnp.float32), kernel.astype(jnp.float32), stride, padding)
+    if impl in ("onednn", "onednn_direct"):
+        algorithm = "direct" if impl == "onednn_direct" else "auto"
+        if bias is None:
+            bias = jnp.zeros(kernel.shape[-1:], jnp.float32)
+        f32 = jnp.float32
+        return onednn.conv2d(x.astype(f32), kernel.astype(f32), bias.astype(f32), stride, padding,
+                             algorithm)
     if impl == "im2col":
-        return _im2col_conv(x, kernel, stride, padding)
-    if impl == "im2col_grad":
-        return _conv_im2col_grad(x, kernel, stride, padding)
-    if impl == "xla":
-        return _xla_conv(x, kernel, stride, padding)
-    raise ValueError(
-        f"unknown conv impl {impl!r}; use 'auto', 'onednn', 'im2col', 'im2col_grad' or 'xla'"
-    )
+        y = _im2col_conv(x, kernel, stride, padding)
+    elif impl == "im2col_grad":
+        y = _conv_im2col_grad(x, kernel, stride, padding)
+    elif impl == "xla":
+        y = _xla_conv(x, kernel, stride, padding)
+    else:
+        raise ValueError(
+            f"unknown conv impl {impl!r}; use 'auto', 'onednn', 'onednn_direct', 'im2col', "
+            "'im2col_grad' or 'xla'"
+        )
+    return y if bias is None else y + bias
 
 
 # Below this many input channels im2col's single matmul beats a direct convolution (the input

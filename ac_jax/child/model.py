@@ -48,8 +48,8 @@ class Conv(nn.Module):
         k, c = self.kernel_size, x.shape[-1]
         kernel = self.param("kernel", _torch_kernel_init, (k, k, c, self.features))
         bias = self.param("bias", _torch_bias_init(k * k * c), (self.features,))
-        y = conv2d(x, kernel.astype(self.dtype), self.stride, self.padding, self.impl)
-        return y + bias.astype(self.dtype)
+        return conv2d(x, kernel.astype(self.dtype), self.stride, self.padding, self.impl,
+                      bias.astype(self.dtype))
 
 
 class ChildNet(nn.Module):

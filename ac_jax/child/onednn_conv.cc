@@ -5,7 +5,8 @@
 // direct convolutions are what PyTorch uses on CPU. Built and loaded by ac_jax/child/onednn.py.
 //
 // Layouts (what XLA hands over, row-major): x [..., B, H, W, C], kernel [..., K, K, C, O],
-// y [..., B, OH, OW, O]. The leading dimensions (the vmapped seeds) must be equal on all operands;
+// bias [..., O], y [..., B, OH, OW, O]. The bias is added (and its gradient taken) inside the
+// convolution, which saves XLA a pass over the output. The leading dimensions (the vmapped seeds) must be equal on all operands;
 // each leading index is one independent convolution, run one after another. Activations and
 // weights are reordered to oneDNN's blocked layouts inside the call (its fast kernels need them).
 // Plans (primitives, blocked buffers) are cached per shape and guarded by a mutex each.
@@ -16,6 +17,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 
 #include "dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -26,19 +28,25 @@ using tag = memory::format_tag;
 
 namespace {
 
+// Every primitive runs with a scratchpad of its own (scratchpad_mode::user). oneDNN's default
+// "library" scratchpad lives in thread-local storage of the thread that created the primitive;
+// XLA runs custom calls on whichever of its threads is free, and a primitive created on one
+// thread and run on another wrote outside its scratchpad (intermittent segfaults in fuzzing).
 #if DNNL_VERSION_MAJOR >= 3
-#define AC_JAX_PD(kind, engine, ...) kind::primitive_desc(engine, __VA_ARGS__)
-#define AC_JAX_PD_HINT(kind, engine, hint, ...) kind::primitive_desc(engine, __VA_ARGS__, hint)
+#define AC_JAX_PD(kind, attr, ...) kind::primitive_desc(cpu_engine(), __VA_ARGS__, attr)
+#define AC_JAX_PD_HINT(kind, attr, hint, ...) \
+  kind::primitive_desc(cpu_engine(), __VA_ARGS__, hint, attr)
 #else
-#define AC_JAX_PD(kind, engine, ...) kind::primitive_desc(kind::desc(__VA_ARGS__), engine)
-#define AC_JAX_PD_HINT(kind, engine, hint, ...) \
-  kind::primitive_desc(kind::desc(__VA_ARGS__), engine, hint)
+#define AC_JAX_PD(kind, attr, ...) kind::primitive_desc(kind::desc(__VA_ARGS__), attr, cpu_engine())
+#define AC_JAX_PD_HINT(kind, attr, hint, ...) \
+  kind::primitive_desc(kind::desc(__VA_ARGS__), attr, cpu_engine(), hint)
 #endif
 
 struct Shape {
   int64_t batch, height, width, channels, features, kernel, stride, padding;
+  int64_t algorithm;  // 0: direct, 1: oneDNN's choice (Winograd F(4x4, 3x3) where it is faster)
   auto tie() const {
-    return std::tie(batch, height, width, channels, features, kernel, stride, padding);
+    return std::tie(batch, height, width, channels, features, kernel, stride, padding, algorithm);
   }
   bool operator<(const Shape& other) const { return tie() < other.tie(); }
   int64_t out_h() const { return (height + 2 * padding - kernel) / stride + 1; }
@@ -50,54 +58,82 @@ dnnl::engine& cpu_engine() {
   return engine;
 }
 
-// A tensor as XLA holds it (user layout) and, if oneDNN wants another, a blocked copy.
+dnnl::primitive_attr own_scratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+// A primitive and its scratchpad.
+struct Step {
+  dnnl::primitive primitive;
+  memory scratchpad;
+
+  Step() = default;
+  template <typename PrimitiveDesc>
+  Step(const dnnl::primitive& p, const PrimitiveDesc& pd)
+      : primitive(p), scratchpad(pd.scratchpad_desc(), cpu_engine()) {}
+  void run(dnnl::stream& stream, std::unordered_map<int, memory> args) {
+    args.insert({DNNL_ARG_SCRATCHPAD, scratchpad});
+    primitive.execute(stream, args);
+  }
+};
+
+// oneDNN's kernels may use aligned vector loads on the buffers they are handed directly; XLA's
+// buffers (and their per-seed slices) are not always 64-byte aligned. Unaligned ones are copied.
+constexpr uintptr_t kAlignment = 64;
+
+// A tensor as XLA holds it (user layout) and the copy oneDNN works on: in the layout it wants
+// (blocked, for its fast kernels) or, when that is XLA's layout, only if XLA's buffer is
+// unaligned.
 struct Operand {
-  memory user, blocked;
+  memory user, internal;
   bool reordered = false;
-  dnnl::reorder to_blocked, to_user;
+  bool direct = false;  // this call uses XLA's buffer itself
+  Step to_internal, to_user;
 
   Operand() = default;
   Operand(const memory::desc& user_desc, const memory::desc& wanted) {
-    auto& engine = cpu_engine();
-    user = memory(user_desc, engine, DNNL_MEMORY_NONE);
+    user = memory(user_desc, cpu_engine(), DNNL_MEMORY_NONE);
+    internal = memory(wanted, cpu_engine());
     reordered = wanted != user_desc;
-    if (reordered) {
-      blocked = memory(wanted, engine);
-      to_blocked = dnnl::reorder(user, blocked);
-      to_user = dnnl::reorder(blocked, user);
-    }
+    const auto attr = own_scratchpad();
+    dnnl::reorder::primitive_desc in_pd(user, internal, attr), out_pd(internal, user, attr);
+    to_internal = Step(dnnl::reorder(in_pd), in_pd);
+    to_user = Step(dnnl::reorder(out_pd), out_pd);
   }
-  // Points the user view at `data` and returns the memory the primitive should read.
+  void point_at(void* data) {
+    user.set_data_handle(data);
+    direct = !reordered && reinterpret_cast<uintptr_t>(data) % kAlignment == 0;
+  }
+  // The memory the primitive should read, holding `data`.
   memory& read(dnnl::stream& stream, void* data) {
-    user.set_data_handle(data);
-    if (!reordered) return user;
-    to_blocked.execute(stream, user, blocked);
-    return blocked;
+    point_at(data);
+    if (direct) return user;
+    to_internal.run(stream, {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, internal}});
+    return internal;
   }
-  // The memory the primitive should write; `flush` copies it back to `data`.
+  // The memory the primitive should write; `flush` then copies it to `data` where needed.
   memory& write(void* data) {
-    user.set_data_handle(data);
-    return reordered ? blocked : user;
+    point_at(data);
+    return direct ? user : internal;
   }
   void flush(dnnl::stream& stream) {
-    if (reordered) to_user.execute(stream, blocked, user);
+    if (!direct) to_user.run(stream, {{DNNL_ARG_FROM, internal}, {DNNL_ARG_TO, user}});
   }
 };
 
 struct Plan {
   std::mutex mutex;
   dnnl::stream stream{cpu_engine()};
-  dnnl::convolution_forward forward;
-  dnnl::convolution_backward_data backward_data;
-  dnnl::convolution_backward_weights backward_weights;
-  Operand fwd_x, fwd_w, fwd_y;        // forward
-  Operand bd_gy, bd_w, bd_gx;         // input gradient
-  Operand bw_x, bw_gy, bw_gw;         // weight gradient
+  Step forward, backward_data, backward_weights;
+  Operand fwd_x, fwd_w, fwd_b, fwd_y;  // forward
+  Operand bd_gy, bd_w, bd_gx;          // input gradient
+  Operand bw_x, bw_gy, bw_gw, bw_gb;   // weight and bias gradients
 };
 
 std::unique_ptr<Plan> make_plan(const Shape& s) {
   using dt = memory::data_type;
-  auto& engine = cpu_engine();
   const memory::dims x_dims{s.batch, s.channels, s.height, s.width};
   const memory::dims w_dims{s.features, s.channels, s.kernel, s.kernel};
   const memory::dims y_dims{s.batch, s.features, s.out_h(), s.out_w()};
@@ -106,21 +142,25 @@ std::unique_ptr<Plan> make_plan(const Shape& s) {
   const memory::desc w_user(w_dims, dt::f32, tag::hwio);
   const memory::desc x_any(x_dims, dt::f32, tag::any), y_any(y_dims, dt::f32, tag::any);
   const memory::desc w_any(w_dims, dt::f32, tag::any);
-  const auto direct = dnnl::algorithm::convolution_direct;
+  const memory::desc b_user({s.features}, dt::f32, tag::x);
+  const auto algorithm = s.algorithm == 1 ? dnnl::algorithm::convolution_auto
+                                           : dnnl::algorithm::convolution_direct;
+  const auto attr = own_scratchpad();
 
-  auto fwd_pd = AC_JAX_PD(dnnl::convolution_forward, engine, dnnl::prop_kind::forward_training,
-                          direct, x_any, w_any, y_any, strides, pad, pad);
-  auto bd_pd = AC_JAX_PD_HINT(dnnl::convolution_backward_data, engine, fwd_pd, direct, x_any,
+  auto fwd_pd = AC_JAX_PD(dnnl::convolution_forward, attr, dnnl::prop_kind::forward_training,
+                          algorithm, x_any, w_any, b_user, y_any, strides, pad, pad);
+  auto bd_pd = AC_JAX_PD_HINT(dnnl::convolution_backward_data, attr, fwd_pd, algorithm, x_any,
                               w_any, y_any, strides, pad, pad);
-  auto bw_pd = AC_JAX_PD_HINT(dnnl::convolution_backward_weights, engine, fwd_pd, direct, x_any,
-                              w_any, y_any, strides, pad, pad);
+  auto bw_pd = AC_JAX_PD_HINT(dnnl::convolution_backward_weights, attr, fwd_pd, algorithm, x_any,
+                              w_any, b_user, y_any, strides, pad, pad);
 
   auto plan = std::make_unique<Plan>();
-  plan->forward = dnnl::convolution_forward(fwd_pd);
-  plan->backward_data = dnnl::convolution_backward_data(bd_pd);
-  plan->backward_weights = dnnl::convolution_backward_weights(bw_pd);
+  plan->forward = Step(dnnl::convolution_forward(fwd_pd), fwd_pd);
+  plan->backward_data = Step(dnnl::convolution_backward_data(bd_pd), bd_pd);
+  plan->backward_weights = Step(dnnl::convolution_backward_weights(bw_pd), bw_pd);
   plan->fwd_x = Operand(x_user, fwd_pd.src_desc());
   plan->fwd_w = Operand(w_user, fwd_pd.weights_desc());
+  plan->fwd_b = Operand(b_user, fwd_pd.bias_desc());
   plan->fwd_y = Operand(y_user, fwd_pd.dst_desc());
   plan->bd_gy = Operand(y_user, bd_pd.diff_dst_desc());
   plan->bd_w = Operand(w_user, bd_pd.weights_desc());
@@ -128,6 +168,7 @@ std::unique_ptr<Plan> make_plan(const Shape& s) {
   plan->bw_x = Operand(x_user, bw_pd.src_desc());
   plan->bw_gy = Operand(y_user, bw_pd.diff_dst_desc());
   plan->bw_gw = Operand(w_user, bw_pd.diff_weights_desc());
+  plan->bw_gb = Operand(b_user, bw_pd.diff_bias_desc());
   return plan;
 }
 
@@ -143,21 +184,25 @@ Plan& plan_for(const Shape& shape) {
 // Shape of one convolution and the number of leading (seed) indices, checked against all three
 // operands: x [..., B, H, W, C], kernel [..., K, K, C, O], y [..., B, OH, OW, O].
 ffi::Error read_shape(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
-                      ffi::Span<const int64_t> y, int64_t stride, int64_t padding, Shape* shape,
-                      int64_t* seeds) {
-  if (x.size() < 4 || x.size() != w.size() || x.size() != y.size())
+                      ffi::Span<const int64_t> b, ffi::Span<const int64_t> y, int64_t stride,
+                      int64_t padding, int64_t algorithm, Shape* shape, int64_t* seeds) {
+  if (x.size() < 4 || x.size() != w.size() || x.size() != y.size() || b.size() + 3 != x.size())
     return ffi::Error::InvalidArgument("onednn conv: operands need equal rank >= 4");
   const size_t lead = x.size() - 4;
   *seeds = 1;
   for (size_t i = 0; i < lead; ++i) {
-    if (x[i] != w[i] || x[i] != y[i])
+    if (x[i] != w[i] || x[i] != y[i] || x[i] != b[i])
       return ffi::Error::InvalidArgument("onednn conv: leading (seed) dimensions differ");
     *seeds *= x[i];
   }
   *shape = Shape{x[lead], x[lead + 1], x[lead + 2], x[lead + 3], w[lead + 3], w[lead], stride,
-                 padding};
-  if (w[lead + 1] != shape->kernel || w[lead + 2] != shape->channels)
-    return ffi::Error::InvalidArgument("onednn conv: kernel must be [K, K, C_in, C_out]");
+                 padding, algorithm};
+  if (algorithm != 0 && algorithm != 1)
+    return ffi::Error::InvalidArgument("onednn conv: algorithm must be 0 (direct) or 1 (auto)");
+  if (w[lead + 1] != shape->kernel || w[lead + 2] != shape->channels ||
+      b[lead] != shape->features)
+    return ffi::Error::InvalidArgument(
+        "onednn conv: kernel must be [K, K, C_in, C_out] and bias [C_out]");
   if (stride < 1 || padding < 0 || shape->out_h() < 1 || shape->out_w() < 1 ||
       y[lead] != shape->batch || y[lead + 1] != shape->out_h() || y[lead + 2] != shape->out_w() ||
       y[lead + 3] != shape->features)
@@ -183,12 +228,13 @@ int64_t count(const Shape& s, char which) {
   }
 }
 
-ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                       ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t padding) {
+ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+                       ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t padding,
+                       int64_t algorithm) {
   Shape s;
   int64_t seeds;
-  if (auto err = read_shape(x.dimensions(), w.dimensions(), y->dimensions(), stride, padding, &s,
-                            &seeds);
+  if (auto err = read_shape(x.dimensions(), w.dimensions(), b.dimensions(), y->dimensions(),
+                            stride, padding, algorithm, &s, &seeds);
       err.failure())
     return err;
   return guarded([&] {
@@ -197,24 +243,28 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     for (int64_t i = 0; i < seeds; ++i) {
       auto& src = plan.fwd_x.read(plan.stream, x.typed_data() + i * count(s, 'x'));
       auto& wei = plan.fwd_w.read(plan.stream, w.typed_data() + i * count(s, 'w'));
+      auto& bias = plan.fwd_b.read(plan.stream, b.typed_data() + i * s.features);
       auto& dst = plan.fwd_y.write(y->typed_data() + i * count(s, 'y'));
-      plan.forward.execute(plan.stream,
-                           {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}});
+      plan.forward.run(plan.stream, {{DNNL_ARG_SRC, src},
+                                     {DNNL_ARG_WEIGHTS, wei},
+                                     {DNNL_ARG_BIAS, bias},
+                                     {DNNL_ARG_DST, dst}});
       plan.fwd_y.flush(plan.stream);
     }
     plan.stream.wait();
   });
 }
 
-// Both gradients in one call: they share the reordered output gradient, and one call keeps
+// All gradients in one call: they share the reordered output gradient, and one call keeps
 // XLA from running two oneDNN thread teams side by side on the same cores.
 ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                         ffi::Buffer<ffi::F32> grad_y, ffi::ResultBuffer<ffi::F32> grad_x,
-                        ffi::ResultBuffer<ffi::F32> grad_w, int64_t stride, int64_t padding) {
+                        ffi::ResultBuffer<ffi::F32> grad_w, ffi::ResultBuffer<ffi::F32> grad_b,
+                        int64_t stride, int64_t padding, int64_t algorithm) {
   Shape s;
   int64_t seeds;
-  if (auto err = read_shape(x.dimensions(), w.dimensions(), grad_y.dimensions(), stride, padding,
-                            &s, &seeds);
+  if (auto err = read_shape(x.dimensions(), w.dimensions(), grad_b->dimensions(),
+                            grad_y.dimensions(), stride, padding, algorithm, &s, &seeds);
       err.failure())
     return err;
   return guarded([&] {
@@ -225,20 +275,22 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
       auto& gy = plan.bd_gy.read(plan.stream, gy_data);
       auto& wei = plan.bd_w.read(plan.stream, w.typed_data() + i * count(s, 'w'));
       auto& gx = plan.bd_gx.write(grad_x->typed_data() + i * count(s, 'x'));
-      plan.backward_data.execute(
+      plan.backward_data.run(
           plan.stream, {{DNNL_ARG_DIFF_DST, gy}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DIFF_SRC, gx}});
       plan.bd_gx.flush(plan.stream);
 
       auto& src = plan.bw_x.read(plan.stream, x.typed_data() + i * count(s, 'x'));
-      // Same blocked layout for both gradients (the usual case): reuse the reordered copy.
-      auto& gy_w = plan.bw_gy.blocked.get_desc() == plan.bd_gy.blocked.get_desc() &&
-                           plan.bw_gy.reordered && plan.bd_gy.reordered
-                       ? gy
-                       : plan.bw_gy.read(plan.stream, gy_data);
+      // Same layout for both gradients (the usual case): reuse the copy already made.
+      const bool same_layout = plan.bw_gy.internal.get_desc() == plan.bd_gy.internal.get_desc();
+      auto& gy_w = same_layout ? gy : plan.bw_gy.read(plan.stream, gy_data);
       auto& gw = plan.bw_gw.write(grad_w->typed_data() + i * count(s, 'w'));
-      plan.backward_weights.execute(
-          plan.stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, gy_w}, {DNNL_ARG_DIFF_WEIGHTS, gw}});
+      auto& gb = plan.bw_gb.write(grad_b->typed_data() + i * s.features);
+      plan.backward_weights.run(plan.stream, {{DNNL_ARG_SRC, src},
+                                              {DNNL_ARG_DIFF_DST, gy_w},
+                                              {DNNL_ARG_DIFF_WEIGHTS, gw},
+                                              {DNNL_ARG_DIFF_BIAS, gb}});
       plan.bw_gw.flush(plan.stream);
+      plan.bw_gb.flush(plan.stream);
     }
     plan.stream.wait();
   });
@@ -250,9 +302,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AcJaxConvForward, ForwardImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("padding"));
+                                  .Attr<int64_t>("padding")
+                                  .Attr<int64_t>("algorithm"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AcJaxConvBackward, BackwardImpl,
                               ffi::Ffi::Bind()
@@ -261,5 +315,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AcJaxConvBackward, BackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("padding"));
+                                  .Attr<int64_t>("padding")
+                                  .Attr<int64_t>("algorithm"));

@@ -1,0 +1,123 @@
+"""The oneDNN convolution (XLA FFI): same values and gradients as XLA's convolution, under vmap,
+jit and lax.scan; training with it matches the im2col path; builds fail with a clear error.
+
+Skipped where the library cannot be built (no g++ or no `libdnnl-dev`), unless
+AC_JAX_REQUIRE_ONEDNN=1 (set by .ci/run) turns that into a failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ac_jax.arch.spec import Arch, batchnorm, conv, linear, maxpool, relu
+from ac_jax.child import conv as conv_lib
+from ac_jax.child import onednn
+from ac_jax.child.trainer import ChildTrainer, TrainSchedule, to_device
+from ac_jax.data import load
+
+
+@pytest.fixture(scope="module", autouse=True)
+def require_onednn():
+    if not onednn.available():
+        if os.environ.get("AC_JAX_REQUIRE_ONEDNN") == "1":
+            pytest.fail(f"oneDNN convolution not available: {onednn.reason()}")
+        pytest.skip(f"oneDNN convolution not available: {onednn.reason()}")
+
+
+def _relative_error(got, want) -> float:
+    got, want = np.asarray(got), np.asarray(want)
+    return float(np.max(np.abs(got - want)) / (np.max(np.abs(want)) + 1e-12))
+
+
+# (batch, size, in, out, kernel, stride, padding): 3x3 stride 1 (Winograd under "auto"), strided,
+# 1x1, 5x5 without padding, channel counts that are not multiples of 16, a 1-channel input.
+SHAPES = [
+    (4, 12, 64, 32, 3, 1, 1),
+    (3, 9, 16, 24, 3, 2, 1),
+    (2, 7, 40, 17, 1, 1, 0),
+    (2, 11, 17, 5, 5, 2, 0),
+    (2, 8, 1, 16, 3, 1, 1),
+]
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "auto"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_values_and_gradients_match_xla_under_vmap(shape, algorithm):
+    b, h, c, o, k, s, p = shape
+    keys = jax.random.split(jax.random.key(sum(shape)), 3)
+    x = jax.random.normal(keys[0], (3, b, h, h, c))  # 3 vmapped seeds
+    w = jax.random.normal(keys[1], (3, k, k, c, o)) / np.sqrt(k * k * c)
+    bias = jax.random.normal(keys[2], (3, o))
+
+    def loss(conv_fn):
+        return lambda x_, w_, b_: jnp.sum(jnp.sin(conv_fn(x_, w_, b_)))
+
+    ours = loss(lambda x_, w_, b_: onednn.conv2d(x_, w_, b_, s, p, algorithm))
+    xla = loss(lambda x_, w_, b_: conv_lib.conv2d(x_, w_, s, p, "xla", b_))
+    got = jax.jit(jax.vmap(jax.value_and_grad(ours, (0, 1, 2))))(x, w, bias)
+    want = jax.jit(jax.vmap(jax.value_and_grad(xla, (0, 1, 2))))(x, w, bias)
+    for g, wnt in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert g.shape == wnt.shape
+        assert _relative_error(g, wnt) < 2e-5
+
+
+def test_unbatched_call_and_scan():
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 16))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 16, 16)) / 12
+    bias = jnp.zeros(16)
+    want = conv_lib.conv2d(x, w, 1, 1, "xla", bias)
+    assert _relative_error(onednn.conv2d(x, w, bias, 1, 1), want) < 2e-5
+
+    def body(carry, _):  # the trainer runs its steps inside lax.scan
+        y = onednn.conv2d(carry, w, bias, 1, 1)
+        return jnp.tanh(y), jnp.sum(y)
+
+    _, sums = jax.jit(lambda v: jax.lax.scan(body, v, None, length=3))(x)
+    _, want_sums = jax.lax.scan(
+        lambda c, _: (jnp.tanh(conv_lib.conv2d(c, w, 1, 1, "xla", bias)),
+                      jnp.sum(conv_lib.conv2d(c, w, 1, 1, "xla", bias))), x, None, length=3)
+    np.testing.assert_allclose(np.asarray(sums), np.asarray(want_sums), rtol=1e-4)
+
+
+def test_auto_picks_onednn_for_wide_float32_layers_only(monkeypatch):
+    wide = jnp.zeros((1, 4, 4, 16)), jnp.zeros((3, 3, 16, 8))
+    narrow = jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 3, 8))
+    assert conv_lib.auto_cpu_impl(*wide) == "onednn"
+    assert conv_lib.auto_cpu_impl(*narrow) == "im2col"
+    assert conv_lib.auto_cpu_impl(wide[0].astype(jnp.bfloat16), wide[1]) == "im2col"
+    monkeypatch.setenv("AC_JAX_ONEDNN", "0")
+    assert conv_lib.auto_cpu_impl(*wide) == "im2col"
+    assert "AC_JAX_ONEDNN=0" in onednn.reason()
+
+
+def test_training_with_onednn_matches_im2col():
+    dataset = load("synthetic")
+    schedule = TrainSchedule(epochs=1, batch_size=32, lr=0.003, eval_batch_size=128)
+    data = to_device(dataset, schedule)
+    arch = Arch(dataset.input_shape, dataset.num_classes,
+                (conv(3, 16, 1, 1), relu(), conv(3, 24, 1, 1), batchnorm(), relu(), maxpool(2),
+                 conv(3, 16, 2, 1), relu(), linear(dataset.num_classes)))
+    results = {}
+    for impl in ("onednn", "onednn_direct", "im2col"):
+        run = ChildTrainer(data, dataclasses.replace(schedule, conv_impl=impl), 2)
+        results[impl] = run.train(arch, [0, 1])
+        assert results[impl].ok, results[impl].reason
+    want = np.array(results["im2col"].epoch_losses)
+    for impl in ("onednn", "onednn_direct"):
+        np.testing.assert_allclose(np.array(results[impl].epoch_losses), want, rtol=1e-4)
+        assert results[impl].seed_accuracies == pytest.approx(
+            results["im2col"].seed_accuracies, abs=2 / 256)
+
+
+def test_failed_build_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("AC_JAX_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
+    with pytest.raises(RuntimeError, match="building the oneDNN convolution failed"):
+        onednn.build(force=True)
+    assert not list(tmp_path.rglob("*.so"))  # nothing half-written is left to load
