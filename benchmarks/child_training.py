@@ -14,6 +14,12 @@ count).
   python benchmarks/child_training.py                                   # CONV-7 + 3 sampled
   python benchmarks/child_training.py --train-subset 640 --num-sampled 1 --seeds 2   # smoke
   python benchmarks/child_training.py --models conv7 --repeats 3 --json results/child.json
+  python benchmarks/child_training.py --models conv7 --conv-impl onednn_direct   # PyTorch's kernels
+
+On CPU, ac_jax's default convolution ("auto") is oneDNN through XLA's FFI with oneDNN's choice of
+algorithm (Winograd for 3x3 stride-1 layers); `--conv-impl onednn_direct` runs oneDNN's direct
+convolution, the kernels PyTorch's CPU convolution runs, so the ratio then compares everything
+but the convolution algorithm.
 
 What is timed. ac_jax: the compiled program (all seeds: one epoch of training plus one evaluation
 pass over --test-subset images), after AOT compilation, which is reported separately. PyTorch:
@@ -83,7 +89,7 @@ def run_jax(arch, args) -> dict:
 
     dataset = load_data(args.train_subset, args.test_subset, args.data_dir)
     schedule = TrainSchedule(epochs=1, batch_size=BATCH_SIZE, lr=LR,
-                             eval_batch_size=min(500, args.test_subset))
+                             eval_batch_size=min(500, args.test_subset), conv_impl=args.conv_impl)
     data = to_device(dataset, schedule)
     seeds = list(range(args.seeds))
     trainer = ChildTrainer(data, schedule, len(seeds))
@@ -97,13 +103,18 @@ def run_jax(arch, args) -> dict:
         times.append(time.perf_counter() - start)
         accuracy, finite = float(np.mean(acc)), bool(np.isfinite(losses).all())
     device = jax.devices()[0]
+    conv = args.conv_impl
+    if conv == "auto" and jax.default_backend() == "cpu":
+        from ac_jax.child import onednn
+
+        conv += " (oneDNN built)" if onednn.available() else f" (no oneDNN: {onednn.reason()})"
     return {
         "compile_seconds": compile_seconds,
         "train_seconds": times,
         "mean_accuracy": accuracy,
         "finite_loss": finite,
         "backend": f"jax {jax.__version__} {jax.default_backend()} "
-                   f"({getattr(device, 'device_kind', device)})",
+                   f"({getattr(device, 'device_kind', device)}), conv impl {conv}",
     }
 
 
@@ -193,7 +204,7 @@ def measure(arch, framework: str, args) -> dict:
 
     config = {"arch": to_json(arch), "seeds": args.seeds, "train_subset": args.train_subset,
               "test_subset": args.test_subset, "repeats": args.repeats,
-              "data_dir": args.data_dir}
+              "data_dir": args.data_dir, "conv_impl": args.conv_impl}
     return common.spawn(__file__, framework, config)
 
 
@@ -256,6 +267,10 @@ def main(argv=None) -> int:
     parser.add_argument("--frameworks", nargs="+", choices=("jax", "torch"),
                         default=["jax", "torch"])
     parser.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files")
+    parser.add_argument("--conv-impl", default="auto",
+                        choices=("auto", "onednn", "onednn_direct", "im2col", "im2col_grad", "xla"),
+                        help="ac_jax's convolution (ac_jax.child.conv.conv2d); 'onednn_direct' "
+                             "runs the same kernels as PyTorch's CPU convolutions")
     parser.add_argument("--variant", default="cpu", choices=("cpu", "default", "paper"),
                         help="Fashion-MNIST config variant whose sampler caps draw the sampled "
                              "architectures and whose archset the archs/hour estimate is for")
@@ -317,7 +332,7 @@ def main(argv=None) -> int:
     if args.json:
         settings = {k: getattr(args, k) for k in (
             "models", "num_sampled", "sample_seed", "seeds", "train_subset", "test_subset",
-            "repeats", "frameworks", "variant", "peak_tflops")}
+            "repeats", "frameworks", "variant", "peak_tflops", "conv_impl")}
         common.save_json(args.json, {"settings": settings, "batch_size": BATCH_SIZE,
                                      "images_per_seed": images, "cpus": os.cpu_count(),
                                      "backends": backends, "rows": rows})

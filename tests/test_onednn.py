@@ -121,3 +121,30 @@ def test_failed_build_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="building the oneDNN convolution failed"):
         onednn.build(force=True)
     assert not list(tmp_path.rglob("*.so"))  # nothing half-written is left to load
+
+
+def test_plans_evicted_under_a_zero_budget_still_compute_correctly():
+    # AC_JAX_ONEDNN_CACHE_MB is read once per process: a fresh interpreter with a zero budget
+    # keeps only the newest plan, so alternating shapes rebuild and evict plans every call.
+    import subprocess
+    import sys
+
+    script = """
+import jax, jax.numpy as jnp, numpy as np
+from ac_jax.child import conv, onednn
+for _ in range(2):
+    for size, channels in ((6, 16), (5, 24), (6, 16)):
+        x = jax.random.normal(jax.random.key(size), (2, 3, size, size, channels))
+        w = jax.random.normal(jax.random.key(1), (2, 3, 3, channels, 16)) / 12
+        b = jnp.ones((2, 16))
+        def grads(impl):
+            f = lambda x_, w_, b_: jnp.sum(jnp.sin(conv.conv2d(x_, w_, 1, 1, impl, b_)))
+            return jax.vmap(jax.grad(f, (0, 1, 2)))(x, w, b)
+        for g, want in zip(grads("onednn"), grads("im2col")):
+            assert np.max(np.abs(g - want)) <= 2e-5 * np.max(np.abs(want)), (size, channels)
+print("ok")
+"""
+    env = {**os.environ, "AC_JAX_ONEDNN_CACHE_MB": "0"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]

@@ -1,10 +1,11 @@
-"""2-D convolution whose weight gradient is an explicit im2col matmul (fast on XLA:CPU).
+"""2-D convolution implementations, chosen per backend and layer by `conv2d(impl="auto")`.
 
-XLA:CPU runs the forward convolution and the input gradient through its fast convolution
-library, but lowers the *weight* gradient (a convolution with non-canonical dimension labels) to
-a naive loop, which inside `lax.scan` made a CONV-7 training step about 28x slower than outside
-it. `conv2d` keeps XLA's forward and input-gradient convolutions and computes the weight
-gradient as ``patches^T @ grad_out``. On GPUs XLA's own gradient (cuDNN) is used unchanged.
+On CPU the fast path is oneDNN's convolutions called through XLA's FFI (`onednn.py`). Without it
+(no compiler or oneDNN) and for input layers with few channels, an im2col formulation: XLA:CPU
+runs the vmapped-seeds convolution as a naive grouped loop and lowers its *weight* gradient (a
+convolution with non-canonical dimension labels) to a naive loop, which inside `lax.scan` made a
+CONV-7 training step about 28x slower; ``patches @ kernel`` is a batched matmul instead. On GPUs
+XLA's own convolution (cuDNN) is used unchanged.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@
 // Plans (primitives, blocked buffers) are cached per shape and guarded by a mutex each.
 
 #include <cstdint>
+#include <cstdlib>
+#include <list>
+#include <set>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -93,9 +96,12 @@ struct Operand {
   Step to_internal, to_user;
 
   Operand() = default;
-  Operand(const memory::desc& user_desc, const memory::desc& wanted) {
+  // `shared`: a buffer of another operand in the same role (x, y or w) whose layout is `wanted`
+  // too, to use instead of a new one; operands of one role are never used at the same time.
+  Operand(const memory::desc& user_desc, const memory::desc& wanted, const Operand* shared) {
     user = memory(user_desc, cpu_engine(), DNNL_MEMORY_NONE);
-    internal = memory(wanted, cpu_engine());
+    const bool reuse = shared != nullptr && shared->internal.get_desc() == wanted;
+    internal = reuse ? shared->internal : memory(wanted, cpu_engine());
     reordered = wanted != user_desc;
     const auto attr = own_scratchpad();
     dnnl::reorder::primitive_desc in_pd(user, internal, attr), out_pd(internal, user, attr);
@@ -130,6 +136,18 @@ struct Plan {
   Operand fwd_x, fwd_w, fwd_b, fwd_y;  // forward
   Operand bd_gy, bd_w, bd_gx;          // input gradient
   Operand bw_x, bw_gy, bw_gw, bw_gb;   // weight and bias gradients
+  size_t bytes = 0;                    // oneDNN-side buffers and scratchpads
+
+  void count_bytes() {
+    std::set<void*> seen;
+    auto add = [&](const memory& m) {
+      if (seen.insert(m.get_data_handle()).second) bytes += m.get_desc().get_size();
+    };
+    for (Operand* op : {&fwd_x, &fwd_w, &fwd_b, &fwd_y, &bd_gy, &bd_w, &bd_gx, &bw_x, &bw_gy,
+                        &bw_gw, &bw_gb})
+      add(op->internal);
+    for (Step* step : {&forward, &backward_data, &backward_weights}) add(step->scratchpad);
+  }
 };
 
 std::unique_ptr<Plan> make_plan(const Shape& s) {
@@ -158,27 +176,54 @@ std::unique_ptr<Plan> make_plan(const Shape& s) {
   plan->forward = Step(dnnl::convolution_forward(fwd_pd), fwd_pd);
   plan->backward_data = Step(dnnl::convolution_backward_data(bd_pd), bd_pd);
   plan->backward_weights = Step(dnnl::convolution_backward_weights(bw_pd), bw_pd);
-  plan->fwd_x = Operand(x_user, fwd_pd.src_desc());
-  plan->fwd_w = Operand(w_user, fwd_pd.weights_desc());
-  plan->fwd_b = Operand(b_user, fwd_pd.bias_desc());
-  plan->fwd_y = Operand(y_user, fwd_pd.dst_desc());
-  plan->bd_gy = Operand(y_user, bd_pd.diff_dst_desc());
-  plan->bd_w = Operand(w_user, bd_pd.weights_desc());
-  plan->bd_gx = Operand(x_user, bd_pd.diff_src_desc());
-  plan->bw_x = Operand(x_user, bw_pd.src_desc());
-  plan->bw_gy = Operand(y_user, bw_pd.diff_dst_desc());
-  plan->bw_gw = Operand(w_user, bw_pd.diff_weights_desc());
-  plan->bw_gb = Operand(b_user, bw_pd.diff_bias_desc());
+  // Buffers are shared within a role: x (fwd_x, bd_gx, bw_x), y (fwd_y, bd_gy, bw_gy) and w
+  // (fwd_w, bd_w, bw_gw). Each call uses one operand per role at a time, in order.
+  Plan& p = *plan;
+  p.fwd_x = Operand(x_user, fwd_pd.src_desc(), nullptr);
+  p.fwd_w = Operand(w_user, fwd_pd.weights_desc(), nullptr);
+  p.fwd_b = Operand(b_user, fwd_pd.bias_desc(), nullptr);
+  p.fwd_y = Operand(y_user, fwd_pd.dst_desc(), nullptr);
+  p.bd_gy = Operand(y_user, bd_pd.diff_dst_desc(), &p.fwd_y);
+  p.bd_w = Operand(w_user, bd_pd.weights_desc(), &p.fwd_w);
+  p.bd_gx = Operand(x_user, bd_pd.diff_src_desc(), &p.fwd_x);
+  p.bw_x = Operand(x_user, bw_pd.src_desc(), &p.fwd_x);
+  p.bw_gy = Operand(y_user, bw_pd.diff_dst_desc(), &p.bd_gy);
+  p.bw_gw = Operand(w_user, bw_pd.diff_weights_desc(), &p.bd_w);
+  p.bw_gb = Operand(b_user, bw_pd.diff_bias_desc(), nullptr);
+  p.count_bytes();
   return plan;
 }
 
-Plan& plan_for(const Shape& shape) {
-  static std::mutex cache_mutex;
-  static std::map<Shape, std::unique_ptr<Plan>> cache;
-  std::lock_guard<std::mutex> lock(cache_mutex);
-  auto& plan = cache[shape];
-  if (!plan) plan = make_plan(shape);
-  return *plan;
+// Plans are kept for reuse, least recently used first out once their buffers pass this budget
+// (an archset run meets thousands of shapes; one plan of a wide layer holds hundreds of MB).
+// Evicted plans still running elsewhere live on through their shared_ptr.
+size_t cache_budget_bytes() {
+  const char* mb = std::getenv("AC_JAX_ONEDNN_CACHE_MB");
+  return (mb != nullptr ? std::strtoull(mb, nullptr, 10) : 2048) << 20;
+}
+
+std::shared_ptr<Plan> plan_for(const Shape& shape) {
+  static std::mutex mutex;
+  static std::list<Shape> recency;  // most recent first
+  static std::map<Shape, std::pair<std::shared_ptr<Plan>, std::list<Shape>::iterator>> plans;
+  static size_t bytes = 0;
+  static const size_t budget = cache_budget_bytes();
+  std::lock_guard<std::mutex> lock(mutex);
+  if (auto found = plans.find(shape); found != plans.end()) {
+    recency.splice(recency.begin(), recency, found->second.second);
+    return found->second.first;
+  }
+  std::shared_ptr<Plan> plan = make_plan(shape);
+  recency.push_front(shape);
+  plans.emplace(shape, std::make_pair(plan, recency.begin()));
+  bytes += plan->bytes;
+  while (bytes > budget && plans.size() > 1) {
+    auto oldest = plans.find(recency.back());
+    bytes -= oldest->second.first->bytes;
+    plans.erase(oldest);
+    recency.pop_back();
+  }
+  return plan;
 }
 
 // Shape of one convolution and the number of leading (seed) indices, checked against all three
@@ -238,7 +283,8 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Bu
       err.failure())
     return err;
   return guarded([&] {
-    Plan& plan = plan_for(s);
+    std::shared_ptr<Plan> held = plan_for(s);
+    Plan& plan = *held;
     std::lock_guard<std::mutex> lock(plan.mutex);
     for (int64_t i = 0; i < seeds; ++i) {
       auto& src = plan.fwd_x.read(plan.stream, x.typed_data() + i * count(s, 'x'));
@@ -268,7 +314,8 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
       err.failure())
     return err;
   return guarded([&] {
-    Plan& plan = plan_for(s);
+    std::shared_ptr<Plan> held = plan_for(s);
+    Plan& plan = *held;
     std::lock_guard<std::mutex> lock(plan.mutex);
     for (int64_t i = 0; i < seeds; ++i) {
       float* gy_data = grad_y.typed_data() + i * count(s, 'y');
