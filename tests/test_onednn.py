@@ -148,3 +148,20 @@ print("ok")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def test_unavailable_library_warns_once_and_auto_falls_back(monkeypatch):
+    monkeypatch.setattr(onednn, "_state", {})
+    monkeypatch.setattr(onednn, "build", lambda: (_ for _ in ()).throw(RuntimeError("no g++")))
+    with pytest.warns(RuntimeWarning, match="fall back to im2col.*no g\\+\\+"):
+        assert not onednn.available()
+    assert onednn.reason() == "no g++"
+    assert conv_lib.auto_cpu_impl(jnp.zeros((1, 4, 4, 16)), jnp.zeros((3, 3, 16, 8))) == "im2col"
+
+
+def test_inconsistent_shapes_are_an_error_not_a_crash():
+    x, w, b = jnp.zeros((1, 5, 5, 16)), jnp.zeros((3, 3, 16, 8)), jnp.zeros(8)
+    wrong_out = jax.ShapeDtypeStruct((1, 4, 4, 8), jnp.float32)  # padding 1 keeps 5x5
+    call = jax.ffi.ffi_call(onednn.FORWARD, wrong_out)
+    with pytest.raises(Exception, match="output shape does not match"):
+        jax.block_until_ready(call(x, w, b, **onednn._attrs(1, 1, "auto")))

@@ -5,17 +5,19 @@
 // direct convolutions are what PyTorch uses on CPU. Built and loaded by ac_jax/child/onednn.py.
 //
 // Layouts (what XLA hands over, row-major): x [..., B, H, W, C], kernel [..., K, K, C, O],
-// bias [..., O], y [..., B, OH, OW, O]. The bias is added (and its gradient taken) inside the
-// convolution, which saves XLA a pass over the output. The leading dimensions (the vmapped seeds) must be equal on all operands;
-// each leading index is one independent convolution, run one after another. Activations and
-// weights are reordered to oneDNN's blocked layouts inside the call (its fast kernels need them).
-// Plans (primitives, blocked buffers) are cached per shape and guarded by a mutex each.
+// bias [..., O], y [..., B, OH, OW, O]. The leading dimensions (the vmapped seeds) must be equal
+// on all operands; each leading index is one independent convolution, run one after another. The
+// bias is added (and its gradient taken) inside the convolution, which saves XLA a pass over the
+// output. Activations and weights are reordered to oneDNN's blocked layouts inside the call (its
+// fast kernels need them). Plans (primitives, buffers) are cached per shape, a mutex each.
 
 #include <cstdint>
 #include <cstdlib>
 #include <list>
 #include <set>
 #include <map>
+#include <new>
+#include <stdexcept>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -255,12 +257,23 @@ ffi::Error read_shape(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
   return ffi::Error::Success();
 }
 
+// oneDNN failures become XLA errors (Python exceptions), never crashes; running out of memory
+// says so in the words the trainer classifies as "oom".
 template <typename Body>
 ffi::Error guarded(Body body) {
+  const auto out_of_memory = [](const std::string& what) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      "Out of memory in the oneDNN convolution: " + what);
+  };
   try {
     body();
   } catch (const dnnl::error& e) {
+    if (e.status == dnnl_out_of_memory) return out_of_memory(e.what());
     return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  } catch (const std::bad_alloc& e) {
+    return out_of_memory(e.what());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("oneDNN convolution: ") + e.what());
   }
   return ffi::Error::Success();
 }
