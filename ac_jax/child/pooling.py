@@ -20,32 +20,35 @@ import jax.numpy as jnp
 from ac_jax.child.conv import window_slices
 
 
+def _pad(x, padding: int):
+    """-inf padding along H and W (PyTorch's MaxPool2d padding)."""
+    if not padding:
+        return x
+    return jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
+                   constant_values=-jnp.inf)
+
+
 def strided_max_pool(x, kernel_size: int, stride: int, padding: int):
     """``[B, H, W, C]`` max pool as the maximum over the window's k*k strided slices."""
     k, s = kernel_size, stride
-    if padding:
-        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
-                    constant_values=-jnp.inf)
+    x = _pad(x, padding)
     out_h = (x.shape[1] - k) // s + 1
     out_w = (x.shape[2] - k) // s + 1
     return functools.reduce(jnp.maximum, window_slices(x, k, s, out_h, out_w))
 
 
-def _pad_and_window(x, k: int, padding: int):
-    """-inf padding and the number of whole k x k windows along H and W."""
-    if padding:
-        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
-                    constant_values=-jnp.inf)
-    return x, x.shape[1] // k, x.shape[2] // k
+def _index_dtype(k: int):
+    return jnp.int8 if k * k <= 127 else jnp.int32
 
 
-def _first_max(slices):
-    """Elementwise maximum of `slices` and the index of the first slice holding it."""
-    best, index = slices[0], jnp.zeros(slices[0].shape, jnp.int8)
+def _first_max(slices, k: int):
+    """Elementwise maximum of the k*k `slices` and the index of the first slice holding it."""
+    dtype = _index_dtype(k)
+    best, index = slices[0], jnp.zeros(slices[0].shape, dtype)
     for n, candidate in enumerate(slices[1:], start=1):
         take = candidate > best
         best = jnp.where(take, candidate, best)
-        index = jnp.where(take, jnp.int8(n), index)
+        index = jnp.where(take, jnp.asarray(n, dtype), index)
     return best, index
 
 
@@ -54,7 +57,7 @@ def tiled_max_pool(x, kernel_size: int, padding: int):
 
     Same values as `strided_max_pool`. Its gradient goes to the first maximum of each window in
     row-major order, as PyTorch's MaxPool2d does, and is computed in one elementwise pass: the
-    window's argmax (int8, saved by the forward) compared with each pixel's position in its
+    window's argmax (int8 up to 11x11 windows, saved by the forward) compared with each pixel's position in its
     window. Autodiff of the slices instead builds the gradient from k*k padded scatters, which XLA
     fuses with the recomputed BatchNorm/ReLU forward k*k times over (101 ms per 2x2 pool of
     [5, 64, 28, 28, 64] inside a CONV-7 step on the 2-core CPU)."""
@@ -67,13 +70,14 @@ def _tiled(x, k: int, padding: int, in_h: int, in_w: int):
 
 
 def _tiled_forward(x, k: int, padding: int, in_h: int, in_w: int):
-    padded, out_h, out_w = _pad_and_window(x, k, padding)
-    return _first_max(window_slices(padded, k, k, out_h, out_w))
+    padded = _pad(x, padding)
+    out_h, out_w = padded.shape[1] // k, padded.shape[2] // k  # whole windows
+    return _first_max(window_slices(padded, k, k, out_h, out_w), k)
 
 
 def _tiled_backward(k: int, padding: int, in_h: int, in_w: int, index, grad_y):
     b, out_h, out_w, c = grad_y.shape
-    position = (jnp.arange(k)[:, None] * k + jnp.arange(k)[None, :]).astype(jnp.int8)
+    position = (jnp.arange(k)[:, None] * k + jnp.arange(k)[None, :]).astype(_index_dtype(k))
     position = position.reshape(1, 1, k, 1, k, 1)  # each pixel's index within its window
     hit = index[:, :, None, :, None, :] == position
     grad = jnp.where(hit, grad_y[:, :, None, :, None, :], 0).astype(grad_y.dtype)
