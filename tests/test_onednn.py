@@ -1,5 +1,6 @@
 """The oneDNN convolution (XLA FFI): same values and gradients as the im2col and XLA
-convolutions, under vmap, jit and lax.scan; training with it matches the im2col path; builds fail with a clear error.
+convolutions, under vmap, jit and lax.scan; training with it matches the im2col path; builds
+fail with a clear error.
 
 Skipped where the library cannot be built (no g++ or no `libdnnl-dev`), unless
 AC_JAX_REQUIRE_ONEDNN=1 (set by .ci/run) turns that into a failure.

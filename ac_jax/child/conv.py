@@ -15,6 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from ac_jax.arch.shapes import conv_output_size
 from ac_jax.child import onednn
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
@@ -74,8 +75,7 @@ _conv_im2col_grad.defvjp(_forward, _backward)
 def _im2col_conv(x, kernel, stride: int, padding: int):
     k, _, c, o = kernel.shape
     b, h, w, _ = x.shape
-    out_h = (h + 2 * padding - k) // stride + 1
-    out_w = (w + 2 * padding - k) // stride + 1
+    out_h, out_w = (conv_output_size(n, k, stride, padding) for n in (h, w))
     patches = image_patches(x, k, stride, padding, out_h, out_w)
     return (patches.reshape(-1, k * k * c) @ kernel.reshape(k * k * c, o)).reshape(
         b, out_h, out_w, o

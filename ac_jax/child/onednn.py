@@ -1,4 +1,4 @@
-"""Direct 2-D convolutions on CPU through oneDNN, called from XLA as FFI custom calls.
+"""2-D convolutions on CPU through oneDNN, called from XLA as FFI custom calls.
 
 XLA:CPU has no fast direct convolution for the seeds-vmapped case: its own convolution becomes a
 grouped convolution it runs as a naive loop, and the im2col route (`conv.py`) copies every
@@ -29,6 +29,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ac_jax.arch.shapes import conv_output_size
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 FORWARD, BACKWARD = "ac_jax_onednn_conv_forward", "ac_jax_onednn_conv_backward"
@@ -121,10 +123,6 @@ def reason() -> str:
     return _state.get("reason", "")
 
 
-def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 ALGORITHMS = {"direct": 0, "auto": 1}
 
 
@@ -144,15 +142,15 @@ def _forward_call(x, kernel, bias, stride: int, padding: int, algorithm: str):
     _require()
     b, h, w, _ = x.shape
     k, _, _, o = kernel.shape
-    out = jax.ShapeDtypeStruct(
-        (b, _out_size(h, k, stride, padding), _out_size(w, k, stride, padding), o), jnp.float32
-    )
+    out_h, out_w = (conv_output_size(n, k, stride, padding) for n in (h, w))
+    out = jax.ShapeDtypeStruct((b, out_h, out_w, o), jnp.float32)
     call = jax.ffi.ffi_call(FORWARD, out, vmap_method="broadcast_all")
     return call(x, kernel, bias, **_attrs(stride, padding, algorithm))
 
 
 def _backward_call(x, kernel, grad_y, stride: int, padding: int, algorithm: str):
-    outs = tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in (x.shape, kernel.shape, kernel.shape[-1:]))
+    shapes = (x.shape, kernel.shape, kernel.shape[-1:])  # input, kernel and bias gradients
+    outs = tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
     call = jax.ffi.ffi_call(BACKWARD, outs, vmap_method="broadcast_all")
     return call(x, kernel, grad_y, **_attrs(stride, padding, algorithm))
 

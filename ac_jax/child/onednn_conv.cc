@@ -23,6 +23,7 @@
 #include <string>
 #include <tuple>
 #include <unordered_map>
+#include <utility>
 
 #include "dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -56,6 +57,10 @@ struct Shape {
   bool operator<(const Shape& other) const { return tie() < other.tie(); }
   int64_t out_h() const { return (height + 2 * padding - kernel) / stride + 1; }
   int64_t out_w() const { return (width + 2 * padding - kernel) / stride + 1; }
+  // Elements of one seed's x, kernel and y.
+  int64_t x_size() const { return batch * height * width * channels; }
+  int64_t w_size() const { return kernel * kernel * channels * features; }
+  int64_t y_size() const { return batch * out_h() * out_w() * features; }
 };
 
 dnnl::engine& cpu_engine() {
@@ -278,104 +283,98 @@ ffi::Error guarded(Body body) {
   return ffi::Error::Success();
 }
 
-int64_t count(const Shape& s, char which) {
-  switch (which) {
-    case 'x': return s.batch * s.height * s.width * s.channels;
-    case 'w': return s.kernel * s.kernel * s.channels * s.features;
-    default: return s.batch * s.out_h() * s.out_w() * s.features;
-  }
-}
-
-ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
-                       ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t padding,
-                       int64_t algorithm) {
+// What both handlers do around their per-seed loop: check the shapes, take the shape's plan
+// (locked for the call), run `body(plan, shape, seed)` for every seed, wait for the stream.
+template <typename Body>
+ffi::Error for_each_seed(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+                         ffi::Span<const int64_t> b, ffi::Span<const int64_t> y, int64_t stride,
+                         int64_t padding, int64_t algorithm, Body body) {
   Shape s;
   int64_t seeds;
-  if (auto err = read_shape(x.dimensions(), w.dimensions(), b.dimensions(), y->dimensions(),
-                            stride, padding, algorithm, &s, &seeds);
-      err.failure())
+  if (auto err = read_shape(x, w, b, y, stride, padding, algorithm, &s, &seeds); err.failure())
     return err;
   return guarded([&] {
     std::shared_ptr<Plan> held = plan_for(s);
-    Plan& plan = *held;
-    std::lock_guard<std::mutex> lock(plan.mutex);
-    for (int64_t i = 0; i < seeds; ++i) {
-      auto& src = plan.fwd_x.read(plan.stream, x.typed_data() + i * count(s, 'x'));
-      auto& wei = plan.fwd_w.read(plan.stream, w.typed_data() + i * count(s, 'w'));
-      auto& bias = plan.fwd_b.read(plan.stream, b.typed_data() + i * s.features);
-      auto& dst = plan.fwd_y.write(y->typed_data() + i * count(s, 'y'));
-      plan.forward.run(plan.stream, {{DNNL_ARG_SRC, src},
-                                     {DNNL_ARG_WEIGHTS, wei},
-                                     {DNNL_ARG_BIAS, bias},
-                                     {DNNL_ARG_DST, dst}});
-      plan.fwd_y.flush(plan.stream);
-    }
-    plan.stream.wait();
+    std::lock_guard<std::mutex> lock(held->mutex);
+    for (int64_t i = 0; i < seeds; ++i) body(*held, s, i);
+    held->stream.wait();
   });
+}
+
+using Buffer = ffi::Buffer<ffi::F32>;
+using Result = ffi::ResultBuffer<ffi::F32>;
+
+ffi::Error ForwardImpl(Buffer x, Buffer w, Buffer b, Result y, int64_t stride, int64_t padding,
+                       int64_t algorithm) {
+  return for_each_seed(
+      x.dimensions(), w.dimensions(), b.dimensions(), y->dimensions(), stride, padding,
+      algorithm, [&](Plan& plan, const Shape& s, int64_t i) {
+        auto& src = plan.fwd_x.read(plan.stream, x.typed_data() + i * s.x_size());
+        auto& wei = plan.fwd_w.read(plan.stream, w.typed_data() + i * s.w_size());
+        auto& bias = plan.fwd_b.read(plan.stream, b.typed_data() + i * s.features);
+        auto& dst = plan.fwd_y.write(y->typed_data() + i * s.y_size());
+        plan.forward.run(plan.stream, {{DNNL_ARG_SRC, src},
+                                       {DNNL_ARG_WEIGHTS, wei},
+                                       {DNNL_ARG_BIAS, bias},
+                                       {DNNL_ARG_DST, dst}});
+        plan.fwd_y.flush(plan.stream);
+      });
 }
 
 // All gradients in one call: they share the reordered output gradient, and one call keeps
 // XLA from running two oneDNN thread teams side by side on the same cores.
-ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                        ffi::Buffer<ffi::F32> grad_y, ffi::ResultBuffer<ffi::F32> grad_x,
-                        ffi::ResultBuffer<ffi::F32> grad_w, ffi::ResultBuffer<ffi::F32> grad_b,
-                        int64_t stride, int64_t padding, int64_t algorithm) {
-  Shape s;
-  int64_t seeds;
-  if (auto err = read_shape(x.dimensions(), w.dimensions(), grad_b->dimensions(),
-                            grad_y.dimensions(), stride, padding, algorithm, &s, &seeds);
-      err.failure())
-    return err;
-  return guarded([&] {
-    std::shared_ptr<Plan> held = plan_for(s);
-    Plan& plan = *held;
-    std::lock_guard<std::mutex> lock(plan.mutex);
-    for (int64_t i = 0; i < seeds; ++i) {
-      float* gy_data = grad_y.typed_data() + i * count(s, 'y');
-      auto& gy = plan.bd_gy.read(plan.stream, gy_data);
-      auto& wei = plan.bd_w.read(plan.stream, w.typed_data() + i * count(s, 'w'));
-      auto& gx = plan.bd_gx.write(grad_x->typed_data() + i * count(s, 'x'));
-      plan.backward_data.run(
-          plan.stream, {{DNNL_ARG_DIFF_DST, gy}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DIFF_SRC, gx}});
-      plan.bd_gx.flush(plan.stream);
+ffi::Error BackwardImpl(Buffer x, Buffer w, Buffer grad_y, Result grad_x, Result grad_w,
+                        Result grad_b, int64_t stride, int64_t padding, int64_t algorithm) {
+  return for_each_seed(
+      x.dimensions(), w.dimensions(), grad_b->dimensions(), grad_y.dimensions(), stride, padding,
+      algorithm, [&](Plan& plan, const Shape& s, int64_t i) {
+        float* gy_data = grad_y.typed_data() + i * s.y_size();
+        auto& gy = plan.bd_gy.read(plan.stream, gy_data);
+        auto& wei = plan.bd_w.read(plan.stream, w.typed_data() + i * s.w_size());
+        auto& gx = plan.bd_gx.write(grad_x->typed_data() + i * s.x_size());
+        plan.backward_data.run(plan.stream, {{DNNL_ARG_DIFF_DST, gy},
+                                             {DNNL_ARG_WEIGHTS, wei},
+                                             {DNNL_ARG_DIFF_SRC, gx}});
+        plan.bd_gx.flush(plan.stream);
 
-      auto& src = plan.bw_x.read(plan.stream, x.typed_data() + i * count(s, 'x'));
-      // Same layout for both gradients (the usual case): reuse the copy already made.
-      const bool same_layout = plan.bw_gy.internal.get_desc() == plan.bd_gy.internal.get_desc();
-      auto& gy_w = same_layout ? gy : plan.bw_gy.read(plan.stream, gy_data);
-      auto& gw = plan.bw_gw.write(grad_w->typed_data() + i * count(s, 'w'));
-      auto& gb = plan.bw_gb.write(grad_b->typed_data() + i * s.features);
-      plan.backward_weights.run(plan.stream, {{DNNL_ARG_SRC, src},
-                                              {DNNL_ARG_DIFF_DST, gy_w},
-                                              {DNNL_ARG_DIFF_WEIGHTS, gw},
-                                              {DNNL_ARG_DIFF_BIAS, gb}});
-      plan.bw_gw.flush(plan.stream);
-      plan.bw_gb.flush(plan.stream);
-    }
-    plan.stream.wait();
-  });
+        auto& src = plan.bw_x.read(plan.stream, x.typed_data() + i * s.x_size());
+        // Same layout for both gradients (the usual case): reuse the copy already made.
+        const bool same_layout = plan.bw_gy.internal.get_desc() == plan.bd_gy.internal.get_desc();
+        auto& gy_w = same_layout ? gy : plan.bw_gy.read(plan.stream, gy_data);
+        auto& gw = plan.bw_gw.write(grad_w->typed_data() + i * s.w_size());
+        auto& gb = plan.bw_gb.write(grad_b->typed_data() + i * s.features);
+        plan.backward_weights.run(plan.stream, {{DNNL_ARG_SRC, src},
+                                                {DNNL_ARG_DIFF_DST, gy_w},
+                                                {DNNL_ARG_DIFF_WEIGHTS, gw},
+                                                {DNNL_ARG_DIFF_BIAS, gb}});
+        plan.bw_gw.flush(plan.stream);
+        plan.bw_gb.flush(plan.stream);
+      });
+}
+
+// Both handlers take (stride, padding, algorithm) after their buffers.
+template <typename Binding>
+auto with_conv_attrs(Binding&& binding) {  // Binding's methods are rvalue-only
+  return std::move(binding)
+      .template Attr<int64_t>("stride")
+      .template Attr<int64_t>("padding")
+      .template Attr<int64_t>("algorithm");
 }
 
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AcJaxConvForward, ForwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("padding")
-                                  .Attr<int64_t>("algorithm"));
+                              with_conv_attrs(ffi::Ffi::Bind()
+                                                  .Arg<Buffer>()    // x
+                                                  .Arg<Buffer>()    // kernel
+                                                  .Arg<Buffer>()    // bias
+                                                  .Ret<Buffer>()));  // y
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AcJaxConvBackward, BackwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("padding")
-                                  .Attr<int64_t>("algorithm"));
+                              with_conv_attrs(ffi::Ffi::Bind()
+                                                  .Arg<Buffer>()    // x
+                                                  .Arg<Buffer>()    // kernel
+                                                  .Arg<Buffer>()    // grad y
+                                                  .Ret<Buffer>()    // grad x
+                                                  .Ret<Buffer>()    // grad kernel
+                                                  .Ret<Buffer>()));  // grad bias

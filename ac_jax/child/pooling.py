@@ -57,10 +57,10 @@ def tiled_max_pool(x, kernel_size: int, padding: int):
 
     Same values as `strided_max_pool`. Its gradient goes to the first maximum of each window in
     row-major order, as PyTorch's MaxPool2d does, and is computed in one elementwise pass: the
-    window's argmax (int8 up to 11x11 windows, saved by the forward) compared with each pixel's position in its
-    window. Autodiff of the slices instead builds the gradient from k*k padded scatters, which XLA
-    fuses with the recomputed BatchNorm/ReLU forward k*k times over (101 ms per 2x2 pool of
-    [5, 64, 28, 28, 64] inside a CONV-7 step on the 2-core CPU)."""
+    window's argmax (int8 up to 11x11 windows, saved by the forward) compared with each pixel's
+    position in its window. Autodiff of the slices instead builds the gradient from k*k padded
+    scatters, which XLA fuses with the recomputed BatchNorm/ReLU forward k*k times over (101 ms
+    per 2x2 pool of [5, 64, 28, 28, 64] inside a CONV-7 step on the 2-core CPU)."""
     return _tiled(x, kernel_size, padding, x.shape[1], x.shape[2])
 
 
