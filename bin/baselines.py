@@ -72,7 +72,7 @@ def parse_target(text: str, teacher, input_shape, num_classes):
 
 def check_target(count: int, teacher) -> int:
     if count < 1:
-        raise ValueError(f"the target must have at least one parameter, got {text!r}")
+        raise ValueError(f"the target must have at least one parameter, got {count}")
     if count >= teacher.num_params:
         raise ValueError(
             f"the target ({count:,} parameters) is not smaller than the teacher "

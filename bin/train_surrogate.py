@@ -7,13 +7,16 @@
 Resumable: rerun the same command after a kill and it continues from the last checkpoint in --out.
 After the archset grew, resuming is refused (the checkpoint saw other data): pass --fresh to
 delete the run directory and train from scratch.
-At the end it prints held-out metrics and exports the weights to --export (default
-surrogates/<dataset>/), where bin/compress.py looks for them.
+At the end it prints held-out metrics and exports the weights to --export-to (default
+surrogates/<dataset>/, where bin/compress.py looks for them). An export never replaces what is
+already there (the shipped surrogate, say) unless --force is given:
+
+  python bin/train_surrogate.py --dataset fashion_mnist --variant cpu --export-to surrogates/mine
+  python bin/train_surrogate.py --dataset fashion_mnist --variant cpu --force   # replace shipped
 """
 
 import argparse
 import dataclasses
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -28,7 +31,10 @@ def main(argv=None) -> int:
     cli.add_config_args(parser)
     parser.add_argument("--archset", nargs="+", help="archset file(s) (default: the config's)")
     parser.add_argument("--out", help="run directory with checkpoints (default runs/surrogate/<name>)")
-    parser.add_argument("--export", help="where to put the trained weights (default surrogates/<dataset>)")
+    parser.add_argument("--export-to", "--export", dest="export",
+                        help="where to put the trained weights (default surrogates/<dataset>)")
+    parser.add_argument("--force", action="store_true",
+                        help="let the export replace a surrogate already at its target")
     parser.add_argument("--no-export", action="store_true")
     parser.add_argument("--fresh", action="store_true",
                         help="delete the run directory first (no resume)")
@@ -61,6 +67,12 @@ def main(argv=None) -> int:
         "archsets": [str(p) for p in paths],
         "num_records": int(len(arrays.accuracy)),
     }
+    export = Path(args.export) if args.export else cli.repo_path(f"surrogates/{cfg.dataset}")
+    if not args.no_export and not args.force and checkpoint.export_target_occupied(export):
+        # Refused before training, not after it: the shipped surrogate is data too.
+        sys.exit(f"error: {export} already holds a surrogate; an export would replace it.\n"
+                 "Export elsewhere with --export-to DIR, replace it with --force, or train "
+                 "without exporting with --no-export.")
     if args.fresh and run_dir.exists():
         shutil.rmtree(run_dir)
         print(f"removed {run_dir} (--fresh)")
@@ -72,8 +84,13 @@ def main(argv=None) -> int:
     print(f"trained to step {outcome.step} in {outcome.seconds:.0f} s; run directory {run_dir}")
     print(format_metrics(outcome.metrics, outcome.train_metrics))
     if not args.no_export:
-        export = Path(args.export) if args.export else cli.repo_path(f"surrogates/{cfg.dataset}")
-        checkpoint.export(run_dir, export)
+        try:
+            checkpoint.export(run_dir, export, overwrite=args.force)
+        except checkpoint.ExportExistsError:
+            sys.exit(f"error: {export} already holds a surrogate and was left as it is; the "
+                     f"trained run is in {run_dir}.\nExport it elsewhere with --export-to DIR, "
+                     "or replace it with --force (rerunning the same command resumes, then "
+                     "exports).")
         print(f"exported to {export}")
     return 0
 

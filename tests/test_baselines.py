@@ -52,6 +52,8 @@ from ac_jax.child.model import ChildNet, count_params
 from ac_jax.child.trainer import TrainResult, TrainSchedule, to_device
 from ac_jax.data import load
 
+from conftest import TEST_SEED
+
 SCHEDULE = TrainSchedule(epochs=1, batch_size=32, lr=0.01, eval_batch_size=128)
 REPO = Path(__file__).resolve().parent.parent
 # The package exports functions named like their modules (n2n, random_search...).
@@ -66,9 +68,18 @@ def data():
 
 @pytest.fixture(scope="module")
 def teacher(data):
-    net = train_network(zoo.tinycnn(), data, SCHEDULE, seed=0)
-    assert not net.diverged and net.accuracy > 0.5
-    return net
+    # Two epochs (the same compiled step, 16 more steps). Nothing here asserts how well it
+    # learned: the pruning and distillation tests need a trained network, not a good one, and
+    # an assertion in a fixture would fail every test that uses it.
+    return train_network(zoo.tinycnn(), data, dataclasses.replace(SCHEDULE, epochs=2),
+                         seed=TEST_SEED)
+
+
+def test_the_baselines_training_loop_learns(teacher):
+    # Chance is 0.25. Over 22 seeds (0-15, 100, 101, 200, 201, 300, 301; 2026-12-01, 2-core
+    # Intel) these two epochs reached 0.996-1.0 (one epoch: 0.75-1.0 over seeds 0-15, hence two);
+    # 0.6 leaves a margin no seed came near.
+    assert not teacher.diverged and teacher.accuracy > 0.6
 
 
 @pytest.fixture(scope="module")
@@ -199,11 +210,21 @@ def test_thin_student_is_the_widest_under_the_budget():
 
 def test_distillation_and_scratch_runs(teacher, data):
     student = width_scaled_to(teacher.arch, teacher.arch.num_params // 3)
-    results = distill(teacher, student, data, SCHEDULE, DistillConfig(hint_epochs=1))
+    results = distill(teacher, student, data, SCHEDULE, DistillConfig(hint_epochs=1,
+                                                                      seeds=(TEST_SEED,)))
     assert set(results) == {"kd", "scratch", "fitnets"}
     for result in results.values():
-        assert result.arch == student and 0.0 <= result.accuracy <= 1.0
-    assert results["fitnets"].details["final_hint_loss"][0] >= 0
+        assert result.arch == student and result.num_params == student.num_params
+        # The reported accuracy is that of the weights returned (one seed: its own accuracy).
+        assert result.accuracy == evaluate(student, result.variables, data, SCHEDULE)
+        assert count_params(result.variables["params"]) == student.num_params
+    # KD and from-scratch start from the same initialisation and data order (same seed) and
+    # differ in the loss only, so their weights differ; the hint stage changes FitNets' start.
+    leaves = {name: jax.tree.leaves(r.variables["params"]) for name, r in results.items()}
+    for a, b in (("kd", "scratch"), ("kd", "fitnets")):
+        assert any(not np.array_equal(x, y) for x, y in zip(leaves[a], leaves[b])), (a, b)
+    hint_loss = results["fitnets"].details["final_hint_loss"][0]
+    assert np.isfinite(hint_loss) and hint_loss >= 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,7 +329,8 @@ def test_n2n_learns_to_compress(data, monkeypatch):
     _FakeTrainer.trained = []
     teacher = zoo.conv7((12, 12, 1), 4)
     target = teacher.num_params // 4
-    cfg = N2NConfig(stage1_episodes=25, stage2_episodes=5, rollouts=4, hidden=16, lr=0.03)
+    cfg = N2NConfig(stage1_episodes=25, stage2_episodes=5, rollouts=4, hidden=16, lr=0.03,
+                    seed=TEST_SEED)
     result = n2n(teacher, data, SCHEDULE, target, cfg, teacher_accuracy=0.9)
     _valid_within(result.arch, target)
     assert result.within_budget and result.accuracy == 0.9
@@ -316,6 +338,8 @@ def test_n2n_learns_to_compress(data, monkeypatch):
     log = result.details["rollouts"]
     assert {r["stage"] for r in log} == {"removal", "shrinkage"}
     # With equal accuracies the reward is C(2 - C): the removal policy must learn to remove.
+    # Over policy seeds 0-9 (2026-12-01) the mean reward of the last 5 episodes exceeded that of
+    # the first 5 by 0.22-1.10 (rewards lie in [-1, 1]); no seed came close to no gain.
     first = np.mean([r["reward"] for r in log if r["stage"] == "removal" and r["episode"] < 5])
     last = np.mean([r["reward"] for r in log if r["stage"] == "removal" and r["episode"] >= 20])
     assert last > first
@@ -341,6 +365,8 @@ def test_target_parsing(bin_baselines, tmp_path):
         student.num_params, student)
     with pytest.raises(ValueError, match="not smaller than the teacher"):
         bin_baselines.parse_target("5000", teacher, (12, 12, 1), 4)
+    with pytest.raises(ValueError, match="at least one parameter"):
+        bin_baselines.parse_target("0", teacher, (12, 12, 1), 4)
     with pytest.raises(ValueError, match="no such file"):
         bin_baselines.parse_target(str(tmp_path / "missing.json"), teacher, (12, 12, 1), 4)
 

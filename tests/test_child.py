@@ -7,12 +7,20 @@ import jax
 import numpy as np
 import pytest
 
+from ac_jax.arch import shapes
 from ac_jax.arch.spec import Arch, batchnorm, conv, dropout, linear, maxpool, relu
 from ac_jax.child import trainer as trainer_lib
 from ac_jax.child.trainer import ChildTrainer, TrainSchedule, to_device
 from ac_jax.data import load
 
+from conftest import training_seeds
+
 SCHEDULE = TrainSchedule(epochs=2, batch_size=32, lr=0.01, eval_batch_size=128)
+# Two SGD steps: numerics tests compare programs that compute the same function with different
+# float orderings; over few plain-gradient steps their difference stays at rounding level (no
+# Adam normalisation that turns a rounding-sized gradient into a full-sized step).
+TWO_STEPS = TrainSchedule(epochs=1, batch_size=32, lr=0.01, optimizer="sgd", train_subset=64,
+                          eval_batch_size=128)
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +43,14 @@ def small_arch(ds):
 
 def test_tiny_config_learns_and_traces_once(synthetic, data):
     trainer_lib.TRACE_COUNTS.clear()
-    result = ChildTrainer(data, SCHEDULE, 3).train(small_arch(synthetic), [0, 1, 2])
+    result = ChildTrainer(data, SCHEDULE, 3).train(small_arch(synthetic), training_seeds(3))
     assert result.ok, result.reason
     assert len(result.seed_accuracies) == 3
-    chance = 1 / synthetic.num_classes
-    assert result.mean_accuracy > chance + 0.4
+    # Learning, with a margin no seed crosses: chance is 0.25; every one of 48 training seeds
+    # reached >= 0.996 after these 2 epochs (2026-12-01, 2-core Intel: seeds 0-15 as a user's
+    # run compiles, seeds 100-131 as the suite compiles and with XLA and oneDNN capped at AVX2).
+    # 0.6 is far below that and far above chance.
+    assert min(result.seed_accuracies) > 0.6
     # The whole run (2 epochs x 16 steps x 3 seeds, then evaluation) is one traced program.
     assert trainer_lib.TRACE_COUNTS["program"] == 1
     assert trainer_lib.TRACE_COUNTS["train_step"] == 1
@@ -55,19 +66,22 @@ def test_program_is_reused_across_seed_sets(synthetic, data):
     assert first.shape == second.shape == (2,)
 
 
-def test_vmapped_seeds_differ_and_match_single_seed_runs(synthetic, data):
+def test_vmapped_seeds_differ_and_match_single_seed_runs(synthetic):
     arch = small_arch(synthetic)
-    together = ChildTrainer(data, SCHEDULE, 3).train(arch, [0, 1, 2])
+    data = to_device(synthetic, TWO_STEPS)
+    seeds = training_seeds(3)
+    together = ChildTrainer(data, TWO_STEPS, 3).train(arch, seeds)
     losses = np.array(together.epoch_losses)
-    assert len({round(v, 6) for v in losses[:, 0]}) == 3  # seeds really differ
-    alone = ChildTrainer(data, SCHEDULE, 1).train(arch, [1])
-    np.testing.assert_allclose(alone.epoch_losses[0], losses[1], rtol=2e-4)
-    assert abs(alone.seed_accuracies[0] - together.seed_accuracies[1]) <= 2 / 256
+    # Seeds really differ: each initialises its own weights and data order, so their losses
+    # differ by far more than rounding (about 0.1 here; rounding moves them by ~1e-7).
+    assert np.ptp(losses[:, 0]) > 1e-3
+    # Vmapped or alone, a seed is the same computation up to float reordering.
+    alone = ChildTrainer(data, TWO_STEPS, 1).train(arch, seeds[1:2])
+    np.testing.assert_allclose(alone.epoch_losses[0], losses[1], rtol=1e-5)
     # Seeds one after another inside the program give the same numbers as vmapped seeds.
-    mapped = ChildTrainer(data, dataclasses.replace(SCHEDULE, seed_axis="map"), 3).train(
-        arch, [0, 1, 2]
-    )
-    np.testing.assert_allclose(np.array(mapped.epoch_losses), losses, rtol=2e-4)
+    mapped = ChildTrainer(data, dataclasses.replace(TWO_STEPS, seed_axis="map"), 3).train(
+        arch, seeds)
+    np.testing.assert_allclose(np.array(mapped.epoch_losses), losses, rtol=1e-5)
 
 
 def test_diverging_network_is_reported_not_raised(synthetic, data):
@@ -79,15 +93,42 @@ def test_diverging_network_is_reported_not_raised(synthetic, data):
     assert "non-finite training loss" in result.reason
 
 
-def test_invalid_architecture_is_reported(synthetic, data):
+def test_invalid_architecture_raises_instead_of_becoming_a_record(synthetic, data):
     bad = Arch(synthetic.input_shape, synthetic.num_classes, (conv(3, 4), linear(99)))
-    result = ChildTrainer(data, SCHEDULE, 1).train(bad, [0])
-    assert result.status == "error" and "invalid architecture" in result.reason
+    with pytest.raises(shapes.InvalidArchError, match="classes|Linear"):
+        ChildTrainer(data, SCHEDULE, 1).train(bad, [0])
 
 
-def test_out_of_memory_is_classified():
-    status, reason = trainer_lib._classify_error(
-        RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.1GiB")
-    )
+def test_running_out_of_memory_is_recorded(synthetic):
+    # A Linear of 2^30 outputs needs ~30 TB of weights: XLA's allocation fails for real.
+    schedule = dataclasses.replace(TWO_STEPS, optimizer="adam")
+    huge = Arch(synthetic.input_shape, synthetic.num_classes,
+                (conv(3, 8, 1, 1), linear(2**30), linear(synthetic.num_classes)))
+    result = ChildTrainer(to_device(synthetic, schedule), schedule, 1).train(huge, [0])
+    assert result.status == "oom" and "out of memory" in result.reason
+    assert result.seed_accuracies == () and result.epoch_losses == ()
+
+
+def test_a_bug_raises_instead_of_becoming_a_record(synthetic, data, monkeypatch):
+    trainer = ChildTrainer(data, SCHEDULE, 1)
+
+    def broken_compile(arch):
+        raise TypeError("unsupported operand type(s)")  # what a programming error looks like
+
+    monkeypatch.setattr(trainer, "compile", broken_compile)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        trainer.train(small_arch(synthetic), [0])
+    # An XLA error that is not about memory (a bad kernel, say) is not a network's failure.
+    not_memory = jax.errors.JaxRuntimeError("INTERNAL: something broke")
+    monkeypatch.setattr(trainer, "compile", lambda arch: (_ for _ in ()).throw(not_memory))
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+        trainer.train(small_arch(synthetic), [0])
+
+
+def test_failure_classification():
+    oom = jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.1GiB")
+    status, reason = trainer_lib.classify_failure(oom)
     assert status == "oom" and "out of memory" in reason
-    assert trainer_lib._classify_error(ValueError("boom"))[0] == "error"
+    assert trainer_lib.classify_failure(MemoryError())[0] == "oom"
+    assert trainer_lib.classify_failure(ValueError("RESOURCE_EXHAUSTED")) is None  # not from XLA
+    assert trainer_lib.classify_failure(jax.errors.JaxRuntimeError("INVALID_ARGUMENT: x")) is None

@@ -100,8 +100,15 @@ def test_auto_picks_onednn_for_wide_float32_layers_only(monkeypatch):
 
 
 def test_training_with_onednn_matches_im2col():
+    from conftest import training_seeds
+
     dataset = load("synthetic")
-    schedule = TrainSchedule(epochs=1, batch_size=32, lr=0.003, eval_batch_size=128)
+    # Three plain-SGD steps: both programs compute the same function with different float
+    # orderings (Winograd included), so their losses agree to rounding level; longer training,
+    # or Adam (whose first step is ~sign(gradient)), would amplify rounding into real
+    # differences on some CPUs and seeds.
+    schedule = TrainSchedule(epochs=1, batch_size=32, lr=0.01, optimizer="sgd", train_subset=96,
+                             eval_batch_size=128)
     data = to_device(dataset, schedule)
     arch = Arch(dataset.input_shape, dataset.num_classes,
                 (conv(3, 16, 1, 1), relu(), conv(3, 24, 1, 1), batchnorm(), relu(), maxpool(2),
@@ -109,12 +116,10 @@ def test_training_with_onednn_matches_im2col():
     results = {}
     for impl in ("onednn", "im2col"):  # onednn_direct: same code path, other algorithm
         run = ChildTrainer(data, dataclasses.replace(schedule, conv_impl=impl), 2)
-        results[impl] = run.train(arch, [0, 1])
+        results[impl] = run.train(arch, training_seeds(2))
         assert results[impl].ok, results[impl].reason
     np.testing.assert_allclose(np.array(results["onednn"].epoch_losses),
-                               np.array(results["im2col"].epoch_losses), rtol=1e-4)
-    assert results["onednn"].seed_accuracies == pytest.approx(
-        results["im2col"].seed_accuracies, abs=2 / 256)
+                               np.array(results["im2col"].epoch_losses), rtol=1e-5)
 
 
 def test_failed_build_is_a_clear_error(monkeypatch, tmp_path):

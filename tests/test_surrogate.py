@@ -16,7 +16,7 @@ from ac_jax.arch.sampler import sample
 from ac_jax.archset.store import load_arrays
 from ac_jax.surrogate import checkpoint
 from ac_jax.surrogate.encoding import decode_features, encode_matrices
-from ac_jax.surrogate.model import Regressor, Surrogate, SurrogateArch
+from ac_jax.surrogate.model import Regressor, SurrogateArch
 from ac_jax.surrogate.train import (
     Normaliser,
     holdout_mask,
@@ -111,13 +111,17 @@ def test_holdout_split_is_stable_when_the_archset_grows():
 
 
 def test_parameter_regressor_reaches_negative_targets():
-    # The paper's final ReLU could not output the negative half of a centred target.
-    reg = Regressor(8, sigmoid=False)
+    # The paper's final ReLU could not output the negative half of a centred target: the
+    # regressor's output layer is affine, so zero weights and a bias of -5 give exactly -5,
+    # and the accuracy regressor's sigmoid of the same is sigmoid(-5).
     y = jnp.ones((4, 3))
-    v = reg.init(jax.random.PRNGKey(0), y)
-    v = jax.tree.map(lambda a: a, v)
-    v["params"]["Dense_3"]["bias"] = jnp.array([-5.0])
-    assert (reg.apply(v, y) < 0).all()
+    for sigmoid, want in ((False, -5.0), (True, float(jax.nn.sigmoid(-5.0)))):
+        reg = Regressor(8, sigmoid=sigmoid)
+        v = reg.init(jax.random.PRNGKey(0), y)
+        out_layer = v["params"]["Dense_3"]
+        v = {"params": {**v["params"], "Dense_3": {"kernel": jnp.zeros_like(out_layer["kernel"]),
+                                                   "bias": jnp.full_like(out_layer["bias"], -5.0)}}}
+        np.testing.assert_allclose(reg.apply(v, y), np.full(4, want), rtol=1e-6)
 
 
 def test_reconstruction_metrics_on_known_matrices():
@@ -131,12 +135,26 @@ def test_reconstruction_metrics_on_known_matrices():
 
 
 def test_joint_training_fits_the_tiny_archset(tiny_surrogate_dir, tiny_archset):
+    # Margins measured over tiny-surrogate seeds 0-11 (2026-12-01, 2-core Intel, compiled as the
+    # suite compiles, XLA and oneDNN capped at AVX2; seeds 0-7 also as a user's run compiles;
+    # see tests/conftest.py for AC_JAX_TEST_SEED): the loss ended at 0.069-0.087 of its first
+    # logged value (the decoder's term alike), params_r2 on the training records was 0.97-0.995,
+    # and the decoded layer type matched 0.46-0.62 of the training layers against 0.25 for the
+    # best constant guess (mean 0.55, spread 0.05). Every bound sits several spreads away.
     meta = checkpoint.read_meta(tiny_surrogate_dir)
-    losses = [h["train_loss"]["loss"] for h in meta["history"]]
-    assert losses[-1] < 0.5 * losses[0], losses
+    first, last = meta["history"][0]["train_loss"], meta["history"][-1]["train_loss"]
+    assert last["loss"] < 0.25 * first["loss"], (first, last)
+    assert last["L_d"] < 0.25 * first["L_d"], (first, last)
     train_metrics = meta["train_metrics"]
-    assert train_metrics["field_type"] > 0.5
-    assert train_metrics["params_r2"] > 0.5
+    assert train_metrics["params_r2"] > 0.8
+    # The decoder learned the layer types: far above guessing each position's most frequent
+    # type (what a decoder that ignored its input would do best), computed here.
+    arrays = load_arrays(tiny_archset, max_len=16)
+    train_rows = arrays.matrices[~holdout_mask(arrays.idx, meta["config"]["holdout_fraction"])]
+    types = train_rows[..., 0]
+    majority = sum(np.bincount(types[types[:, j] > 0, j]).max() for j in range(types.shape[1])
+                   if (types[:, j] > 0).any()) / (types > 0).sum()
+    assert train_metrics["field_type"] > majority + 0.1, (train_metrics["field_type"], majority)
     for key in ("layer", "sequence", "accuracy_mae", "accuracy_kendall_tau", "params_r2"):
         assert key in meta["holdout_metrics"]
 
@@ -201,6 +219,47 @@ def test_export_keeps_the_weights(tiny_surrogate_dir, tmp_path):
     for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert json.loads((out / "surrogate.json").read_text())["task"] == a.meta["task"]
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_export_never_replaces_a_surrogate_unless_asked(tiny_surrogate_dir, tmp_path):
+    shipped = checkpoint.export(tiny_surrogate_dir, tmp_path / "shipped")
+    (shipped / "NOTES.txt").write_text("the shipped one")  # tells the two apart
+    before = _files(shipped)
+    with pytest.raises(checkpoint.ExportExistsError, match="already holds a surrogate"):
+        checkpoint.export(tiny_surrogate_dir, shipped)
+    assert _files(shipped) == before
+    checkpoint.export(tiny_surrogate_dir, shipped, overwrite=True)
+    assert not (shipped / "NOTES.txt").exists()  # replaced as a whole, then loadable
+    checkpoint.load_surrogate(shipped)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shipped"]  # no staging left over
+
+
+def test_retraining_refuses_to_replace_the_shipped_surrogate(tmp_path):
+    """`bin/train_surrogate.py` as in the README, with the shipped surrogate in place: it stops
+    before training, says how to export elsewhere or replace it, and touches nothing."""
+    import importlib.util
+
+    from ac_jax import cli
+
+    spec = importlib.util.spec_from_file_location("train_surrogate_script",
+                                                  cli.REPO_ROOT / "bin" / "train_surrogate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    shipped = cli.REPO_ROOT / "surrogates" / "fashion_mnist"
+    before = _files(shipped)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as err:
+        script.main(["--dataset", "fashion_mnist", "--variant", "cpu", "--out", str(run_dir),
+                     "--quiet"])
+    message = str(err.value.code)
+    assert message.startswith("error: ") and str(shipped) in message
+    assert "--export-to" in message and "--force" in message
+    assert not run_dir.exists()  # refused before any training
+    assert _files(shipped) == before
 
 
 def test_surrogate_config_rejects_bad_lengths():

@@ -179,69 +179,71 @@ def generate(
     def compile_quietly(arch):
         try:
             return trainer.compile(arch)[1]
-        except Exception:  # reported by `train`, which compiles again and records the failure
+        except Exception:  # `train` compiles again: records an out-of-memory, raises a bug
             return 0.0
 
-    with concurrent.futures.ThreadPoolExecutor(max(1, a.compile_workers)) as pool:
-        pending: collections.deque = collections.deque()
-        upcoming = iter(todo)
+    try:  # a bug raised by training stops the run; what was stored stays, a rerun resumes
+        with concurrent.futures.ThreadPoolExecutor(max(1, a.compile_workers)) as pool:
+            pending: collections.deque = collections.deque()
+            upcoming = iter(todo)
 
-        def refill():
-            while len(pending) < a.compile_workers + 1:
-                nxt = next(upcoming, None)
-                if nxt is None:
-                    return
-                valid = shapes.is_valid(nxt.arch) and not _too_costly(nxt.arch, a)
-                future = pool.submit(compile_quietly, nxt.arch) if valid else None
-                pending.append((nxt, future))
+            def refill():
+                while len(pending) < a.compile_workers + 1:
+                    nxt = next(upcoming, None)
+                    if nxt is None:
+                        return
+                    valid = shapes.is_valid(nxt.arch) and not _too_costly(nxt.arch, a)
+                    future = pool.submit(compile_quietly, nxt.arch) if valid else None
+                    pending.append((nxt, future))
 
-        refill()
-        while pending:
-            planned, future = pending.popleft()
-            waited = time.perf_counter()
-            compile_seconds = future.result() if future is not None else 0.0
-            stats.compile_wait_seconds += time.perf_counter() - waited
             refill()
-            too_costly = shapes.is_valid(planned.arch) and _too_costly(planned.arch, a)
-            if too_costly:  # recorded (so a rerun does not retry it), never trained
-                result = TrainResult("rejected", too_costly, (), (), 0.0, 0.0)
-            else:
-                result = trainer.train(planned.arch, seeds)
-            info = shapes.analyze(planned.arch)
-            record = Record(
-                idx=planned.idx,
-                arch=planned.arch,
-                source=planned.source,
-                num_params=info.num_params,
-                macs=info.macs,
-                status=result.status,
-                reason=result.reason,
-                seed_accuracies=result.seed_accuracies,
-                mean_accuracy=result.mean_accuracy if result.seed_accuracies else None,
-                epoch_losses=result.epoch_losses,
-                compile_seconds=result.compile_seconds or compile_seconds,
-                train_seconds=result.train_seconds,
-                worker=_worker_name(),
-                finished_at=time.time(),
-            )
-            store.add(record)
-            stats.trained += 1
-            stats.failed += not result.ok
-            stats.compile_seconds += record.compile_seconds
-            stats.train_seconds += result.train_seconds
-            stats.wall_seconds = time.perf_counter() - start
-            if on_record is not None:
-                on_record(record)
-            if bar is not None:
-                bar.set_postfix(
-                    acc=f"{record.mean_accuracy:.3f}" if record.mean_accuracy is not None else "-",
-                    failed=stats.failed,
-                    compile_exposed=f"{stats.exposed_compile_fraction:.0%}",
+            while pending:
+                planned, future = pending.popleft()
+                waited = time.perf_counter()
+                compile_seconds = future.result() if future is not None else 0.0
+                stats.compile_wait_seconds += time.perf_counter() - waited
+                refill()
+                too_costly = shapes.is_valid(planned.arch) and _too_costly(planned.arch, a)
+                if too_costly:  # recorded (so a rerun does not retry it), never trained
+                    result = TrainResult("rejected", too_costly, (), (), 0.0, 0.0)
+                else:
+                    result = trainer.train(planned.arch, seeds)
+                info = shapes.analyze(planned.arch)
+                record = Record(
+                    idx=planned.idx,
+                    arch=planned.arch,
+                    source=planned.source,
+                    num_params=info.num_params,
+                    macs=info.macs,
+                    status=result.status,
+                    reason=result.reason,
+                    seed_accuracies=result.seed_accuracies,
+                    mean_accuracy=result.mean_accuracy if result.seed_accuracies else None,
+                    epoch_losses=result.epoch_losses,
+                    compile_seconds=result.compile_seconds or compile_seconds,
+                    train_seconds=result.train_seconds,
+                    worker=_worker_name(),
+                    finished_at=time.time(),
                 )
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    store.close()
+                store.add(record)
+                stats.trained += 1
+                stats.failed += not result.ok
+                stats.compile_seconds += record.compile_seconds
+                stats.train_seconds += result.train_seconds
+                stats.wall_seconds = time.perf_counter() - start
+                if on_record is not None:
+                    on_record(record)
+                if bar is not None:
+                    bar.set_postfix(
+                        acc=f"{record.mean_accuracy:.3f}" if record.mean_accuracy is not None else "-",
+                        failed=stats.failed,
+                        compile_exposed=f"{stats.exposed_compile_fraction:.0%}",
+                    )
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        store.close()
     stats.wall_seconds = time.perf_counter() - start
     return stats
 

@@ -176,7 +176,7 @@ def random_search(data: DeviceData, schedule: TrainSchedule, target_params: int,
     def compile_quietly(arch):
         try:
             trainer.compile(arch)
-        except Exception:  # `train` compiles again and records the failure
+        except Exception:  # `train` compiles again: records an out-of-memory, raises a bug
             pass
 
     try:

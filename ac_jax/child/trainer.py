@@ -208,7 +208,9 @@ def build_program(arch: Arch, schedule: TrainSchedule, data: DeviceData):
 class TrainResult:
     """Outcome of training one architecture with several seeds."""
 
-    status: str  # "ok", "diverged", "oom", "error", or "rejected" (not trained, see archset)
+    # "ok", "diverged", "oom", or "rejected" (not trained: over the pooling cap, see archset).
+    # Archsets written before 2026-12 may also hold "error" (any exception was recorded then).
+    status: str
     reason: str
     seed_accuracies: tuple[float, ...]
     epoch_losses: tuple[tuple[float, ...], ...]  # [seed][epoch]
@@ -228,11 +230,24 @@ def _seed_keys(seeds: Sequence[int]) -> jax.Array:
     return jnp.stack([jax.random.key_data(jax.random.key(int(s))) for s in seeds])
 
 
-def _classify_error(err: Exception) -> tuple[str, str]:
+# What XLA and the oneDNN kernels say when memory runs out (compile or run time).
+_OUT_OF_MEMORY_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory")
+
+
+def classify_failure(err: BaseException) -> tuple[str, str] | None:
+    """``(status, reason)`` when `err` is a failure of the *network* that is worth recording
+    (the device ran out of memory), else None: anything else is a bug or a broken install and
+    must raise, never become a record (a record is data the surrogate learns from).
+
+    Divergence is not an exception: a non-finite loss is read off the training's own output.
+    """
     text = str(err)
-    if "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text:
-        return "oom", "out of memory: " + text.splitlines()[0][:300]
-    return "error", f"{type(err).__name__}: {text.splitlines()[0][:300] if text else ''}"
+    first_line = text.splitlines()[0][:300] if text else type(err).__name__
+    if isinstance(err, MemoryError):
+        return "oom", f"out of memory (host): {first_line}"
+    if isinstance(err, jax.errors.JaxRuntimeError) and any(m in text for m in _OUT_OF_MEMORY_MARKERS):
+        return "oom", "out of memory: " + first_line
+    return None
 
 
 class ChildTrainer:
@@ -272,22 +287,27 @@ class ChildTrainer:
             self._compiled.pop(arch, None)
 
     def train(self, arch: Arch, seeds: Sequence[int]) -> TrainResult:
-        """Trains `arch` once per seed; failures are returned as a result, never raised."""
+        """Trains `arch` once per seed.
+
+        Failures of the network are returned as a result: a non-finite loss ("diverged") and
+        running out of memory ("oom", `classify_failure`). An invalid architecture raises
+        `shapes.InvalidArchError` (callers train only valid ones) and any other exception
+        propagates: a bug must stop the run, not be stored as a training outcome.
+        """
         if len(seeds) != self.num_seeds:
             raise ValueError(f"trainer was built for {self.num_seeds} seeds, got {len(seeds)}")
-        try:
-            shapes.validate(arch)
-        except shapes.InvalidArchError as err:
-            return TrainResult("error", f"invalid architecture: {err}", (), (), 0.0, 0.0)
+        shapes.validate(arch)
         try:
             executable, compile_seconds = self.compile(arch)
             start = time.perf_counter()
             accuracy, epoch_loss = executable(*self._args(seeds))
             accuracy, epoch_loss = jax.device_get((accuracy, epoch_loss))  # the one host sync
             train_seconds = time.perf_counter() - start
-        except Exception as err:  # XLA reports OOM and runtime failures as generic errors
-            status, reason = _classify_error(err)
-            return TrainResult(status, reason, (), (), 0.0, 0.0)
+        except (jax.errors.JaxRuntimeError, MemoryError) as err:
+            failure = classify_failure(err)
+            if failure is None:
+                raise
+            return TrainResult(*failure, (), (), 0.0, 0.0)
         finally:
             self.forget(arch)
         finite = np.isfinite(epoch_loss).all(axis=1)
@@ -306,9 +326,3 @@ class ChildTrainer:
             train_seconds=train_seconds,
         )
 
-
-def train_arch(
-    arch: Arch, data: DeviceData, schedule: TrainSchedule, seeds: Sequence[int] = (0, 1, 2, 3, 4)
-) -> TrainResult:
-    """Convenience wrapper: trains `arch` with `seeds` on `data`."""
-    return ChildTrainer(data, schedule, len(seeds)).train(arch, seeds)

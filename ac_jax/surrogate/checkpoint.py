@@ -205,21 +205,53 @@ def load_surrogate(path: str | Path) -> TrainedSurrogate:
     return TrainedSurrogate(cfg, variables, normaliser, meta, path)
 
 
-def export(run_dir: str | Path, out_dir: str | Path, keep_optimizer: bool = False) -> Path:
-    """Copies the latest checkpoint of `run_dir` (weights only by default) to `out_dir`."""
+class ExportExistsError(FileExistsError):
+    """The export target already holds something (a shipped surrogate, say) and replacing it
+    was not asked for."""
+
+
+def export_target_occupied(out_dir: str | Path) -> bool:
+    """Whether `out_dir` holds anything an export would replace."""
+    out_dir = Path(out_dir)
+    return out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir()))
+
+
+def export(run_dir: str | Path, out_dir: str | Path, keep_optimizer: bool = False,
+           overwrite: bool = False) -> Path:
+    """Copies the latest checkpoint of `run_dir` (weights only by default) to `out_dir`.
+
+    A non-empty `out_dir` is replaced only with `overwrite` (`ExportExistsError` otherwise),
+    and then only once the new copy is complete: the export is written next to it and swapped
+    in by renames, so a failed or killed export leaves the old surrogate in place.
+    """
     surrogate = load_surrogate(run_dir)
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        import shutil
+    if export_target_occupied(out_dir) and not overwrite:
+        raise ExportExistsError(
+            f"{out_dir} already holds a surrogate; refusing to replace it (export elsewhere, or "
+            "ask for the replacement explicitly)")
+    import shutil
 
-        shutil.rmtree(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.with_name(f".{out_dir.name}.export-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
     state = init_state_like(surrogate)
-    mgr = manager(out_dir)
+    mgr = manager(staging)
     try:
         save(mgr, int(surrogate.meta.get("step", 0)), state)
     finally:
         mgr.close()  # waits for the save to finish
-    write_meta(out_dir, surrogate.meta)
+    write_meta(staging, surrogate.meta)
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.replaced-{os.getpid()}")
+        os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+    else:
+        os.replace(staging, out_dir)
     return out_dir
 
 
