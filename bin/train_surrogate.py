@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Trains the surrogate (encoder/decoder + accuracy and parameter regressors) on an archset.
 
-  python bin/train_surrogate.py --dataset fashion_mnist --variant cpu     # the shipped surrogate
+  python bin/train_surrogate.py --dataset fashion_mnist --variant cpu --force  # the shipped one
   python bin/train_surrogate.py --dataset fashion_mnist --steps 80000 --optimizer sgd_nesterov
 
 Resumable: rerun the same command after a kill and it continues from the last checkpoint in --out.
@@ -68,6 +68,8 @@ def main(argv=None) -> int:
         "num_records": int(len(arrays.accuracy)),
     }
     export = Path(args.export) if args.export else cli.repo_path(f"surrogates/{cfg.dataset}")
+    if not args.no_export and export.resolve() == run_dir.resolve():
+        sys.exit(f"error: --export-to {export} is the run directory itself; export elsewhere")
     if not args.no_export and not args.force and checkpoint.export_target_occupied(export):
         # Refused before training, not after it: the shipped surrogate is data too.
         sys.exit(f"error: {export} already holds a surrogate; an export would replace it.\n"

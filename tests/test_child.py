@@ -49,8 +49,8 @@ def test_tiny_config_learns_and_traces_once(synthetic, data):
     # Learning, with a margin no seed crosses: chance is 0.25; every one of 48 training seeds
     # reached >= 0.996 after these 2 epochs (2026-12-01, 2-core Intel: seeds 0-15 as a user's
     # run compiles, seeds 100-131 as the suite compiles and with XLA and oneDNN capped at AVX2).
-    # 0.6 is far below that and far above chance.
-    assert min(result.seed_accuracies) > 0.6
+    # Chance + 0.4 for every seed (the old bound held only for their mean) is far below that.
+    assert min(result.seed_accuracies) > 1 / synthetic.num_classes + 0.4
     # The whole run (2 epochs x 16 steps x 3 seeds, then evaluation) is one traced program.
     assert trainer_lib.TRACE_COUNTS["program"] == 1
     assert trainer_lib.TRACE_COUNTS["train_step"] == 1
@@ -78,10 +78,13 @@ def test_vmapped_seeds_differ_and_match_single_seed_runs(synthetic):
     # Vmapped or alone, a seed is the same computation up to float reordering.
     alone = ChildTrainer(data, TWO_STEPS, 1).train(arch, seeds[1:2])
     np.testing.assert_allclose(alone.epoch_losses[0], losses[1], rtol=1e-5)
+    # Test predictions can differ only where logits tie to rounding level: at most 2 of 256.
+    assert abs(alone.seed_accuracies[0] - together.seed_accuracies[1]) <= 2 / 256
     # Seeds one after another inside the program give the same numbers as vmapped seeds.
     mapped = ChildTrainer(data, dataclasses.replace(TWO_STEPS, seed_axis="map"), 3).train(
         arch, seeds)
     np.testing.assert_allclose(np.array(mapped.epoch_losses), losses, rtol=1e-5)
+    np.testing.assert_allclose(mapped.seed_accuracies, together.seed_accuracies, atol=2 / 256)
 
 
 def test_diverging_network_is_reported_not_raised(synthetic, data):
@@ -100,10 +103,12 @@ def test_invalid_architecture_raises_instead_of_becoming_a_record(synthetic, dat
 
 
 def test_running_out_of_memory_is_recorded(synthetic):
-    # A Linear of 2^30 outputs needs ~30 TB of weights: XLA's allocation fails for real.
+    # A Linear of 2^40 outputs after 1,152 features needs ~4.5 PiB of weights, beyond the
+    # 128 TiB a process can map without asking for 5-level paging: XLA's allocation fails for
+    # real whatever the host's overcommit setting.
     schedule = dataclasses.replace(TWO_STEPS, optimizer="adam")
     huge = Arch(synthetic.input_shape, synthetic.num_classes,
-                (conv(3, 8, 1, 1), linear(2**30), linear(synthetic.num_classes)))
+                (conv(3, 8, 1, 1), linear(2**40), linear(synthetic.num_classes)))
     result = ChildTrainer(to_device(synthetic, schedule), schedule, 1).train(huge, [0])
     assert result.status == "oom" and "out of memory" in result.reason
     assert result.seed_accuracies == () and result.epoch_losses == ()

@@ -3,6 +3,7 @@ Pareto picks, verification and the bin/compress.py command."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -82,22 +83,31 @@ def test_search_takes_clipped_gradient_steps_and_decodes_every_one(surrogate, ne
 def test_a_short_step_of_the_update_rule_lowers_the_compression_loss(surrogate, nets):
     # The search's step is along minus the gradient (the paper's eq. 18 prints "+"). For a step
     # this short the first-order decrease, eta * |g|^2 (|g| <= 1), dominates: the loss is
-    # piecewise smooth in y (ReLU regressors, sigmoid, Huber), so it can only fail where |g|
-    # vanishes (checked) or the step crosses a ReLU kink (measure zero). Over tiny-surrogate
-    # seeds 0-11 (2026-12-01) the decrease was 0.92-1.0 of eta * |g|^2 and eta * |g|^2 at least
-    # 2.4e-6: far from both bounds below. (The old check, "K steps of eta = 0.5 end lower", was
-    # false for seed 6: a step that long can overshoot.)
+    # piecewise smooth in y (ReLU regressors, sigmoid, Huber), so it can only fail where the step
+    # crosses a ReLU kink (measure zero). In float64, so that rounding (~1e-16) cannot decide
+    # it however small the gradient. Over tiny-surrogate seeds 0-11 (2026-12-01, float32) the
+    # decrease was 0.92-1.0 of eta * |g|^2, which was at least 2.4e-6. (The old check, "K steps
+    # of eta = 0.5 end lower", was false for seed 6: a step that long can overshoot.)
     eta = 1e-3
-    y0 = surrogate.encode(encode_matrices(np.stack([a.to_matrix(16) for a in nets])))
-    for lam in CFG.lambdas:
-        step = _descent_step(surrogate, lam, eta)
-        for y in y0:
-            y1, g = step(y)
-            before, after = (float(compression_loss(surrogate.model, surrogate.variables, v, lam,
-                                                    1.0, -1.0)) for v in (y, y1))
-            expected = eta * float(jnp.sum(g * g)) / max(1.0, float(jnp.linalg.norm(g)))
-            assert expected > 1e-7, "no gradient to descend"
-            assert after < before - 0.5 * expected, (lam, before, after, expected)
+    with jax.enable_x64(True):
+        variables = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), surrogate.variables)
+        wide = dataclasses.replace(surrogate, variables=variables)
+        y0 = jnp.asarray(surrogate.encode(encode_matrices(
+            np.stack([a.to_matrix(16) for a in nets]))), jnp.float64)
+        for lam in CFG.lambdas:
+            step = _descent_step(wide, lam, eta)
+            moved = 0
+            for y in y0:
+                y1, g = step(y)
+                assert y1.dtype == jnp.float64
+                before, after = (float(compression_loss(wide.model, variables, v, lam, 1.0, -1.0))
+                                 for v in (y, y1))
+                expected = eta * float(jnp.sum(g * g)) / max(1.0, float(jnp.linalg.norm(g)))
+                if expected == 0.0:  # a flat start (dead regressor units): nothing to descend
+                    continue
+                moved += 1
+                assert after < before - 0.5 * expected, (lam, before, after, expected)
+            assert moved >= len(nets) // 2, f"lambda {lam}: most starts have no gradient"
 
 
 def test_batched_search_equals_one_network_at_a_time(surrogate, nets):
@@ -246,8 +256,9 @@ def test_pareto_front_and_picks():
 def test_budget_constraint_is_met_by_exact_count(surrogate, nets):
     (free,) = pipeline.compress_batch(surrogate, nets[:1], ["tiny"], CFG)
     middle = int(np.median(free.candidates.num_params))
-    # A budget every candidate meets, one none can meet (no network has fewer parameters than
-    # its classifier's 580), and one in between, where the budget-steered search decides.
+    # A budget every candidate meets, one none can meet (every network ends in a Linear with a
+    # bias per class, so it has at least 4 parameters), and one in between, where the
+    # budget-steered search decides.
     for budget in (10**15, middle, 1):
         (result,) = pipeline.compress_batch(surrogate, nets[:1], ["tiny"], CFG,
                                             Constraint(max_params=budget))
@@ -342,8 +353,10 @@ def test_refinement_trains_candidates_and_searches_again(surrogate, tiny_archset
     assert info["trained"][0]["status"] == "ok"  # tinycnn trains on the synthetic task
     for t in info["trained"] + final["trained"]:
         assert t["status"] in ("ok", "diverged", "oom")
-        assert (t["trained"] is not None) == (t["status"] == "ok")
-        assert t["trained"] is None or 0 <= t["trained"] <= 1
+        if t["status"] == "ok":
+            assert 0 <= t["trained"] <= 1
+        if t["status"] == "oom":  # nothing trained, nothing measured
+            assert t["trained"] is None
     # The last search's candidates are trained too.
     last = [c.arch for c in refine.to_train(result.candidates, result.front, 2, arch.num_params)]
     assert final["round"] == "final"

@@ -119,7 +119,7 @@ def test_training_with_onednn_matches_im2col():
         results[impl] = run.train(arch, training_seeds(2))
         assert results[impl].ok, results[impl].reason
     np.testing.assert_allclose(np.array(results["onednn"].epoch_losses),
-                               np.array(results["im2col"].epoch_losses), rtol=1e-5)
+                               np.array(results["im2col"].epoch_losses), rtol=1e-4)
 
 
 def test_failed_build_is_a_clear_error(monkeypatch, tmp_path):

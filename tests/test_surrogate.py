@@ -138,9 +138,12 @@ def test_joint_training_fits_the_tiny_archset(tiny_surrogate_dir, tiny_archset):
     # Margins measured over tiny-surrogate seeds 0-11 (2026-12-01, 2-core Intel, compiled as the
     # suite compiles, XLA and oneDNN capped at AVX2; seeds 0-7 also as a user's run compiles;
     # see tests/conftest.py for AC_JAX_TEST_SEED): the loss ended at 0.069-0.087 of its first
-    # logged value (the decoder's term alike), params_r2 on the training records was 0.97-0.995,
-    # and the decoded layer type matched 0.46-0.62 of the training layers against 0.25 for the
-    # best constant guess (mean 0.55, spread 0.05). Every bound sits several spreads away.
+    # logged value and the decoder's term L_d also 0.069-0.087 of its own, params_r2 on the
+    # training records was 0.97-0.995, and the decoded layer type matched 0.46-0.62 of the
+    # training layers (mean 0.55, spread 0.05) while `majority` below, the best guess that
+    # ignores the input, is 0.25 on this archset. The old bound, 0.5, was not derived from
+    # anything and seed 3 missed it (0.468); beating the input-blind guess by 0.1 is the
+    # property meant. Every bound sits several spreads away from the measured range.
     meta = checkpoint.read_meta(tiny_surrogate_dir)
     first, last = meta["history"][0]["train_loss"], meta["history"][-1]["train_loss"]
     assert last["loss"] < 0.25 * first["loss"], (first, last)
@@ -236,6 +239,22 @@ def test_export_never_replaces_a_surrogate_unless_asked(tiny_surrogate_dir, tmp_
     assert not (shipped / "NOTES.txt").exists()  # replaced as a whole, then loadable
     checkpoint.load_surrogate(shipped)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shipped"]  # no staging left over
+    with pytest.raises(ValueError, match="onto itself"):
+        checkpoint.export(shipped, shipped, overwrite=True)
+
+
+def test_an_export_killed_between_its_renames_loses_nothing(tiny_surrogate_dir, tmp_path):
+    shipped = checkpoint.export(tiny_surrogate_dir, tmp_path / "shipped")
+    (shipped / "NOTES.txt").write_text("the shipped one")
+    before = _files(shipped)
+    # What a kill after the first rename leaves: the old surrogate set aside, no target.
+    shipped.rename(tmp_path / ".shipped.replaced-4242")
+    with pytest.raises(checkpoint.CheckpointError, match="replaced-4242"):
+        checkpoint.load_surrogate(shipped)  # says where the old one is
+    with pytest.raises(checkpoint.ExportExistsError):  # put back first, then not replaced
+        checkpoint.export(tiny_surrogate_dir, shipped)
+    assert _files(shipped) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shipped"]
 
 
 def test_retraining_refuses_to_replace_the_shipped_surrogate(tmp_path):

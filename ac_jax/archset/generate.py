@@ -154,13 +154,23 @@ def generate(
     """Trains the plan's architectures that are in `shard` and not yet in `out`."""
     from ac_jax.data import load
 
-    a = cfg.archset
     if dataset is None:
         dataset = load(cfg.dataset, cfg.data_dir)
     k, n = shard
     if not 0 <= k < n:
         raise ValueError(f"shard must be K/N with 0 <= K < N, got {k}/{n}")
     store = ArchsetStore(out, archset_meta(cfg, dataset.input_shape, dataset.num_classes))
+    try:  # whatever raises (a bug in training, say) leaves the store closed and its records kept
+        return _fill(store, cfg, num, shard, dataset, progress, on_record)
+    finally:
+        store.close()
+
+
+def _fill(store: ArchsetStore, cfg: Config, num: int, shard: tuple[int, int], dataset,
+          progress: bool, on_record: Callable[[Record], None] | None) -> RunStats:
+    """`generate`'s work on an open store: trains and adds the missing records of the shard."""
+    a = cfg.archset
+    k, n = shard
     done = store.done_indices()
     todo = [
         p for p in plan(a, dataset.input_shape, dataset.num_classes, num)
@@ -168,7 +178,6 @@ def generate(
     ]
     stats = RunStats(skipped=sum(1 for i in done if i < num and i % n == k))
     if not todo:
-        store.close()
         return stats
     data = to_device(dataset, a.schedule, seed=a.sample_seed)
     trainer = ChildTrainer(data, a.schedule, a.seeds)
@@ -182,7 +191,7 @@ def generate(
         except Exception:  # `train` compiles again: records an out-of-memory, raises a bug
             return 0.0
 
-    try:  # a bug raised by training stops the run; what was stored stays, a rerun resumes
+    try:
         with concurrent.futures.ThreadPoolExecutor(max(1, a.compile_workers)) as pool:
             pending: collections.deque = collections.deque()
             upcoming = iter(todo)
@@ -243,7 +252,6 @@ def generate(
     finally:
         if bar is not None:
             bar.close()
-        store.close()
     stats.wall_seconds = time.perf_counter() - start
     return stats
 

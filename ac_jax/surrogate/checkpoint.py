@@ -179,8 +179,11 @@ def load_surrogate(path: str | Path) -> TrainedSurrogate:
     path = Path(path)
     meta = read_meta(path)
     if meta is None:
+        set_aside = _replaced_copies(path.resolve()) if not path.exists() else []
+        hint = (f"; an interrupted export set the previous one aside at {set_aside[-1]} (move it "
+                "back)" if set_aside else "")
         raise CheckpointError(
-            f"no surrogate at {path} ({META_FILE} missing); train one with "
+            f"no surrogate at {path} ({META_FILE} missing){hint}; train one with "
             "`python bin/train_surrogate.py --dataset <name>`"
         )
     try:
@@ -216,42 +219,60 @@ def export_target_occupied(out_dir: str | Path) -> bool:
     return out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir()))
 
 
+def _replaced_copies(out_dir: Path) -> list[Path]:
+    """Previous surrogates an interrupted `export` set aside (killed between its two renames)."""
+    return sorted(out_dir.parent.glob(f".{out_dir.name}.replaced-*"))
+
+
 def export(run_dir: str | Path, out_dir: str | Path, keep_optimizer: bool = False,
            overwrite: bool = False) -> Path:
     """Copies the latest checkpoint of `run_dir` (weights only by default) to `out_dir`.
 
     A non-empty `out_dir` is replaced only with `overwrite` (`ExportExistsError` otherwise),
     and then only once the new copy is complete: the export is written next to it and swapped
-    in by renames, so a failed or killed export leaves the old surrogate in place.
+    in by two renames, undone if the second fails. A process killed between the two leaves the
+    old surrogate beside `out_dir` (`.<name>.replaced-<pid>`); the next export puts it back
+    first, and `load_surrogate` names it.
     """
-    surrogate = load_surrogate(run_dir)
-    out_dir = Path(out_dir)
+    import shutil
+
+    run_dir, out_dir = Path(run_dir).resolve(), Path(out_dir).resolve()
+    if out_dir == run_dir:
+        raise ValueError(f"cannot export {run_dir} onto itself (it would lose its checkpoints)")
+    if not out_dir.exists() and _replaced_copies(out_dir):
+        os.replace(_replaced_copies(out_dir)[-1], out_dir)
     if export_target_occupied(out_dir) and not overwrite:
         raise ExportExistsError(
             f"{out_dir} already holds a surrogate; refusing to replace it (export elsewhere, or "
             "ask for the replacement explicitly)")
-    import shutil
-
+    surrogate = load_surrogate(run_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.with_name(f".{out_dir.name}.export-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    state = init_state_like(surrogate)
-    mgr = manager(staging)
     try:
-        save(mgr, int(surrogate.meta.get("step", 0)), state)
-    finally:
-        mgr.close()  # waits for the save to finish
-    write_meta(staging, surrogate.meta)
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.replaced-{os.getpid()}")
-        os.replace(out_dir, old)
+        mgr = manager(staging)
+        try:
+            save(mgr, int(surrogate.meta.get("step", 0)), init_state_like(surrogate))
+        finally:
+            mgr.close()  # waits for the save to finish
+        write_meta(staging, surrogate.meta)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if not out_dir.exists():
         os.replace(staging, out_dir)
-        if old.is_dir():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
+        return out_dir
+    old = out_dir.with_name(f".{out_dir.name}.replaced-{os.getpid()}")
+    os.replace(out_dir, old)
+    try:
+        os.replace(staging, out_dir)
+    except BaseException:
+        os.replace(old, out_dir)
+        raise
+    if old.is_dir():
+        shutil.rmtree(old)
     else:
-        os.replace(staging, out_dir)
+        old.unlink()
     return out_dir
 
 
