@@ -10,6 +10,7 @@ layer and pass, and the most expensive ops.
 
   python benchmarks/profile_child_step.py                       # CONV-7, 5 seeds, 8 steps
   python benchmarks/profile_child_step.py --model conv7 --steps 4 --top 25 --json prof.json
+  python benchmarks/profile_child_step.py --model plan:9 --seeds 2     # an archset architecture
 
 Times are per training step (the single evaluation pass over --test-subset images is reported as
 its own "eval" row). On CPU, ops of the two Eigen threads are summed, so per-op figures are
@@ -105,6 +106,21 @@ def trace_events(trace_dir: str, names: set[str]) -> collections.Counter:
     return totals
 
 
+def _arch(model: str, dataset_name: str, dataset):
+    """A zoo network, or ``plan:N[:VARIANT]``: position N of the dataset's archset plan."""
+    from ac_jax.arch import zoo
+
+    if not model.startswith("plan:"):
+        return zoo.get(model, dataset.input_shape, dataset.num_classes)
+    from ac_jax.archset import generate
+    from ac_jax.config import get_config
+
+    _, index, *variant = model.split(":")
+    cfg = get_config(dataset_name, variant[0] if variant else "cpu")
+    planned = generate.plan(cfg.archset, dataset.input_shape, dataset.num_classes, int(index) + 1)
+    return planned[-1].arch
+
+
 def profile(model: str, seeds: int, steps: int, test_subset: int, data_dir: str | None,
             dataset_name: str = "fashion_mnist") -> dict:
     """Profiles one run of `model`'s training program; rows of per-op milliseconds per step.
@@ -114,7 +130,6 @@ def profile(model: str, seeds: int, steps: int, test_subset: int, data_dir: str 
     """
     import jax
 
-    from ac_jax.arch import zoo
     from ac_jax.child.trainer import ChildTrainer, TrainSchedule, to_device
     from ac_jax.data import load
 
@@ -123,7 +138,7 @@ def profile(model: str, seeds: int, steps: int, test_subset: int, data_dir: str 
     if len(dataset.train_y) < batch * steps:
         raise ValueError(f"{dataset_name} has {len(dataset.train_y)} training images, fewer "
                          f"than {steps} steps of {batch}")
-    arch = zoo.get(model, dataset.input_shape, dataset.num_classes)
+    arch = _arch(model, dataset_name, dataset)
     schedule = TrainSchedule(epochs=1, batch_size=batch, lr=0.01,
                              eval_batch_size=min(500, test_subset))
     data = to_device(dataset, schedule)
@@ -187,7 +202,8 @@ def summary_tables(result: dict, top: int) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="conv7", help="zoo name (conv7, conv10, vgg16, tinycnn)")
+    parser.add_argument("--model", default="conv7", help="zoo name (conv7, conv10, vgg16, tinycnn), or plan:N[:VARIANT] for position N "
+                        "of the dataset's archset plan (variant cpu by default)")
     parser.add_argument("--dataset", default="fashion_mnist", help="fashion_mnist or synthetic")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=8, help="training steps of batch 64")

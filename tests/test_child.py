@@ -60,9 +60,9 @@ def test_tiny_config_learns_and_traces_once(synthetic, data):
 def test_program_is_reused_across_seed_sets(synthetic, data):
     program = chex.assert_max_traces(trainer_lib.build_program(small_arch(synthetic), SCHEDULE, data), n=1)
     run = jax.jit(program)
-    args = (data.train_x, data.train_y, data.test_x, data.test_y, data.test_mask)
-    first, _ = run(trainer_lib._seed_keys([0, 1]), *args)
-    second, _ = run(trainer_lib._seed_keys([5, 6]), *args)  # no retrace (chex would raise)
+    trainer = ChildTrainer(data, SCHEDULE, 2)
+    first, _ = run(*trainer._args([0, 1]))
+    second, _ = run(*trainer._args([5, 6]))  # no retrace (chex would raise)
     assert first.shape == second.shape == (2,)
 
 
@@ -137,3 +137,22 @@ def test_failure_classification():
     assert trainer_lib.classify_failure(MemoryError())[0] == "oom"
     assert trainer_lib.classify_failure(ValueError("RESOURCE_EXHAUSTED")) is None  # not from XLA
     assert trainer_lib.classify_failure(jax.errors.JaxRuntimeError("INVALID_ARGUMENT: x")) is None
+
+
+def test_hash_dropout_keeps_the_right_share_and_differs_per_key():
+    import jax.numpy as jnp
+
+    from ac_jax.child.model import HashDropout, keep_mask
+
+    shape = (64, 12, 12, 16)  # 147,456 draws: the keep share is within 0.005 of 1 - rate
+    for rate in (0.1, 0.25, 0.5, 0.9):
+        keep = np.asarray(keep_mask(jnp.array([3, 7], jnp.uint32), shape, rate))
+        assert abs(keep.mean() - (1 - rate)) < 0.005
+    a, b = (np.asarray(keep_mask(jnp.array(k, jnp.uint32), shape, 0.5)) for k in ([3, 7], [3, 8]))
+    assert 0.45 < (a != b).mean() < 0.55  # unrelated masks for neighbouring keys
+    assert 0.45 < (a[0] != a[1]).mean() < 0.55  # and for neighbouring images
+    x = jnp.ones(shape)
+    y = HashDropout(0.25, deterministic=False).apply({}, x, rngs={"dropout": jax.random.key(0)})
+    kept = np.asarray(y) != 0
+    np.testing.assert_allclose(np.asarray(y)[kept], 1 / 0.75, rtol=1e-6)  # inverted scaling
+    assert HashDropout(0.25, deterministic=True).apply({}, x) is x

@@ -91,8 +91,13 @@ def test_unbatched_call_and_scan():
 def test_auto_picks_onednn_for_wide_float32_layers_only(monkeypatch):
     wide = jnp.zeros((1, 4, 4, 16)), jnp.zeros((3, 3, 16, 8))
     narrow = jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 3, 8))
+    few_channels_big_kernel = jnp.zeros((1, 8, 8, 6)), jnp.zeros((6, 6, 6, 8))  # 216 features
+    one_by_one = jnp.zeros((1, 4, 4, 32)), jnp.zeros((1, 1, 32, 8))  # 32 features
     assert conv_lib.auto_cpu_impl(*wide) == "onednn"
     assert conv_lib.auto_cpu_impl(*narrow) == "im2col"
+    assert conv_lib.auto_cpu_impl(*few_channels_big_kernel) == "onednn"
+    assert conv_lib.auto_cpu_impl(*one_by_one) == "im2col"
+    assert conv_lib.auto_cpu_impl(*few_channels_big_kernel, stride=6) == "im2col"  # no overlap
     assert conv_lib.auto_cpu_impl(wide[0].astype(jnp.bfloat16), wide[1]) == "im2col"
     monkeypatch.setenv("AC_JAX_ONEDNN", "0")
     assert conv_lib.auto_cpu_impl(*wide) == "im2col"

@@ -11,7 +11,8 @@ from ac_jax.child.pooling import max_pool
 
 
 @pytest.mark.parametrize("k,s,p", [(2, 2, 0), (3, 1, 1), (3, 2, 1), (2, 1, 1), (1, 2, 0), (4, 3, 2),
-                                   (3, 3, 1), (2, 2, 1), (4, 4, 0), (1, 1, 0), (12, 12, 2)])
+                                   (3, 3, 1), (2, 2, 1), (4, 4, 0), (1, 1, 0), (12, 12, 2),
+                                   (9, 5, 4), (5, 2, 2)])
 def test_slices_match_reduce_window(k, s, p):
     size = (2, 27, 25, 3) if k > 4 else (2, 11, 9, 3)  # a 12x12 window needs a bigger input
     x = jax.random.normal(jax.random.key(k * 100 + s * 10 + p), size)  # no ties

@@ -14,6 +14,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ac_jax.arch import shapes
 from ac_jax.arch.spec import Arch, LayerType
@@ -52,6 +53,51 @@ class Conv(nn.Module):
                       bias.astype(self.dtype))
 
 
+def _mix32(h):
+    """murmur3's 32-bit finaliser: every output bit depends on every input bit."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def keep_mask(key_words, shape, rate: float):
+    """Dropout's keep mask (True with probability 1 - `rate`) from a hash of each element's
+    position and the two uint32 words of a threefry key.
+
+    `flax.linen.Dropout` draws the mask with threefry, which on XLA:CPU cost 43 ms per
+    [2 seeds, 64, 3, 3, 2363] mask (two such layers were 64% of an archset net's step); this hash
+    takes 0.5 ms (2-core CPU, 2026-12-01). Masks differ per key (per seed and step) and per
+    position; they are not the ones threefry would draw, so a network with dropout trains to a
+    different, equally likely result than before 2026-12 (archset records agree within the seed
+    spread: BENCHMARKS.md, archset throughput).
+    """
+    size = int(np.prod(shape, dtype=np.int64))
+    position = jax.lax.iota(jnp.uint32, size).reshape(shape)
+    h = _mix32(position ^ key_words[0])
+    h = _mix32(h + key_words[1])
+    threshold = jnp.uint32(min(int(round(rate * 2.0**32)), 2**32 - 1))
+    return h >= threshold
+
+
+class HashDropout(nn.Module):
+    """PyTorch's Dropout (inverted: kept values scaled by 1 / (1 - rate)) with `keep_mask`."""
+
+    rate: float
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x):
+        if self.deterministic or self.rate == 0:
+            return x
+        key = self.make_rng("dropout")
+        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jax.random.key_data(key)
+        keep = keep_mask(key.reshape(-1)[:2].astype(jnp.uint32), x.shape, self.rate)
+        return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros((), x.dtype)).astype(x.dtype)
+
+
 class ChildNet(nn.Module):
     """Applies the layers of `arch` to NHWC float images; returns logits ``[B, num_classes]``."""
 
@@ -84,7 +130,7 @@ class ChildNet(nn.Module):
                 x = nn.sigmoid(x)
             elif t == LayerType.DROPOUT:
                 if p > 0:
-                    x = nn.Dropout(layer.dropout_rate, deterministic=not train)(x)
+                    x = HashDropout(layer.dropout_rate, deterministic=not train)(x)
             elif t == LayerType.LINEAR:
                 if x.ndim > 2:
                     x = x.reshape(x.shape[0], -1)
