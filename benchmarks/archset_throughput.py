@@ -24,7 +24,6 @@ which a few steps of training turn into differences of the order of the seed noi
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
 import subprocess
