@@ -85,3 +85,44 @@ def test_batch_compress_stage_table_per_network_and_total():
     assert "| search | 10.00 | 20.00 |" in table
     assert "| legalize | 2.00 | - |" in table
     assert "| total | 12.00 | 20.00 |" in table
+
+
+def _throughput_run(accuracies, wall=100.0, wait=25.0):
+    import archset_throughput  # noqa: F401  (benchmarks/ is on sys.path)
+
+    records = [{"idx": i, "status": "ok" if acc else "rejected", "seed_accuracies": acc,
+                "compile_seconds": 2.0, "train_seconds": 3.0 if acc else 0.0}
+               for i, acc in enumerate(accuracies)]
+    rows = [{"idx": r["idx"], "compile_wall": 2.0, "compile_cpu": 3.5} for r in records if r["seed_accuracies"]]
+    return {"generate": {"records": records, "wall_seconds": wall, "cpu_seconds": 2 * wall,
+                         "compile_wait_seconds": wait, "compile_seconds": 8.0, "train_seconds": 9.0},
+            "compile": {"rows": rows}}
+
+
+def test_archset_throughput_summary_and_accuracy_agreement():
+    import archset_throughput
+
+    run = _throughput_run([[0.5, 0.7], [0.8, 0.8], [], [0.2, 0.4]])
+    s = archset_throughput.summary(run)
+    assert s["archs"] == 4 and s["statuses"] == {"ok": 3, "rejected": 1}
+    assert s["archs_per_hour"] == pytest.approx(3600 * 4 / 100.0)
+    assert s["train_s_per_arch"] == pytest.approx(3.0)  # rejected records are not trained
+    assert s["compile_cpu_s_per_arch"] == pytest.approx(3.5) and s["wait_share"] == 0.25
+    other = _throughput_run([[0.6, 0.7], [0.8, 0.8], [0.1, 0.1], []])
+    agree = archset_throughput.accuracy_agreement(run, other)
+    assert agree["positions"] == 2  # positions 0 and 1 are "ok" in both
+    assert agree["mean_abs_diff"] == pytest.approx((0.05 + 0.0) / 2)
+    assert agree["max_abs_diff"] == pytest.approx(0.05)
+    assert agree["mean_seed_spread"] == pytest.approx((0.2 + 0.1 + 0.0 + 0.0) / 4)
+    assert agree["status_mismatches"] == [2, 3]
+
+
+def test_archset_throughput_exports_a_commit(tmp_path):
+    import subprocess
+
+    import archset_throughput
+
+    if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    tree = archset_throughput.export_tree("HEAD", tmp_path / "tree")
+    assert (tree / "ac_jax" / "child" / "trainer.py").is_file()

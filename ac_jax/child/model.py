@@ -70,8 +70,7 @@ def keep_mask(key_words, shape, rate: float):
     [2 seeds, 64, 3, 3, 2363] mask (two such layers were 64% of an archset net's step); this hash
     takes 0.5 ms (2-core CPU, 2026-12-01). Masks differ per key (per seed and step) and per
     position; they are not the ones threefry would draw, so a network with dropout trains to a
-    different, equally likely result than before 2026-12 (archset records agree within the seed
-    spread: BENCHMARKS.md, archset throughput).
+    different, equally likely result than before 2026-12.
     """
     size = int(np.prod(shape, dtype=np.int64))
     position = jax.lax.iota(jnp.uint32, size).reshape(shape)
