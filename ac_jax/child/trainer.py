@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from ac_jax.arch import shapes
 from ac_jax.arch.spec import Arch
@@ -162,26 +163,15 @@ def build_program(arch: Arch, schedule: TrainSchedule, data: DeviceData):
     # The parameters live as one flat vector, so that the optimizer's update is one fused
     # elementwise pass instead of one per tensor (a 7-conv net has 30 tensors); `unflatten` gives
     # the model its tree. Same values: slicing and concatenation move numbers without arithmetic.
-    layout = {}  # the tree's structure and leaf shapes, recorded while `init` is traced
-
-    def flatten(tree):
-        leaves, treedef = jax.tree_util.tree_flatten(tree)
-        layout.setdefault("treedef", treedef)
-        layout.setdefault("shapes", [leaf.shape for leaf in leaves])
-        return jnp.concatenate([leaf.reshape(-1) for leaf in leaves])
+    layout = {}  # ravel_pytree's inverse, recorded while `init` is traced
 
     def unflatten(flat):
-        leaves, offset = [], 0
-        for shape in layout["shapes"]:
-            size = int(np.prod(shape, dtype=np.int64))
-            leaves.append(flat[offset : offset + size].reshape(shape))
-            offset += size
-        return jax.tree_util.tree_unflatten(layout["treedef"], leaves)
+        return layout["unravel"](flat)
 
     def init(key):
         dummy = jnp.zeros((1, *arch.input_shape), jnp.float32)
         variables = model.init({"params": key}, dummy, train=False)
-        params = flatten(variables["params"])
+        params, layout["unravel"] = ravel_pytree(variables["params"])
         return params, variables.get("batch_stats", {}), tx.init(params)
 
     def train_step(state, batch_idx, key, train_x, train_y):
@@ -322,9 +312,11 @@ class ChildTrainer:
 
     def _args(self, seeds: Sequence[int]):
         """The training program's arguments for these seeds (`build_program`)."""
+        return (*self._seed_streams(_seed_keys(seeds)), *self._data_args())
+
+    def _data_args(self):
         d = self.data
-        streams = self._seed_streams(_seed_keys(seeds))
-        return (*streams, d.train_x, d.train_y, d.test_x, d.test_y, d.test_mask)
+        return (d.train_x, d.train_y, d.test_x, d.test_y, d.test_mask)
 
     def compile(self, arch: Arch):
         """AOT-compiles the program for `arch` (cached); returns (executable, seconds)."""
@@ -333,7 +325,9 @@ class ChildTrainer:
                 return self._compiled[arch]
         start = time.perf_counter()
         program = build_program(arch, self.schedule, self.data)
-        args = self._args(range(self.num_seeds))
+        # Lowering needs only shapes: the seed streams' shapes, without running their program.
+        streams = jax.eval_shape(self._seed_streams, _seed_keys(range(self.num_seeds)))
+        args = (*streams, *self._data_args())
         executable = jax.jit(program).lower(*args).compile(compiler_options())
         entry = (executable, time.perf_counter() - start)
         with self._lock:
