@@ -257,7 +257,7 @@ def main(argv=None) -> int:
     from ac_jax.baselines.pruning import prune
     from ac_jax.baselines.random_search import random_search
     from ac_jax.child.trainer import to_device
-    from ac_jax.data import DatasetNotFoundError, load
+    from ac_jax.data import DatasetNotFoundError, load, protocol
 
     budget_name = args.budget
     if budget_name is None:
@@ -304,12 +304,15 @@ def main(argv=None) -> int:
         cli.enable_compilation_cache()
 
     try:
-        full = dataset.subset(budget.train_subset, budget.test_subset)
+        # Validation for choosing, test for reporting (ac_jax.data.protocol): the searches and
+        # the pruning repeats choose on the validation split; every reported accuracy is on test.
+        full = protocol.final_view(dataset).subset(budget.train_subset, budget.test_subset)
         final_data = to_device(full, budget.final_schedule)
-        search_data = final_data
-        if budget.search_train_subset is not None:
-            search_data = to_device(dataset.subset(budget.search_train_subset, budget.test_subset),
-                                    budget.search_schedule)
+        val = protocol.search_view(dataset)
+        choose_data = to_device(val.subset(budget.train_subset, budget.test_subset),
+                                budget.final_schedule)
+        search_data = to_device(val.subset(budget.search_train_subset or budget.train_subset,
+                                           budget.test_subset), budget.search_schedule)
     except ValueError as err:
         sys.exit(f"error: {err}")
     teacher_params = teacher_arch.num_params
@@ -411,9 +414,9 @@ def main(argv=None) -> int:
             def run_prune(criterion=criterion):
                 if teacher is None:
                     raise RuntimeError("no trained teacher (its training failed)")
-                add(prune(teacher, final_data, final, target_params,
+                add(prune(teacher, choose_data, final, target_params,
                           dataclasses.replace(budget.pruning, criterion=criterion), args.seed,
-                          progress=progress))
+                          report_data=final_data, progress=progress))
 
             attempt(f"pruning ({criterion})", run_prune)
     if "distill" in args.methods:
@@ -442,7 +445,8 @@ def main(argv=None) -> int:
         f"({final.optimizer}), seeds {list(seeds)}; search proxy: "
         f"{budget.search_schedule.epochs} epoch(s)",
         "- Acc.: test accuracy after the final schedule (search winners retrained with it); "
-        "wall time excludes the shared teacher",
+        "every choice (search winners, pruning repeats) read the validation split carved from "
+        "the training set; wall time excludes the shared teacher",
         f"- total wall time: {_fmt_time(time.perf_counter() - wall_start)}",
     ]
     table = markdown_table(rows, header)

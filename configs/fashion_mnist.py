@@ -5,7 +5,7 @@ Variants:
            full training set), half of them drawn around CONV-7 (see sampler.sample_neighbourhood)
   paper    the same with the pure Appendix 9 sampler
   cpu      the reduced proxy used for the archset built on a 2-core CPU: 1 epoch x 2 seeds on a
-           4,000-image stratified training subset, tested on 2,000 test images, with the
+           4,000-image stratified training subset, evaluated on 2,000 validation images, with the
            sampler's MAC cap lowered to 20M per image and pooling capped at 2M window reads
            (compile + train ~15-20 s per architecture)
 """
@@ -44,7 +44,7 @@ def get_config(variant: str = "default") -> Config:
             # Pooling-heavy nets over 2M window reads per image took 10-12 min each on the 2-core
             # CPU (plan positions 42 and 102, trained before this cap was set at position 158).
             max_pooling_reads=2_000_000,
-            path="archsets/fashion_mnist_cpu.sqlite",
+            path="archsets/fashion_mnist_cpu_val.sqlite",  # labelled on validation (2026-12-01)
         )
     elif variant != "default":
         raise ValueError(f"unknown variant {variant!r} of fashion_mnist; use default, paper, cpu")

@@ -3,6 +3,8 @@
 from ac_jax.arch.sampler import SamplerConfig
 from ac_jax.child.trainer import TrainSchedule
 from ac_jax.config import ArchsetConfig, Config
+from ac_jax.surrogate.config import SurrogateConfig
+from ac_jax.surrogate.model import SurrogateArch
 
 
 def get_config(variant: str = "default") -> Config:
@@ -23,5 +25,11 @@ def get_config(variant: str = "default") -> Config:
             neighbourhood_of="tinycnn",
             compile_workers=1,
             path="archsets/tiny.sqlite",
+        ),
+        # A small surrogate that trains in seconds (the tests' own settings).
+        surrogate=SurrogateConfig(
+            arch=SurrogateArch(max_len=16, widths=(16, 32), embed_dim=16, regressor_hidden=32),
+            steps=1000, batch_size=16, optimizer="adam", lr=3e-3, steps_per_call=250,
+            eval_every=250, checkpoint_every=500, decay_every_epochs=0,
         ),
     )

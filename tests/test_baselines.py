@@ -215,8 +215,11 @@ def test_distillation_and_scratch_runs(teacher, data):
     assert set(results) == {"kd", "scratch", "fitnets"}
     for result in results.values():
         assert result.arch == student and result.num_params == student.num_params
-        # The reported accuracy is that of the weights returned (one seed: its own accuracy).
-        assert result.accuracy == evaluate(student, result.variables, data, SCHEDULE)
+        # The reported accuracy is that of the weights returned (one seed: its own accuracy),
+        # measured by the trainer's own evaluation; `evaluate` is a second program (other
+        # convolution path), whose float rounding may flip an argmax tie: one image at most.
+        again = evaluate(student, result.variables, data, SCHEDULE)
+        assert abs(result.accuracy - again) <= 1.0 / data.num_test + 1e-9
         assert count_params(result.variables["params"]) == student.num_params
     # KD and from-scratch start from the same initialisation and data order (same seed) and
     # differ in the loss only, so their weights differ; the hint stage changes FitNets' start.

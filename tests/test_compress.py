@@ -278,7 +278,7 @@ def test_verify_trains_both_with_the_same_seeds():
     from ac_jax.data import load
 
     arch = zoo.get("tinycnn", SHAPE, CLASSES)
-    small = arch.replace_layers([l if l.t != 1 else l._replace(o=max(2, l.o // 2)) for l in arch.layers])
+    small = arch.replace_layers([x if x.t != 1 else x._replace(o=max(2, x.o // 2)) for x in arch.layers])
     schedule = TrainSchedule(epochs=1, batch_size=32, lr=0.01, eval_batch_size=128)
     row = pipeline.verify(arch, small, load("synthetic"), schedule, [0, 1], log=lambda s: None)
     assert row["original_status"] == "ok" and row["compressed_status"] == "ok"

@@ -51,7 +51,7 @@ def test_winograd_only_where_it_applies():
 def test_conv7_layers_and_their_input_shapes():
     layers = conv_layers.conv_layers("conv7")
     assert [layer["name"] for layer in layers] == [f"Conv_{i}" for i in range(7)]
-    assert [(l["h"], l["c"], l["o"]) for l in layers] == [
+    assert [(c["h"], c["c"], c["o"]) for c in layers] == [
         (28, 1, 64), (28, 64, 64), (14, 64, 64), (14, 64, 96), (7, 96, 128), (7, 128, 128),
         (7, 128, 256),
     ]

@@ -27,6 +27,7 @@ from ac_jax.arch.spec import Arch
 from ac_jax.archset.store import ArchsetStore, Record
 from ac_jax.child.trainer import ChildTrainer, TrainResult, to_device
 from ac_jax.config import ArchsetConfig, Config
+from ac_jax.data import protocol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +92,7 @@ def archset_meta(cfg: Config, input_shape, num_classes: int) -> dict:
         "sample_seed": a.sample_seed,
         "neighbourhood_fraction": a.neighbourhood_fraction,
         "neighbourhood_of": a.neighbourhood_of,
+        **protocol.SEARCH_META,  # records are validation accuracies (generate's search view)
     }
 
 
@@ -151,11 +153,16 @@ def generate(
     progress: bool = True,
     on_record: Callable[[Record], None] | None = None,
 ) -> RunStats:
-    """Trains the plan's architectures that are in `shard` and not yet in `out`."""
+    """Trains the plan's architectures that are in `shard` and not yet in `out`.
+
+    Records hold validation accuracy: the architectures train on the training set minus the
+    validation split and are evaluated on that split (`protocol.search_view` of `dataset`).
+    """
     from ac_jax.data import load
 
     if dataset is None:
         dataset = load(cfg.dataset, cfg.data_dir)
+    dataset = protocol.search_view(dataset)
     k, n = shard
     if not 0 <= k < n:
         raise ValueError(f"shard must be K/N with 0 <= K < N, got {k}/{n}")

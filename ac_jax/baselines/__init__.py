@@ -7,11 +7,11 @@ Entry point: bin/baselines.py. Each method returns a `BaselineResult` (one table
 from ac_jax.baselines.budget import BUDGETS, Budget, get_budget
 from ac_jax.baselines.common import (
     BaselineResult,
-    NetTrainer,
     TrainedNet,
     evaluate,
     retrain,
     scale_widths,
+    trained_net,
     train_network,
     width_scaled_to,
 )
@@ -26,7 +26,6 @@ __all__ = [
     "Budget",
     "DistillConfig",
     "N2NConfig",
-    "NetTrainer",
     "PruningConfig",
     "RandomSearchConfig",
     "TrainedNet",
@@ -42,6 +41,7 @@ __all__ = [
     "sample_under_budget",
     "scale_widths",
     "slice_variables",
+    "trained_net",
     "train_network",
     "width_scaled_to",
 ]

@@ -1,11 +1,13 @@
-"""Shared pieces of the baselines: the result record, a one-network training loop, evaluation.
+"""Shared pieces of the baselines: the result record, training through `ChildTrainer`, evaluation.
 
-`ChildTrainer` (ac_jax.child.trainer) trains many seeds of one architecture in one compiled
-program and returns only accuracies; pruning and distillation need the trained *weights* (and a
-teacher inside the loss), so they use the loop here instead: one jitted step per architecture and
-loss, driven from Python (per-step progress, any number of steps between pruning rounds). The
-step reuses the trainer's optimiser/schedule (`make_optimizer`) and on-device preprocessing, so a
-network trained here sees the same data pipeline as one trained by `ChildTrainer`.
+Every network a baseline trains to a schedule (the teacher, search candidates, retraining with
+the final schedule, distillation students, the fine-tuning of a pruned network) trains through
+`ChildTrainer` (ac_jax.child.trainer: seeds vmapped, one program per architecture), so all
+methods share one training procedure. Two algorithm-specific inner loops remain, built on the
+step helpers here: the pruning rounds (a few gated minibatches between removals, the gates'
+gradients being the Taylor criterion) and the FitNets hint stage (an L2 loss on an intermediate
+layer). They reuse the trainer's optimiser/schedule (`make_optimizer`) and on-device
+preprocessing, so they see the same data pipeline.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import time
 from typing import Any, Callable
 
 import jax
@@ -22,12 +23,16 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from ac_jax.arch import shapes
 from ac_jax.arch.spec import Arch, LayerType
 from ac_jax.arch.torch_io import to_json
 from ac_jax.child import onednn
 from ac_jax.child.model import ChildNet
-from ac_jax.child.trainer import DeviceData, TrainSchedule, make_optimizer
+from ac_jax.child.trainer import (
+    ChildTrainer,
+    DeviceData,
+    TrainOptions,
+    TrainSchedule,
+)
 from ac_jax.data.device import preprocess
 
 Variables = dict[str, Any]  # {"params": ..., "batch_stats": ...}
@@ -216,21 +221,6 @@ def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, augment: bool):
     return step
 
 
-def ce_loss_fn(model: ChildNet) -> LossFn:
-    """Plain cross-entropy on the labels (`extra` unused)."""
-
-    def loss_fn(params, batch_stats, extra, x, y, dropout_key):
-        del extra
-        logits, updates = model.apply(
-            {"params": params, "batch_stats": batch_stats}, x, train=True,
-            mutable=["batch_stats"], rngs={"dropout": dropout_key},
-        )
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        return loss, (updates.get("batch_stats", {}), None)
-
-    return loss_fn
-
-
 def run_steps(step, state, extra, data: DeviceData, stream: BatchStream, num_steps: int,
               key: jax.Array, *, start: int = 0, progress: bool = False, desc: str = "train",
               on_aux: Callable[[Any], None] | None = None):
@@ -304,62 +294,44 @@ def evaluate(arch: Arch, variables: Variables, data: DeviceData, schedule: Train
     return float(correct) / data.num_test
 
 
-class NetTrainer:
-    """Trains one architecture with a given loss; the jitted step is built once, reused per seed.
-
-    `loss_factory(model) -> loss_fn` (default: cross-entropy); `extra` passed to `fit` goes to
-    the loss (e.g. the teacher's variables for distillation). The same seed gives the same
-    initialisation and data order whatever the loss, so KD and from-scratch runs are paired.
-    """
-
-    def __init__(self, arch: Arch, data: DeviceData, schedule: TrainSchedule,
-                 loss_factory: Callable[[ChildNet], LossFn] = ce_loss_fn):
-        shapes.validate(arch)
-        self.arch = arch
-        self.data = data
-        self.schedule = schedule
-        self.steps_per_epoch = data.train_x.shape[0] // schedule.batch_size
-        self.model = child_model(arch, schedule)
-        self.tx = make_optimizer(schedule, max(self.steps_per_epoch, 1))
-        self.step = make_step(loss_factory(self.model), self.tx, data.augment)
-
-    def fit(self, seed: int = 0, *, variables: Variables | None = None, extra=None,
-            progress: bool = False, desc: str | None = None) -> TrainedNet:
-        start = time.perf_counter()
-        stream = BatchStream(self.data.train_x.shape[0], self.schedule.batch_size, seed)
-        state = init_state(self.model, self.tx, seed, variables)
-        state, losses = run_steps(
-            self.step, state, extra, self.data, stream,
-            self.schedule.epochs * stream.steps_per_epoch, prng_key(seed),
-            progress=progress, desc=desc or f"train {self.arch.num_params:,} params",
-        )
-        trained = state_variables(state)
-        accuracy = evaluate(self.arch, trained, self.data, self.schedule)
-        return TrainedNet(self.arch, trained, accuracy, time.perf_counter() - start,
-                          diverged=not np.isfinite(losses).all())
-
-
 def train_network(arch: Arch, data: DeviceData, schedule: TrainSchedule, seed: int = 0, *,
                   variables: Variables | None = None, progress: bool = False,
                   desc: str | None = None) -> TrainedNet:
-    """Trains one network with cross-entropy for `schedule.epochs` epochs; evaluates it."""
-    return NetTrainer(arch, data, schedule).fit(
-        seed, variables=variables, progress=progress, desc=desc
-    )
+    """Trains one network with cross-entropy for `schedule.epochs` epochs (`ChildTrainer`, one
+    seed; from `variables` when given) and keeps its weights; accuracy on `data`'s eval split."""
+    del progress, desc  # one compiled program: no per-step progress to show
+    options = TrainOptions(warm_start=variables is not None, keep_weights=True)
+    result = ChildTrainer(data, schedule, 1, options).train(arch, [seed], init=variables)
+    return trained_net(arch, result)
+
+
+def trained_net(arch: Arch, result) -> TrainedNet:
+    """The first seed of a `TrainResult` from a weight-keeping trainer, as a `TrainedNet`."""
+    if result.variables is None:
+        if result.ok:
+            raise ValueError("the trainer did not keep weights (TrainOptions.keep_weights)")
+        raise RuntimeError(f"training failed ({result.status}): {result.reason}")
+    diverged = result.status == "diverged"
+    accuracy = float("nan") if diverged else float(result.seed_accuracies[0])
+    return TrainedNet(arch, result.variables[0], accuracy, result.train_seconds, diverged)
 
 
 def retrain(arch: Arch, data: DeviceData, schedule: TrainSchedule, seeds=(0,), *,
             progress: bool = False, desc: str | None = None) -> tuple[float, list[float]]:
-    """Mean and per-seed test accuracy of `arch` trained from scratch with `schedule`.
+    """Mean and per-seed accuracy (on `data`'s eval split) of `arch` trained from scratch with
+    `schedule`, all seeds in one `ChildTrainer` program.
 
-    Used to put every method's architecture through the same final training (one compile,
-    reused for all seeds), so the table compares architectures, not training budgets.
+    Used to put every method's architecture through the same final training, so the table
+    compares architectures, not training budgets. A diverged seed counts as NaN.
     """
-    trainer = NetTrainer(arch, data, schedule)
-    accs = []
-    for seed in seeds:
-        net = trainer.fit(seed, progress=progress, desc=desc)
-        accs.append(float("nan") if net.diverged else net.accuracy)
+    del progress, desc
+    result = ChildTrainer(data, schedule, len(seeds)).train(arch, list(seeds))
+    if result.status not in ("ok", "diverged"):
+        raise RuntimeError(f"retraining failed ({result.status}): {result.reason}")
+    accs = [float(a) for a in result.seed_accuracies]
+    if result.status == "diverged":
+        finite = np.isfinite(np.asarray(result.epoch_losses)).all(axis=1)
+        accs = [a if ok else float("nan") for a, ok in zip(accs, finite)]
     return float(np.mean(accs)), accs
 
 

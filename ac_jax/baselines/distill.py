@@ -2,16 +2,17 @@
 
 * KD (Hinton et al. 2015): the student is trained on
   ``alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, y)``
-  with T = 4, alpha = 0.9 by default; the T^2 keeps the soft term's gradient scale independent of
-  T. The teacher runs in inference mode on the same (augmented) minibatch inside the step.
-* From scratch: the same student, schedule and seeds with plain cross-entropy. A seed fixes the
-  initialisation and data order, so each KD run is paired with a scratch run that differs only
-  in the loss.
+  with T = 4, alpha = 0.9 by default (`ac_jax.child.trainer.kd_loss`), by `ChildTrainer` with
+  `TrainOptions(distill=...)`: all seeds in one program, the teacher in inference mode on the
+  same (augmented) minibatch inside the step.
+* From scratch: the same student, schedule and seeds with plain cross-entropy (`ChildTrainer`).
+  A seed fixes the initialisation and data order, so each KD run is paired with a scratch run
+  that differs only in the loss.
 * FitNets hint (Romero et al. 2014, the paper's actual distillation baseline), optional
   (`hint_epochs > 0`): stage 1 regresses the output of a student Conv (the "guided" layer) onto
   a teacher Conv output (the "hint", the teacher's middle Conv) through a 1x1 convolution
   adapter, with an L2 loss; only the student layers up to the guided one receive gradients.
-  Stage 2 is KD from there. The guided layer is the student Conv with the hint's spatial size
+  Stage 2 is KD from there (`ChildTrainer`, warm start). The guided layer is the student Conv with the hint's spatial size
   closest in relative depth; without one, the hint stage is skipped (noted in the result).
 """
 
@@ -33,7 +34,6 @@ from ac_jax.arch.spec import Arch, LayerType
 from ac_jax.baselines.common import (
     BaselineResult,
     BatchStream,
-    NetTrainer,
     TrainedNet,
     child_model,
     init_state,
@@ -42,7 +42,16 @@ from ac_jax.baselines.common import (
     prng_key,
     run_steps,
 )
-from ac_jax.child.trainer import DeviceData, TrainSchedule
+from ac_jax.child.trainer import (
+    ChildTrainer,
+    DeviceData,
+    Distillation,
+    TrainOptions,
+    TrainSchedule,
+    kd_loss,
+)
+
+__all__ = ["DistillConfig", "distill", "hint_layers", "kd_loss"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,42 +60,6 @@ class DistillConfig:
     alpha: float = 0.9  # weight of the soft (teacher) term
     hint_epochs: int = 0  # FitNets stage 1 epochs; 0 disables the FitNets run
     seeds: tuple[int, ...] = (0,)
-
-
-def kd_loss(student_logits, teacher_logits, labels, temperature: float = 4.0,
-            alpha: float = 0.9) -> jax.Array:
-    """Hinton et al.'s distillation loss, averaged over the batch (see the module docstring).
-
-    KL rather than cross-entropy with the soft targets: same gradient, and the soft term is 0
-    when the student matches the teacher.
-    """
-    t = temperature
-    log_q = jax.nn.log_softmax(teacher_logits / t)
-    log_p = jax.nn.log_softmax(student_logits / t)
-    soft = (jnp.exp(log_q) * (log_q - log_p)).sum(axis=-1)
-    hard = optax.softmax_cross_entropy_with_integer_labels(student_logits, labels)
-    return (alpha * t * t * soft + (1.0 - alpha) * hard).mean()
-
-
-def kd_loss_factory(teacher_arch: Arch, schedule: TrainSchedule, temperature: float, alpha: float):
-    """A `NetTrainer` loss factory; `extra` is the teacher's variables."""
-    teacher_model = child_model(teacher_arch, schedule)
-
-    def factory(student):
-        def loss_fn(params, batch_stats, teacher_variables, x, y, dropout_key):
-            teacher_logits = jax.lax.stop_gradient(
-                teacher_model.apply(teacher_variables, x, train=False)
-            )
-            logits, updates = student.apply(
-                {"params": params, "batch_stats": batch_stats}, x, train=True,
-                mutable=["batch_stats"], rngs={"dropout": dropout_key},
-            )
-            loss = kd_loss(logits, teacher_logits, y, temperature, alpha)
-            return loss, (updates.get("batch_stats", {}), None)
-
-        return loss_fn
-
-    return factory
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,9 +154,13 @@ def _hint_stage(teacher: TrainedNet, student: Arch, data: DeviceData, schedule: 
 # --------------------------------------------------------------------------------------------
 
 
-def _summary(method: str, student: Arch, nets: Sequence[TrainedNet], seconds: float,
-             seeds: Sequence[int], notes: str) -> BaselineResult:
-    accs = [float("nan") if n.diverged else n.accuracy for n in nets]
+def _summary(method: str, student: Arch, result, seconds: float, seeds: Sequence[int],
+             notes: str) -> BaselineResult:
+    """A row from a `TrainResult` over `seeds` (a diverged seed counts as NaN)."""
+    if result.status not in ("ok", "diverged"):
+        raise RuntimeError(f"{method}: training failed ({result.status}): {result.reason}")
+    finite = np.isfinite(np.asarray(result.epoch_losses)).all(axis=1)
+    accs = [float(a) if ok else float("nan") for a, ok in zip(result.seed_accuracies, finite)]
     return BaselineResult(
         method=method,
         accuracy=float(np.mean(accs)),
@@ -193,7 +170,7 @@ def _summary(method: str, student: Arch, nets: Sequence[TrainedNet], seconds: fl
         archs_evaluated=1,
         notes=notes,
         details={"seed_accuracies": accs, "seeds": list(seeds)},
-        variables=nets[0].variables,
+        variables=result.variables[0] if result.variables else None,
     )
 
 
@@ -203,7 +180,7 @@ def distill(teacher: TrainedNet, student: Arch, data: DeviceData, schedule: Trai
     """Trains `student` with KD (and, if asked, FitNets and from scratch) with `schedule`.
 
     Returns results keyed "kd", "scratch" and "fitnets" (those that ran). Accuracies are means
-    over `cfg.seeds`.
+    over `cfg.seeds`, on `data`'s evaluation split.
     """
     shapes.validate(student)
     if student.input_shape != teacher.arch.input_shape:
@@ -214,54 +191,59 @@ def distill(teacher: TrainedNet, student: Arch, data: DeviceData, schedule: Trai
     if not cfg.seeds:
         raise ValueError("distillation needs at least one seed")
     results: dict[str, BaselineResult] = {}
+    seeds = list(cfg.seeds)
     kd_note = f"T={cfg.temperature:g}, alpha={cfg.alpha:g}, {schedule.epochs} epoch(s)"
-    factory = kd_loss_factory(teacher.arch, schedule, cfg.temperature, cfg.alpha)
-    bar = tqdm(total=len(cfg.seeds) * (1 + scratch + (cfg.hint_epochs > 0)), desc="distillation",
+    kd = Distillation(teacher.arch, cfg.temperature, cfg.alpha)
+    bar = tqdm(total=1 + scratch + len(seeds) * (cfg.hint_epochs > 0), desc="distillation",
                leave=False, disable=not progress)
 
     start = time.perf_counter()
-    kd_trainer = NetTrainer(student, data, schedule, factory)
-    kd_nets = []
-    for seed in cfg.seeds:
-        kd_nets.append(kd_trainer.fit(seed, extra=teacher.variables, progress=progress,
-                                      desc=f"KD seed {seed}"))
-        bar.update()
-    results["kd"] = _summary("distillation (KD)", student, kd_nets, time.perf_counter() - start,
-                             cfg.seeds, kd_note)
+    kd_trainer = ChildTrainer(data, schedule, len(seeds),
+                              TrainOptions(distill=kd, keep_weights=True), teacher.variables)
+    results["kd"] = _summary("distillation (KD)", student, kd_trainer.train(student, seeds),
+                             time.perf_counter() - start, seeds, kd_note)
+    bar.update()
 
     if scratch:
         start = time.perf_counter()
-        scratch_trainer = NetTrainer(student, data, schedule)
-        nets = []
-        for seed in cfg.seeds:
-            nets.append(scratch_trainer.fit(seed, progress=progress, desc=f"scratch seed {seed}"))
-            bar.update()
-        results["scratch"] = _summary("student from scratch", student, nets,
-                                      time.perf_counter() - start, cfg.seeds,
+        result = ChildTrainer(data, schedule, len(seeds), TrainOptions(keep_weights=True)).train(
+            student, seeds)
+        results["scratch"] = _summary("student from scratch", student, result,
+                                      time.perf_counter() - start, seeds,
                                       "same schedule and seeds as KD, cross-entropy only")
+        bar.update()
 
     if cfg.hint_epochs > 0:
         start = time.perf_counter()
         names = hint_layers(teacher.arch, student)
         if names is None:
-            bar.update(len(cfg.seeds))
+            bar.update(len(seeds))
             results["fitnets"] = BaselineResult(
                 "distillation (FitNets hint + KD)", None, student.num_params, student, 0.0, 0,
                 notes="skipped: no student Conv has the spatial size of the teacher's hint layer",
             )
         else:
-            nets, hint_losses = [], []
-            for seed in cfg.seeds:
+            # Each seed starts stage 2 from its own hinted weights: one warm-started KD
+            # training per seed.
+            warm = ChildTrainer(data, schedule, 1, TrainOptions(distill=kd, warm_start=True,
+                                                                keep_weights=True),
+                                teacher.variables)
+            accs, losses, hint_losses, kept = [], [], [], []
+            for seed in seeds:
                 variables, hint_loss = _hint_stage(teacher, student, data, schedule, names,
                                                    cfg.hint_epochs, seed, progress)
                 hint_losses.append(hint_loss)
-                nets.append(kd_trainer.fit(seed, variables=variables, extra=teacher.variables,
-                                           progress=progress, desc=f"FitNets KD seed {seed}"))
+                out = warm.train(student, [seed], init=variables)
+                accs += list(out.seed_accuracies) or [float("nan")]
+                losses += list(out.epoch_losses) or [(float("nan"),)]
+                kept += list(out.variables or [None])
                 bar.update()
+            combined = dataclasses.replace(out, status="ok", seed_accuracies=tuple(accs),
+                                           epoch_losses=tuple(losses), variables=tuple(kept))
             result = _summary(
-                "distillation (FitNets hint + KD)", student, nets, time.perf_counter() - start,
-                cfg.seeds, f"hint {names[0]} -> guided {names[1]}, {cfg.hint_epochs} hint "
-                f"epoch(s), then KD ({kd_note})",
+                "distillation (FitNets hint + KD)", student, combined,
+                time.perf_counter() - start, seeds, f"hint {names[0]} -> guided {names[1]}, "
+                f"{cfg.hint_epochs} hint epoch(s), then KD ({kd_note})",
             )
             result.details["final_hint_loss"] = hint_losses
             results["fitnets"] = result

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from ac_jax.arch.legalize import legalize
 from ac_jax.arch.spec import Arch, LayerType
+from ac_jax.archset.store import Record
 from ac_jax.baselines.common import BaselineResult, prng_key
 from ac_jax.child.trainer import ChildTrainer, DeviceData, TrainSchedule
 
@@ -60,6 +61,14 @@ class N2NConfig:
     max_macs_ratio: float | None = 1.0  # None: no MAC cap
     num_seeds: int = 1  # proxy-training seeds per student
     seed: int = 0
+    # A budget of trained networks (the teacher's proxy run included), for equal-budget
+    # comparisons: stage 1 may spend `stage1_share` of it, stage 2 the rest; the episode counts
+    # above become caps. None: run exactly the episodes above.
+    max_trained: int | None = None
+    stage1_share: float = 0.5
+    # With a budget, a stage also ends after this many episodes in a row that trained nothing
+    # new (the policy keeps proposing students it has already seen).
+    max_idle_episodes: int = 25
 
 
 def n2n_reward(student_params: int, teacher_params: int, student_accuracy: float,
@@ -166,8 +175,8 @@ def _shrink_scan(policy: ShrinkPolicy, params, enc, shrinkable, key, given=None)
 
 def _shrinkable(arch: Arch) -> np.ndarray:
     last = len(arch.layers) - 1
-    return np.asarray([(l.t == LayerType.CONV or l.t == LayerType.LINEAR) and i != last
-                       for i, l in enumerate(arch.layers)])
+    return np.asarray([(layer.t == LayerType.CONV or layer.t == LayerType.LINEAR) and i != last
+                       for i, layer in enumerate(arch.layers)])
 
 
 def remove_layers(arch: Arch, keep: Sequence[int]) -> Arch | None:
@@ -200,18 +209,54 @@ class _Evaluation:
     status: str
 
 
-class _StudentJudge:
-    """Rewards students, training each distinct architecture once (cached)."""
+class BudgetSpent(Exception):
+    """The judge was asked to train a network beyond `N2NConfig.max_trained`."""
 
-    def __init__(self, teacher: Arch, teacher_accuracy: float, data: DeviceData,
-                 schedule: TrainSchedule, cfg: N2NConfig):
+
+class _StudentJudge:
+    """Rewards students, training each distinct architecture once (cached).
+
+    With a `store` (an archset-format file), every training is recorded as it finishes and a
+    restarted run reads it back instead of training again: the policies see the same rewards,
+    so they make the same moves (JAX's random streams are deterministic on one machine).
+    """
+
+    def __init__(self, teacher: Arch, data: DeviceData, schedule: TrainSchedule,
+                 cfg: N2NConfig, store=None):
         self.teacher = teacher
         self.teacher_params = teacher.num_params
-        self.teacher_accuracy = teacher_accuracy
+        self.teacher_accuracy: float | None = None
         self.max_macs = None if cfg.max_macs_ratio is None else cfg.max_macs_ratio * teacher.macs
         self.cfg = cfg
         self.trainer = ChildTrainer(data, schedule, cfg.num_seeds)
         self.trained: dict[Arch, _Evaluation] = {}
+        self.store = store
+        self.stored = {rec.arch: rec for rec in store.records()} if store is not None else {}
+        self.spent = 0  # networks trained (or read back from the store), teacher included
+        self.resumed = 0
+
+    def train(self, arch: Arch, source: str):
+        """`(status, mean accuracy or None)` of `arch` under the proxy, counted in the budget."""
+        cfg = self.cfg
+        rec = self.stored.get(arch)
+        if rec is None:
+            if cfg.max_trained is not None and self.spent >= cfg.max_trained:
+                raise BudgetSpent
+            result = self.trainer.train(arch, list(range(cfg.num_seeds)))
+            rec = Record(
+                idx=self.spent, arch=arch, source=source, num_params=arch.num_params,
+                macs=arch.macs, status=result.status, reason=result.reason,
+                seed_accuracies=result.seed_accuracies,
+                mean_accuracy=result.mean_accuracy if result.seed_accuracies else None,
+                epoch_losses=result.epoch_losses, compile_seconds=result.compile_seconds,
+                train_seconds=result.train_seconds, finished_at=time.time())
+            if self.store is not None:
+                self.store.add(rec)
+            self.stored[arch] = rec
+        else:
+            self.resumed += 1
+        self.spent += 1
+        return rec.status, (rec.mean_accuracy if rec.status == "ok" else None)
 
     def __call__(self, student: Arch | None) -> _Evaluation:
         cfg = self.cfg
@@ -225,21 +270,25 @@ class _StudentJudge:
             return _Evaluation(student, reward, None, "not smaller than the teacher")
         if self.max_macs is not None and student.macs > self.max_macs:
             return _Evaluation(student, cfg.invalid_reward, None, "over the MAC cap")
-        result = self.trainer.train(student, list(range(cfg.num_seeds)))
-        if result.ok:
-            acc = result.mean_accuracy
+        status, acc = self.train(student, "n2n")
+        if acc is not None:
             ev = _Evaluation(student, n2n_reward(params, self.teacher_params, acc,
                                                  self.teacher_accuracy), acc, "ok")
         else:
-            ev = _Evaluation(student, cfg.invalid_reward, None, result.status)
+            ev = _Evaluation(student, cfg.invalid_reward, None, status)
         self.trained[student] = ev
         return ev
 
 
 def _reinforce(name: str, params, sample: Callable, logp: Callable, build: Callable,
                judge: _StudentJudge, cfg: N2NConfig, episodes: int, key, progress: bool,
-               log: list):
-    """REINFORCE with a moving-average baseline; returns the best (reward, student) seen."""
+               log: list, spend_until: int | None = None):
+    """REINFORCE with a moving-average baseline; returns the best (reward, student) seen.
+
+    With `spend_until`, the stage ends once the judge has trained that many networks (an
+    episode cut short by the budget is not used for an update) or after
+    `cfg.max_idle_episodes` episodes in a row that trained nothing new.
+    """
     tx = optax.adam(cfg.lr)
     opt_state = tx.init(params)
 
@@ -255,12 +304,24 @@ def _reinforce(name: str, params, sample: Callable, logp: Callable, build: Calla
     baseline = None
     best = (-np.inf, None)
     bar = tqdm(range(episodes), desc=f"N2N {name}", leave=False, disable=not progress)
+    idle = 0
     for episode in bar:
+        if spend_until is not None and (judge.spent >= spend_until
+                                        or idle >= cfg.max_idle_episodes):
+            break
+        spent_before = judge.spent
         key, sub = jax.random.split(key)
         actions = np.asarray(sample(params, jax.random.split(sub, cfg.rollouts)))
         rewards = []
-        for row in actions:
-            ev = judge(build(row))
+        try:
+            evaluations = [judge(build(row)) if spend_until is None or judge.spent < spend_until
+                           else None for row in actions]
+        except BudgetSpent:
+            break
+        if any(ev is None for ev in evaluations):
+            break  # the budget ran out inside this episode
+        idle = idle + 1 if judge.spent == spent_before else 0
+        for ev in evaluations:
             rewards.append(ev.reward)
             log.append({"stage": name, "episode": episode, "reward": ev.reward,
                         "accuracy": ev.accuracy, "status": ev.status,
@@ -279,26 +340,34 @@ def _reinforce(name: str, params, sample: Callable, logp: Callable, build: Calla
 
 def n2n(teacher: Arch, data: DeviceData, schedule: TrainSchedule, target_params: int,
         cfg: N2NConfig = N2NConfig(), *, teacher_accuracy: float | None = None,
-        progress: bool = False) -> BaselineResult:
+        store=None, progress: bool = False) -> BaselineResult:
     """Runs both N2N stages; see the module docstring for the reward and what is returned.
 
     `teacher_accuracy` is A_teacher under the same proxy (`schedule`, `cfg.num_seeds` seeds);
-    it is measured if not given.
+    it is measured if not given (one training, counted in `cfg.max_trained`). `store`: an open
+    `ArchsetStore` recording every training, from which a restarted run resumes
+    (`_StudentJudge`). `details["order"]` lists the trained students' accuracies in training
+    order (None: failed), for anytime curves.
     """
     if cfg.rollouts < 1 or cfg.stage1_episodes < 0 or cfg.stage2_episodes < 0:
         raise ValueError("N2N needs rollouts >= 1 and non-negative episode counts")
     if not cfg.shrink_factors or not all(0 < f <= 1 for f in cfg.shrink_factors):
         raise ValueError("shrink factors must be in (0, 1]")
+    if cfg.max_trained is not None and cfg.max_trained < 2:
+        raise ValueError("an N2N budget needs at least 2 trainings (the teacher and a student)")
     start = time.perf_counter()
     key = prng_key(cfg.seed)
+    judge = _StudentJudge(teacher, data, schedule, cfg, store)
     teacher_evaluated = 0
     if teacher_accuracy is None:
-        result = ChildTrainer(data, schedule, cfg.num_seeds).train(
-            teacher, list(range(cfg.num_seeds)))
-        if not result.ok:
-            raise RuntimeError(f"the teacher failed to train with the proxy: {result.reason}")
-        teacher_accuracy, teacher_evaluated = result.mean_accuracy, 1
-    judge = _StudentJudge(teacher, teacher_accuracy, data, schedule, cfg)
+        status, teacher_accuracy = judge.train(teacher, "teacher")
+        if teacher_accuracy is None:
+            raise RuntimeError(f"the teacher failed to train with the proxy ({status})")
+        teacher_evaluated = 1
+    judge.teacher_accuracy = teacher_accuracy
+    budget = cfg.max_trained
+    stage1_until = None if budget is None else max(
+        judge.spent + 1, int(round(budget * cfg.stage1_share)))
     log: list[dict] = []
 
     # Stage 1: layer removal on the teacher.
@@ -311,7 +380,7 @@ def n2n(teacher: Arch, data: DeviceData, schedule: TrainSchedule, target_params:
     sample1, logp1 = _removal_fns(removal, enc1, free)
     best1 = _reinforce("removal", params1, sample1, logp1,
                        lambda keep: remove_layers(teacher, keep), judge, cfg,
-                       cfg.stage1_episodes, run_key, progress, log)
+                       cfg.stage1_episodes, run_key, progress, log, stage1_until)
     stage2_input = best1[1] if best1[1] is not None and best1[0] > 0 else teacher
 
     # Stage 2: layer shrinkage on the best stage-1 student.
@@ -334,7 +403,7 @@ def n2n(teacher: Arch, data: DeviceData, schedule: TrainSchedule, target_params:
 
     _reinforce("shrinkage", params2, sample2, logp2,
                lambda actions: shrink_layers(stage2_input, actions, factors), judge, cfg,
-               cfg.stage2_episodes, run_key, progress, log)
+               cfg.stage2_episodes, run_key, progress, log, budget)
 
     trained = [ev for ev in judge.trained.values() if ev.accuracy is not None]
     if not trained:
@@ -352,11 +421,15 @@ def n2n(teacher: Arch, data: DeviceData, schedule: TrainSchedule, target_params:
         num_params=chosen.arch.num_params,
         arch=chosen.arch,
         wall_seconds=time.perf_counter() - start,
-        archs_evaluated=len(judge.trained) + teacher_evaluated,
+        archs_evaluated=judge.spent,
         search_accuracy=chosen.accuracy,
         within_budget=chosen.arch.num_params <= target_params,
         notes=f"{how}; {cfg.stage1_episodes}+{cfg.stage2_episodes} episodes x {cfg.rollouts} "
               f"rollouts, reward {chosen.reward:.3f}",
         details={"teacher_proxy_accuracy": teacher_accuracy, "rollouts": log,
-                 "stage1_best_params": stage2_input.num_params},
+                 "stage1_best_params": stage2_input.num_params,
+                 "teacher_trained": teacher_evaluated, "resumed": judge.resumed,
+                 "order": [{"num_params": r.num_params, "source": r.source,
+                            "accuracy": r.mean_accuracy if r.status == "ok" else None}
+                           for r in sorted(judge.stored.values(), key=lambda r: r.idx)]},
     )

@@ -46,7 +46,6 @@ from ac_jax.arch.spec import Arch, LayerType
 from ac_jax.baselines.common import (
     BaselineResult,
     BatchStream,
-    NetTrainer,
     TrainedNet,
     Variables,
     child_model,
@@ -57,6 +56,7 @@ from ac_jax.baselines.common import (
     prng_key,
     run_steps,
     state_variables,
+    train_network,
 )
 from ac_jax.child.trainer import DeviceData, TrainSchedule
 
@@ -282,12 +282,16 @@ def _remove(scores, alive, arch, groups, goal: int) -> tuple[int, int]:
 
 def prune(teacher: TrainedNet, data: DeviceData, schedule: TrainSchedule, target_params: int,
           cfg: PruningConfig = PruningConfig(), seed: int = 0, *,
-          progress: bool = False) -> BaselineResult:
+          report_data: DeviceData | None = None, progress: bool = False) -> BaselineResult:
     """Prunes `teacher` to at most `target_params` parameters; returns the best of the repeats.
 
     `schedule` gives the batch size, compute dtype and evaluation batch; fine-tuning uses Adam
-    with `cfg.finetune_lr`. The result's `arch` is the cut-down network; `details` holds each
-    round's widths and parameter counts.
+    with `cfg.finetune_lr`; the final fine-tune trains through `ChildTrainer` (warm start from the
+    sliced weights). The best repeat is chosen on `data`'s evaluation split (the validation split
+    under the study's protocol); with `report_data` (the same training images, the test set to
+    evaluate on), the result's `accuracy` is the chosen network's accuracy there and the
+    choosing accuracy is kept in `search_accuracy`. The result's `arch` is the cut-down
+    network; `details` holds each round's widths and parameter counts.
     """
     if cfg.criterion not in CRITERIA:
         raise ValueError(f"unknown pruning criterion {cfg.criterion!r}; use one of {CRITERIA}")
@@ -345,10 +349,8 @@ def prune(teacher: TrainedNet, data: DeviceData, schedule: TrainSchedule, target
                 break  # every Conv is down to one filter: the target is out of reach
         keep = [np.flatnonzero(a) for a in alive]
         small_arch, small_vars = slice_variables(arch, state_variables(state), keep, groups)
-        final = NetTrainer(small_arch, data, final_schedule)
         if cfg.final_epochs > 0:
-            net = final.fit(run_seed, variables=small_vars, progress=progress,
-                            desc=f"{method} final fine-tune")
+            net = train_network(small_arch, data, final_schedule, run_seed, variables=small_vars)
         else:
             accuracy = evaluate(small_arch, small_vars, data, schedule)
             net = TrainedNet(small_arch, small_vars, accuracy, 0.0)
@@ -369,6 +371,9 @@ def prune(teacher: TrainedNet, data: DeviceData, schedule: TrainSchedule, target
         if best is None or _better(result, best):
             best = result
     assert best is not None
+    best.search_accuracy = best.accuracy
+    if report_data is not None and best.variables is not None:
+        best.accuracy = evaluate(best.arch, best.variables, report_data, schedule)
     best.wall_seconds = time.perf_counter() - start
     best.archs_evaluated = rounds_total
     if cfg.repeats > 1:

@@ -104,6 +104,7 @@ def _search_meta(data: DeviceData, schedule: TrainSchedule, target_params: int,
         "num_classes": int(data.num_classes),
         "train_images": int(data.train_x.shape[0]),
         "test_images": int(data.test_x.shape[0]),
+        "evaluation": data.evaluation,  # what the candidates were judged on
         "schedule": dataclasses.asdict(schedule),
         "seeds": cfg.num_seeds,
         "target_params": int(target_params),

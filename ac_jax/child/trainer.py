@@ -67,6 +67,7 @@ class DeviceData:
     augment: bool
     input_shape: tuple[int, int, int]
     num_classes: int
+    evaluation: str = "test"  # what the test arrays hold (ac_jax.data.protocol)
 
     @property
     def signature(self) -> tuple:
@@ -104,6 +105,7 @@ def to_device(dataset, schedule: TrainSchedule, seed: int = 0) -> DeviceData:
         augment=bool(dataset.augment),
         input_shape=tuple(dataset.input_shape),
         num_classes=int(dataset.num_classes),
+        evaluation=getattr(dataset, "evaluation", "test"),
     )
 
 
@@ -145,14 +147,61 @@ def seed_streams(seed_keys: jax.Array, schedule: TrainSchedule, num_train: int):
     return jax.vmap(one_seed)(seed_keys)
 
 
-def build_program(arch: Arch, schedule: TrainSchedule, data: DeviceData):
-    """The un-jitted function ``(init_keys, batches, step_keys, *data) -> (accuracy [S],
-    epoch_loss [S, E])``, its first three arguments from `seed_streams` (`ChildTrainer._args`).
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+    """Train with Hinton et al.'s KD loss from `teacher` (its variables go to `ChildTrainer`)."""
+
+    teacher: Arch
+    temperature: float = 4.0
+    alpha: float = 0.9  # weight of the soft (teacher) term
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """What a training does besides cross-entropy from a fresh initialisation.
+
+    distill      KD from a teacher (`Distillation`); the teacher runs in inference mode on the
+                 same (augmented) minibatch inside the step.
+    warm_start   start every seed from given variables (`ChildTrainer.train(init=...)`), e.g. a
+                 pruned network's sliced weights; the seeds still differ in data order and dropout.
+    keep_weights return the trained variables of every seed (`TrainResult.variables`).
+    """
+
+    distill: Distillation | None = None
+    warm_start: bool = False
+    keep_weights: bool = False
+
+
+def kd_loss(student_logits, teacher_logits, labels, temperature: float = 4.0,
+            alpha: float = 0.9) -> jax.Array:
+    """``alpha T^2 KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) CE(student, y)``,
+    averaged over the batch. T^2 keeps the soft term's gradient scale independent of T; KL
+    rather than cross-entropy with the soft targets: same gradient, 0 when they match."""
+    t = temperature
+    log_q = jax.nn.log_softmax(teacher_logits / t)
+    log_p = jax.nn.log_softmax(student_logits / t)
+    soft = (jnp.exp(log_q) * (log_q - log_p)).sum(axis=-1)
+    hard = optax.softmax_cross_entropy_with_integer_labels(student_logits, labels)
+    return (alpha * t * t * soft + (1.0 - alpha) * hard).mean()
+
+
+def build_program(arch: Arch, schedule: TrainSchedule, data: DeviceData,
+                  options: TrainOptions = TrainOptions()):
+    """The un-jitted function ``(init_keys, batches, step_keys, *data, extra) -> (accuracy [S],
+    epoch_loss [S, E])`` (plus ``(flat params [S, P], batch stats)`` with
+    `options.keep_weights`), its first three arguments from `seed_streams`
+    (`ChildTrainer._args`). `extra` holds what `options` need, shared by all seeds:
+    ``{"teacher": variables}`` for distillation, ``{"init": variables}`` for a warm start.
 
     The data arrays are arguments (not closed-over constants) so they are not baked into the
-    executable and one compiled program serves any data of the same shapes.
+    executable and one compiled program serves any data of the same shapes. The program's
+    ``layout`` attribute unflattens a flat parameter vector once it has been traced.
     """
     model = ChildNet(arch, jnp.dtype(schedule.compute_dtype), schedule.conv_impl)
+    distill = options.distill
+    teacher_model = (None if distill is None else
+                     ChildNet(distill.teacher, jnp.dtype(schedule.compute_dtype),
+                              schedule.conv_impl))
     num_train = data.train_x.shape[0]
     steps = num_train // schedule.batch_size
     eval_batch = min(schedule.eval_batch_size, data.test_x.shape[0])
@@ -168,13 +217,22 @@ def build_program(arch: Arch, schedule: TrainSchedule, data: DeviceData):
     def unflatten(flat):
         return layout["unravel"](flat)
 
-    def init(key):
-        dummy = jnp.zeros((1, *arch.input_shape), jnp.float32)
-        variables = model.init({"params": key}, dummy, train=False)
+    def init(key, extra):
+        if options.warm_start:
+            variables = extra["init"]
+        else:
+            dummy = jnp.zeros((1, *arch.input_shape), jnp.float32)
+            variables = model.init({"params": key}, dummy, train=False)
         params, layout["unravel"] = ravel_pytree(variables["params"])
         return params, variables.get("batch_stats", {}), tx.init(params)
 
-    def train_step(state, batch_idx, key, train_x, train_y):
+    def loss_of(logits, x, y, extra):
+        if distill is None:
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        teacher_logits = jax.lax.stop_gradient(teacher_model.apply(extra["teacher"], x, train=False))
+        return kd_loss(logits, teacher_logits, y, distill.temperature, distill.alpha)
+
+    def train_step(state, batch_idx, key, train_x, train_y, extra):
         TRACE_COUNTS["train_step"] += 1
         params, batch_stats, opt_state = state
         aug_key, dropout_key = jax.random.split(key)
@@ -189,8 +247,7 @@ def build_program(arch: Arch, schedule: TrainSchedule, data: DeviceData):
                 mutable=["batch_stats"],
                 rngs={"dropout": dropout_key},
             )
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            return loss, updates.get("batch_stats", {})
+            return loss_of(logits, x, y, extra), updates.get("batch_stats", {})
 
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -209,29 +266,35 @@ def build_program(arch: Arch, schedule: TrainSchedule, data: DeviceData):
         correct, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), jnp.arange(eval_steps))
         return correct / data.num_test
 
-    def one_seed(init_key, batches, step_keys, train_x, train_y, test_x, test_y, test_mask):
-        state = init(init_key)
+    def one_seed(init_key, batches, step_keys, train_x, train_y, test_x, test_y, test_mask,
+                 extra):
+        state = init(init_key, extra)
 
         def epoch(state, xs):
             def step(state, xs):
-                return train_step(state, xs[0], xs[1], train_x, train_y)
+                return train_step(state, xs[0], xs[1], train_x, train_y, extra)
 
             state, losses = jax.lax.scan(step, state, xs)
             return state, losses.mean()
 
         state, epoch_loss = jax.lax.scan(epoch, state, (batches, step_keys))
         params, batch_stats, _ = state
-        return evaluate(params, batch_stats, test_x, test_y, test_mask), epoch_loss
+        accuracy = evaluate(params, batch_stats, test_x, test_y, test_mask)
+        if options.keep_weights:
+            return accuracy, epoch_loss, params, batch_stats
+        return accuracy, epoch_loss
 
-    def program(init_keys, batches, step_keys, train_x, train_y, test_x, test_y, test_mask):
+    def program(init_keys, batches, step_keys, train_x, train_y, test_x, test_y, test_mask,
+                extra):
         TRACE_COUNTS["program"] += 1
-        data_args = (train_x, train_y, test_x, test_y, test_mask)
+        data_args = (train_x, train_y, test_x, test_y, test_mask, extra)
         if schedule.seed_axis == "vmap":
             return jax.vmap(lambda *s: one_seed(*s, *data_args))(init_keys, batches, step_keys)
         if schedule.seed_axis == "map":
             return jax.lax.map(lambda s: one_seed(*s, *data_args), (init_keys, batches, step_keys))
         raise ValueError(f"unknown seed_axis {schedule.seed_axis!r}; use 'vmap' or 'map'")
 
+    program.layout = unflatten
     return program
 
 
@@ -247,6 +310,8 @@ class TrainResult:
     epoch_losses: tuple[tuple[float, ...], ...]  # [seed][epoch]
     compile_seconds: float
     train_seconds: float
+    # Per seed, the trained Flax variables (host arrays), when the trainer keeps weights.
+    variables: tuple | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def mean_accuracy(self) -> float:
@@ -297,22 +362,44 @@ def classify_failure(err: BaseException) -> tuple[str, str] | None:
 class ChildTrainer:
     """Compiles (and caches) one program per architecture and trains seeds together.
 
+    The one trainer of the project: archset records, every search method's candidates, the
+    final schedule's retraining, distillation (`TrainOptions.distill`, with `teacher_variables`)
+    and the fine-tuning of a pruned network (`warm_start`) all train through it.
     `compile` may be called from background threads to overlap XLA compilation of the next
     architectures with training of the current one.
     """
 
-    def __init__(self, data: DeviceData, schedule: TrainSchedule, num_seeds: int):
+    def __init__(self, data: DeviceData, schedule: TrainSchedule, num_seeds: int,
+                 options: TrainOptions = TrainOptions(), teacher_variables=None):
+        if (options.distill is None) != (teacher_variables is None):
+            raise ValueError("distillation needs the teacher's variables, and only it takes them")
         self.data = data
         self.schedule = schedule
         self.num_seeds = num_seeds
+        self.options = options
+        self.teacher_variables = teacher_variables
         self._compiled: dict[Arch, tuple[object, float]] = {}
         self._lock = threading.Lock()
         self._seed_streams = jax.jit(
             lambda keys: seed_streams(keys, schedule, int(data.train_x.shape[0])))
 
-    def _args(self, seeds: Sequence[int]):
+    def _extra(self, arch: Arch | None, init):
+        extra = {}
+        if self.teacher_variables is not None:
+            extra["teacher"] = self.teacher_variables
+        if self.options.warm_start:
+            if init is None:  # compiling ahead: only the shapes matter
+                model = ChildNet(arch, jnp.dtype(self.schedule.compute_dtype))
+                dummy = jnp.zeros((1, *arch.input_shape), jnp.float32)
+                init = jax.eval_shape(
+                    lambda k: model.init({"params": k}, dummy, train=False), jax.random.key(0))
+            extra["init"] = init
+        return extra
+
+    def _args(self, seeds: Sequence[int], arch: Arch | None = None, init=None):
         """The training program's arguments for these seeds (`build_program`)."""
-        return (*self._seed_streams(_seed_keys(seeds)), *self._data_args())
+        return (*self._seed_streams(_seed_keys(seeds)), *self._data_args(),
+                self._extra(arch, init))
 
     def _data_args(self):
         d = self.data
@@ -324,11 +411,12 @@ class ChildTrainer:
             if arch in self._compiled:
                 return self._compiled[arch]
         start = time.perf_counter()
-        program = build_program(arch, self.schedule, self.data)
+        program = build_program(arch, self.schedule, self.data, self.options)
         # Lowering needs only shapes: the seed streams' shapes, without running their program.
         streams = jax.eval_shape(self._seed_streams, _seed_keys(range(self.num_seeds)))
-        args = (*streams, *self._data_args())
+        args = (*streams, *self._data_args(), self._extra(arch, None))
         executable = jax.jit(program).lower(*args).compile(compiler_options())
+        executable.layout = program.layout  # set while tracing: unflattens the kept weights
         entry = (executable, time.perf_counter() - start)
         with self._lock:
             self._compiled[arch] = entry
@@ -338,8 +426,8 @@ class ChildTrainer:
         with self._lock:
             self._compiled.pop(arch, None)
 
-    def train(self, arch: Arch, seeds: Sequence[int]) -> TrainResult:
-        """Trains `arch` once per seed.
+    def train(self, arch: Arch, seeds: Sequence[int], init=None) -> TrainResult:
+        """Trains `arch` once per seed (from `init`'s variables with `warm_start`).
 
         Failures of the network are returned as a result: a non-finite loss ("diverged") and
         running out of memory ("oom", `classify_failure`). An invalid architecture raises
@@ -348,12 +436,14 @@ class ChildTrainer:
         """
         if len(seeds) != self.num_seeds:
             raise ValueError(f"trainer was built for {self.num_seeds} seeds, got {len(seeds)}")
+        if self.options.warm_start and init is None:
+            raise ValueError("a warm-start trainer needs the variables to start from (init=)")
         shapes.validate(arch)
         try:
             executable, compile_seconds = self.compile(arch)
             start = time.perf_counter()
-            accuracy, epoch_loss = executable(*self._args(seeds))
-            accuracy, epoch_loss = jax.device_get((accuracy, epoch_loss))  # the one host sync
+            out = executable(*self._args(seeds, arch, init))
+            out = jax.device_get(out)  # the one host sync
             train_seconds = time.perf_counter() - start
         except (jax.errors.JaxRuntimeError, MemoryError) as err:
             failure = classify_failure(err)
@@ -362,6 +452,14 @@ class ChildTrainer:
             return TrainResult(*failure, (), (), 0.0, 0.0)
         finally:
             self.forget(arch)
+        accuracy, epoch_loss = out[:2]
+        variables = None
+        if self.options.keep_weights:
+            flat, batch_stats = out[2:]
+            variables = tuple(
+                {"params": jax.device_get(executable.layout(flat[i])),
+                 "batch_stats": jax.tree_util.tree_map(lambda v, i=i: v[i], batch_stats)}
+                for i in range(len(seeds)))
         finite = np.isfinite(epoch_loss).all(axis=1)
         status, reason = "ok", ""
         if not finite.all():
@@ -376,5 +474,5 @@ class ChildTrainer:
             epoch_losses=tuple(tuple(float(v) for v in row) for row in epoch_loss),
             compile_seconds=compile_seconds,
             train_seconds=train_seconds,
+            variables=variables,
         )
-

@@ -158,10 +158,15 @@ def verify(
     seeds: Sequence[int],
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Trains both with the same schedule, data order and seeds; a Table-1 row."""
-    from ac_jax.child.trainer import ChildTrainer, to_device
+    """Trains both with the same schedule, data order and seeds; a Table-1 row.
 
-    data = to_device(dataset, schedule, seed=0)
+    Reported numbers: both train on the training set minus the validation split and are
+    evaluated on the test set (`protocol.final_view`), after the pick was made.
+    """
+    from ac_jax.child.trainer import ChildTrainer, to_device
+    from ac_jax.data import protocol
+
+    data = to_device(protocol.final_view(dataset), schedule, seed=0)
     trainer = ChildTrainer(data, schedule, len(seeds))
     row = {"schedule": dataclasses.asdict(schedule), "seeds": list(seeds)}
     for label, arch in (("original", original), ("compressed", chosen)):

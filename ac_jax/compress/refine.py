@@ -102,8 +102,13 @@ def measured_pick(trained: list, original, constraint):
 
 
 def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int, work_dir,
-           finetune_steps: int = 400, dataset=None, archset_path=None, log=print):
+           finetune_steps: int = 400, dataset=None, archset_path=None, log=print,
+           base_arrays: ArchsetArrays | None = None):
     """Returns a new `CompressResult` after `rounds` rounds; `result.rounds` describes each.
+
+    Candidates train on the training set minus the validation split and are judged on that
+    split (`protocol.search_view`), like the archset's records. The archset the surrogate is
+    fine-tuned on is `base_arrays`, else the file `archset_path`, else the config's archset.
 
     Round r trains `top` candidates of the current search (round 1 also the original), adds them
     to the archset, fine-tunes the surrogate and searches again; the last search's candidates are
@@ -114,7 +119,7 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
     from ac_jax.child.trainer import ChildTrainer, to_device
     from ac_jax.cli import repo_path
     from ac_jax.compress.pipeline import compress_batch
-    from ac_jax.data import load
+    from ac_jax.data import load, protocol
     from ac_jax.surrogate.checkpoint import load_surrogate
     from ac_jax.surrogate.train import train
 
@@ -122,9 +127,11 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
     work_dir.mkdir(parents=True, exist_ok=True)
     cfg = archset_config_of(surrogate, cfg)
     dataset = dataset if dataset is not None else load(cfg.dataset, cfg.data_dir)
+    dataset = protocol.search_view(dataset)
     a = cfg.archset
     trainer = ChildTrainer(to_device(dataset, a.schedule, seed=a.sample_seed), a.schedule, a.seeds)
-    base = load_arrays(archset_path or repo_path(a.path), max_len=surrogate.max_len)
+    base = base_arrays if base_arrays is not None else load_arrays(
+        archset_path or repo_path(a.path), max_len=surrogate.max_len)
     original = result.original.arch
     history = list(result.rounds)
     meta = archset_meta(cfg, dataset.input_shape, dataset.num_classes)

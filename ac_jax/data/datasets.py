@@ -14,6 +14,7 @@ from ac_jax.data import formats, tfds_source
 DATA_DIR_ENV = "AC_JAX_DATA_DIR"
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 SOURCES = ("auto", "files", "tfds")
+EVALUATIONS = ("test", "validation", "final")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -31,8 +32,14 @@ class Dataset:
     test_y: np.ndarray  # [M] int32
     num_classes: int
     augment: bool = False  # train with random crop (4-pixel padding) + horizontal flip
+    # What the test slot holds (ac_jax.data.protocol): "test" (the dataset as loaded: the whole
+    # training set, the test set), "validation" (a search view: training set minus the
+    # validation split, evaluated on that split) or "final" (minus the split, on the test set).
+    evaluation: str = "test"
 
     def __post_init__(self):
+        if self.evaluation not in EVALUATIONS:
+            raise ValueError(f"evaluation must be one of {EVALUATIONS}, got {self.evaluation!r}")
         for split, x, y in (("train", self.train_x, self.train_y),
                             ("test", self.test_x, self.test_y)):
             if x.dtype != np.uint8 or x.ndim != 4:
@@ -58,8 +65,8 @@ class Dataset:
         the chosen examples keep their original order. A larger subset of the same seed contains
         every smaller one.
         """
-        train_idx = _stratified_indices(self.train_y, train, seed)
-        test_idx = _stratified_indices(self.test_y, test, seed + 1)
+        train_idx = stratified_indices(self.train_y, train, seed)
+        test_idx = stratified_indices(self.test_y, test, seed + 1)
         return dataclasses.replace(
             self,
             train_x=self.train_x[train_idx], train_y=self.train_y[train_idx],
@@ -69,10 +76,10 @@ class Dataset:
     def __repr__(self) -> str:  # the default would print the arrays
         return (f"Dataset({self.name!r}, train={len(self.train_x)}, test={len(self.test_x)}, "
                 f"input_shape={self.input_shape}, num_classes={self.num_classes}, "
-                f"augment={self.augment})")
+                f"augment={self.augment}, evaluation={self.evaluation!r})")
 
 
-def _stratified_indices(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray | slice:
+def stratified_indices(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray | slice:
     if n is None:
         return slice(None)  # a view, not a copy of the whole split
     if not 0 <= n <= len(labels):

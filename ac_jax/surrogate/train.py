@@ -158,8 +158,16 @@ def abstract_state(model: Surrogate, cfg: SurrogateConfig, tx) -> dict:
 
 def make_train_chunk(model: Surrogate, tx, cfg: SurrogateConfig, num_train: int) -> Callable:
     """``(state, data, key) -> (state, mean losses)``: `steps_per_call` steps in one `lax.scan`."""
+    chunk = _chunk_program(model, tx, cfg)
+    return lambda state, data, key: chunk(state, data, key, num_train)
 
-    def step(state, key, data):
+
+def _chunk_program(model: Surrogate, tx, cfg: SurrogateConfig) -> Callable:
+    """``(state, data, key, num_train) -> (state, mean losses)``; batches are drawn from the
+    first `num_train` rows of `data` (a traced count: padded data of any size up to the
+    padding shares one compiled program)."""
+
+    def step(state, key, data, num_train):
         feats, acc, ptarget = data
         idx = jax.random.randint(key, (cfg.batch_size,), 0, num_train)
         batch = (feats[idx], acc[idx], ptarget[idx])
@@ -176,12 +184,34 @@ def make_train_chunk(model: Surrogate, tx, cfg: SurrogateConfig, num_train: int)
         }
         return new_state, parts
 
-    def chunk(state, data, key):
+    def chunk(state, data, key, num_train):
         keys = jax.random.split(key, cfg.steps_per_call)
-        state, parts = jax.lax.scan(lambda s, k: step(s, k, data), state, keys)
+        state, parts = jax.lax.scan(lambda s, k: step(s, k, data, num_train), state, keys)
         return state, jax.tree.map(jnp.mean, parts)
 
     return jax.jit(chunk, donate_argnums=(0,))
+
+
+def padded_size(n: int) -> int:
+    """Rows data of `n` rows is padded to (a power of two, at least 16), so that trainings on
+    archsets of similar sizes (a study's subsets, refinement rounds) reuse compiled programs."""
+    return max(16, 1 << max(0, int(n) - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=16)
+def _programs(cfg: SurrogateConfig, steps_per_epoch: int):
+    """The jitted initialiser ``key -> state`` and training chunk for a config, built once per
+    process: `train` is called many times with configs that differ only in seed and step counts
+    (a study's repeats, every refinement round), and each build compiled anew (~10-25 s)."""
+    model, tx = Surrogate(cfg.arch), make_optimizer(cfg, steps_per_epoch)
+    return tx, jax.jit(_initialiser(model, cfg, tx)), _chunk_program(model, tx, cfg)
+
+
+def _program_key(cfg: SurrogateConfig, steps_per_epoch: int) -> tuple:
+    """What the compiled programs depend on: not the seed (the key is an argument) nor the
+    step counts; the epoch length only through a learning-rate decay."""
+    key_cfg = dataclasses.replace(cfg, seed=0, steps=0, eval_every=1, checkpoint_every=1)
+    return key_cfg, steps_per_epoch if cfg.decay_every_epochs > 0 else 1
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -227,7 +257,7 @@ def _jitted_apply(model: Surrogate):
 def evaluate(model: Surrogate, variables: dict, split: Split, batch: int = 256) -> dict:
     """Held-out metrics (all computed after rounding the decoder output)."""
     apply = _jitted_apply(model)  # one compile per model shape, not per call
-    batch = min(batch, len(split))
+    batch = min(batch, padded_size(len(split)))  # few distinct shapes across splits
     recon, acc, ptarget = [], [], []
     for start in range(0, len(split), batch):
         x = split.feats[start : start + batch]
@@ -295,11 +325,11 @@ def train(
 
     model = Surrogate(cfg.arch)
     steps_per_epoch = max(1, len(train_split) // cfg.batch_size)
-    tx = make_optimizer(cfg, steps_per_epoch)
+    tx, initialise, chunk_program = _programs(*_program_key(cfg, steps_per_epoch))
     if init_variables is not None:  # fine-tuning: no fresh initialisation to compile and run
         state = state_from(init_variables, tx)
     else:
-        state = init_state(model, cfg, tx)
+        state = initialise(jax.random.PRNGKey(cfg.seed))
     history = list(meta.get("history", [])) if meta else []
     manager = ckpt_io.manager(run_dir)
     state = ckpt_io.restore_latest(manager, state, run_dir)
@@ -319,12 +349,14 @@ def train(
     if start_step:
         log(f"resuming {run_dir} from step {start_step}")
 
-    chunk = make_train_chunk(model, tx, cfg, len(train_split))
-    data = (
-        jnp.asarray(train_split.feats),
-        jnp.asarray(train_split.accuracy),
-        jnp.asarray(train_split.params_target),
-    )
+    rows = padded_size(len(train_split))
+    num_train = jnp.asarray(len(train_split), jnp.int32)
+
+    def chunk(state, data, key):
+        return chunk_program(state, data, key, num_train)
+
+    data = tuple(jnp.asarray(_pad_rows(a, rows)) for a in (
+        train_split.feats, train_split.accuracy, train_split.params_target))
     key = jax.random.PRNGKey(cfg.seed + 1)
     bar = _bar(cfg.steps, start_step, progress)
     began = time.perf_counter()
@@ -359,6 +391,10 @@ def train(
     return TrainOutcome(
         run_dir, step, metrics, train_metrics, history, time.perf_counter() - began
     )
+
+
+def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+    return np.concatenate([a, np.zeros((rows - len(a), *a.shape[1:]), a.dtype)])
 
 
 def _variables(state: dict) -> dict:

@@ -1,0 +1,69 @@
+"""What an equal-budget study compares, and under which schedules (bin/study.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ac_jax.child.trainer import TrainSchedule
+from ac_jax.config import Config
+
+# The search methods, each spending `budget` trained architectures per repeat:
+#   ac_jax         the paper's mode: surrogate on `budget` archset records, one search, the
+#                  surrogate's pick under the constraint (no training after the archset)
+#   ac_jax_rounds  `budget` minus the refinement's trainings from the archset, then refinement
+#                  rounds (train candidates, fine-tune, search again; pick on measured accuracy)
+#   random_search  `budget` architectures sampled under the constraint, best validation accuracy
+#   n2n            N2N's two REINFORCE stages until `budget` networks are trained (teacher included)
+METHODS = ("ac_jax", "ac_jax_rounds", "random_search", "n2n")
+# Reference rows at the constraint's size, trained once from the trained original (not searches).
+REFERENCES = ("pruning", "kd")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    cfg: Config  # the task: dataset, archset (proxy schedule, seeds, sampler), surrogate
+    model: str = "conv7"
+    target_ratio: float = 8.0  # the constraint: at most original params / target_ratio
+    budget: int = 200  # trained architectures per method and repeat
+    repeats: int = 3
+    methods: tuple[str, ...] = METHODS
+    references: tuple[str, ...] = REFERENCES
+    final_schedule: TrainSchedule = TrainSchedule(epochs=6, batch_size=64, lr=0.01,
+                                                  lr_decay_epochs=(4,))
+    final_seeds: int = 2
+    rounds: int = 2  # ac_jax_rounds: refinement rounds
+    refine_top: int = 6  # ... candidates trained per round
+    refine_finetune_steps: int = 400
+    surrogate_steps: int | None = None  # None: the config's surrogate schedule
+    seed: int = 0  # repeat r uses search seed seed + r (archset subset, sampler, policy)
+
+    def __post_init__(self):
+        unknown = set(self.methods) - set(METHODS) | set(self.references) - set(REFERENCES)
+        if unknown:
+            raise ValueError(f"unknown method(s) {sorted(unknown)}; methods: {', '.join(METHODS)}"
+                             f"; references: {', '.join(REFERENCES)}")
+        if self.budget < 2 or self.repeats < 1 or self.final_seeds < 1:
+            raise ValueError("a study needs budget >= 2, repeats >= 1 and final_seeds >= 1")
+        if self.target_ratio <= 1:
+            raise ValueError(f"target ratio must be above 1, got {self.target_ratio}")
+        if "ac_jax_rounds" in self.methods and self.refine_trainings >= self.budget:
+            raise ValueError(f"ac_jax_rounds trains up to {self.refine_trainings} networks in its "
+                             f"rounds, which leaves no archset within a budget of {self.budget}")
+
+    @property
+    def refine_trainings(self) -> int:
+        """The most trainings refinement spends: the original, `refine_top` per round, and the
+        last search's `refine_top` (fewer when candidates repeat)."""
+        return 1 + (self.rounds + 1) * self.refine_top
+
+
+def final_schedule(cfg: Config, epochs: int | None) -> TrainSchedule:
+    """The study's final schedule: the config's (the paper's recipe: Adam, lr divided by 10 at
+    60% of the epochs) shortened to `epochs`, on the whole training set minus the validation
+    split. The study default for Fashion-MNIST is 6 epochs (decay after 4), chosen before any
+    run, as the paper's 50-epoch recipe at a length the 2-core CPU affords."""
+    base = cfg.final_schedule
+    epochs = epochs or base.epochs
+    decay = tuple(sorted({max(1, round(0.6 * epochs))})) if epochs > 1 else ()
+    return dataclasses.replace(base, epochs=epochs, lr_decay_epochs=decay, train_subset=None,
+                               test_subset=None)

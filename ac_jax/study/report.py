@@ -1,0 +1,217 @@
+"""The study's outputs: summary.json, a Markdown table (mean +- spread, RI vs random search) and
+the anytime plot (best validation accuracy found vs architectures trained)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import warnings
+
+import numpy as np
+
+TITLES = {"ac_jax": "ac_jax (paper mode)", "ac_jax_rounds": "ac_jax (refinement rounds)",
+          "random_search": "random search", "n2n": "N2N (RL)"}
+
+
+def _machine() -> dict:
+    import jax
+
+    device = jax.devices()[0]
+    return {"backend": jax.default_backend(), "device": getattr(device, "device_kind", ""),
+            "cpu": platform.processor() or platform.machine(), "cores": _cores(),
+            "jax": jax.__version__}
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def summary(study, original, original_rec, max_params: int, runs: dict, references: dict,
+            final_schedule) -> dict:
+    methods = {}
+    for method, method_runs in runs.items():
+        rows = []
+        for d in method_runs:
+            final = d.get("final") or {}
+            rows.append({
+                "repeat": d["repeat"], "search_seed": d["search_seed"],
+                "trained_archs": d["trained_archs"], "params": d["params"],
+                "val_accuracy": d["val_accuracy"], "test_accuracy": final.get("test_accuracy"),
+                "test_seed_accuracies": final.get("test_seed_accuracies"),
+                "seconds": d["seconds"], "within_constraint": d["within_constraint"],
+                "spec": d["spec"], "notes": d["notes"],
+            })
+        methods[method] = {"repeats": rows}
+    cfg = study.cfg
+    return {
+        "dataset": cfg.dataset,
+        "config": cfg.name,
+        "model": study.model,
+        "original": {"params": original.num_params, "test_accuracy": original_rec.mean_accuracy,
+                     "test_seed_accuracies": list(original_rec.seed_accuracies),
+                     "status": original_rec.status},
+        "constraint": {"max_params": max_params, "target_ratio": study.target_ratio},
+        "budget": study.budget,
+        "repeats": study.repeats,
+        "proxy_schedule": dataclasses.asdict(cfg.archset.schedule),
+        "proxy_seeds": cfg.archset.seeds,
+        "final_schedule": dataclasses.asdict(final_schedule),
+        "final_seeds": study.final_seeds,
+        "protocol": "selection on the validation split carved from the training set "
+                    "(ac_jax.data.protocol); test read once, for these numbers",
+        "machine": _machine(),
+        "methods": methods,
+        "references": references,
+    }
+
+
+def _stats(values) -> tuple[float, float, int] | None:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return None
+    return float(np.mean(vals)), float(np.std(vals)), len(vals)
+
+
+def _pm(values, scale: float = 100.0, digits: int = 2) -> str:
+    s = _stats(values)
+    if s is None:
+        return "—"
+    mean, std, n = s
+    return f"{scale * mean:,.{digits}f} ± {scale * std:,.{digits}f}" + ("" if n > 1 else " (1)")
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{100 * value:.2f}"
+
+
+def relative_improvement(method_rows: list, random_rows: list) -> list[float]:
+    """RI = 100 (acc_method - acc_random) / acc_random per repeat (paired by repeat index), on
+    test accuracy after the final schedule (Yang et al., ICLR 2020)."""
+    by_repeat = {r["repeat"]: r["test_accuracy"] for r in random_rows}
+    out = []
+    for r in method_rows:
+        base = by_repeat.get(r["repeat"])
+        if base and r["test_accuracy"] is not None:
+            out.append(100.0 * (r["test_accuracy"] - base) / base)
+    return out
+
+
+def markdown(s: dict) -> str:
+    o = s["original"]
+    fs = s["final_schedule"]
+    if o["test_accuracy"] is not None:
+        seeds = ", ".join(f"{100 * a:.2f}%" for a in o["test_seed_accuracies"])
+        original = (f"- original: {o['params']:,} parameters, test accuracy "
+                    f"{100 * o['test_accuracy']:.2f}% (seeds: {seeds})")
+    else:
+        original = f"- original: {o['params']:,} parameters (final training {o['status']})"
+    lines = [
+        f"# Equal-budget study: {s['config']}, {s['model']}",
+        "",
+        original,
+        f"- constraint: at most {s['constraint']['max_params']:,} parameters "
+        f"({s['constraint']['target_ratio']:g}x); budget {s['budget']} trained architectures per "
+        f"method and repeat; {s['repeats']} repeat(s) with different search seeds",
+        f"- proxy: {s['proxy_schedule']['epochs']} epoch(s) x {s['proxy_seeds']} seeds on "
+        f"{s['proxy_schedule']['train_subset'] or 'all'} training images, validation accuracy on "
+        f"{s['proxy_schedule']['test_subset'] or 'all'} validation images; final: "
+        f"{fs['epochs']} epochs (lr {fs['lr']:g}, /10 at {list(fs['lr_decay_epochs'])}), "
+        f"{s['final_seeds']} seeds, training set minus validation, test set",
+        f"- {s['protocol']}; machine: {s['machine']['cpu']} ({s['machine']['cores']} cores, "
+        f"{s['machine']['backend']})",
+        "",
+        "| method | trained archs | params | compression | val acc. (proxy) % | test acc. % "
+        "| RI vs random % | test >= random | seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    random_rows = s["methods"].get("random_search", {}).get("repeats", [])
+    for method, m in s["methods"].items():
+        rows = m["repeats"]
+        params = [r["params"] for r in rows if r["params"]]
+        ratio = _stats([o["params"] / p for p in params])
+        ri = relative_improvement(rows, random_rows) if method != "random_search" else []
+        wins = ""
+        if method != "random_search" and random_rows:
+            base = {r["repeat"]: r["test_accuracy"] for r in random_rows}
+            pairs = [(r["test_accuracy"], base.get(r["repeat"])) for r in rows]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            wins = f"{sum(a >= b for a, b in pairs)}/{len(pairs)}"
+        over = sum(not r["within_constraint"] for r in rows)
+        failed = f" ({over} of {len(rows)}: no pick within the constraint)" if over else ""
+        lines.append(
+            f"| {TITLES.get(method, method)}{failed} "
+            f"| {_pm([r['trained_archs'] for r in rows], 1, 0)} "
+            f"| {_pm(params, 1, 0)} | {'—' if ratio is None else f'{ratio[0]:.1f}x'} "
+            f"| {_pm([r['val_accuracy'] for r in rows])} "
+            f"| {_pm([r['test_accuracy'] for r in rows])} "
+            f"| {_pm(ri, 1) if method != 'random_search' else '0 (reference)'} | {wins or '—'} "
+            f"| {_pm([r['seconds'] for r in rows], 1, 0)} |")
+    for name, r in (s.get("references") or {}).items():
+        val, acc = _pct(r.get("val_accuracy")), _pct(r.get("test_accuracy"))
+        lines.append(
+            f"| {r['method']} (reference, 1 run) | — | {r['params']:,} "
+            f"| {o['params'] / r['params']:.1f}x | {val} | {acc} | — | — | {r['seconds']:.0f} |")
+    lines += ["", "Mean ± standard deviation over repeats. Val acc.: the pick's proxy validation "
+              "accuracy (what the search chose on). Test acc.: the pick retrained with the final "
+              "schedule, mean over its seeds; a repeat whose pick breaks the constraint has none "
+              "(params and val acc. still show what it returned). RI: 100 (acc - acc_random) / "
+              "acc_random on test accuracy, paired by repeat.", ""]
+    return "\n".join(lines)
+
+
+def progress(runs: dict, budget: int, repeats: int) -> str:
+    """The searches finished so far (before the final schedule): a table written after each."""
+    lines = [f"# Study progress: {sum(map(len, runs.values()))} of "
+             f"{len(runs) * repeats} searches done (budget {budget})", "",
+             "| method | repeat | trained archs | params | val acc. (proxy) % | seconds |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for method, method_runs in runs.items():
+        for d in method_runs:
+            val = "—" if d["val_accuracy"] is None else f"{100 * d['val_accuracy']:.2f}"
+            params = "—" if not d["params"] else f"{d['params']:,}"
+            flag = "" if d["within_constraint"] else " (over the constraint)"
+            lines.append(f"| {TITLES.get(method, method)} | {d['repeat']} | {d['trained_archs']} "
+                         f"| {params}{flag} | {val} | {d['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def best_so_far(curve: list, budget: int) -> np.ndarray:
+    """Best validation accuracy after each of `budget` trainings (NaN before the first valid
+    one; the last value carried on when a run trained fewer)."""
+    best, out = -np.inf, []
+    for v in curve[:budget]:
+        if v is not None and not math.isnan(v):
+            best = max(best, v)
+        out.append(best if np.isfinite(best) else np.nan)
+    while len(out) < budget:
+        out.append(out[-1] if out else np.nan)
+    return np.asarray(out, np.float64)
+
+
+def plot_anytime(runs: dict, path, budget: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    x = np.arange(1, budget + 1)
+    for method, method_runs in runs.items():
+        curves = np.stack([best_so_far(d["curve"], budget) for d in method_runs])
+        with warnings.catch_warnings():  # all-NaN columns before any valid training
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(curves, axis=0)
+            lo, hi = np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
+        (line,) = ax.plot(x, mean, label=f"{TITLES.get(method, method)} ({len(curves)} repeats)")
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("architectures trained")
+    ax.set_ylabel("best validation accuracy so far (within the constraint)")
+    ax.set_title("anytime performance: mean, min-max over repeats", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

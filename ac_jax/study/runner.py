@@ -1,0 +1,211 @@
+"""The equal-budget study: every method x repeat, then the final schedule, then the report.
+
+Layout of the output folder (resumable: rerun the same command after a kill):
+
+  runs/<method>_r<k>.json     one finished search (pick, validation accuracy, curve), written
+                              once it is done; a rerun skips it
+  random_search_r<k>.sqlite,  every proxy training of a search, written as it finishes
+  n2n_r<k>.sqlite, pick_proxy.sqlite
+  final.sqlite                every final-schedule training (original and picks, keyed by
+                              architecture: a pick found twice trains once)
+  references.json             pruning / KD rows
+  work/                       surrogate runs and refinement folders (checkpoints; not shipped)
+  summary.json, summary.md, anytime.png
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+from ac_jax.arch import zoo
+from ac_jax.arch.spec import Arch
+from ac_jax.arch.torch_io import parse_json, to_json
+from ac_jax.archset.store import ArchsetStore, Record
+from ac_jax.child.trainer import ChildTrainer, to_device
+from ac_jax.data import protocol
+from ac_jax.study import methods as methods_lib
+from ac_jax.study import report
+from ac_jax.study.config import StudyConfig
+
+
+def _write_json(path: Path, obj) -> None:
+    """Atomic: a kill mid-write leaves the old file (or none), never half of one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _run_to_dict(run: methods_lib.MethodRun) -> dict:
+    d = dataclasses.asdict(dataclasses.replace(run, arch=None))
+    d["spec"] = to_json(run.arch) if run.arch is not None else None
+    d["params"] = run.arch.num_params if run.arch is not None else None
+    return d
+
+
+class FinalTrainer:
+    """Final-schedule trainings on train minus validation, evaluated on test, stored per arch."""
+
+    def __init__(self, study: StudyConfig, dataset, out: Path):
+        self.schedule = study.final_schedule
+        self.seeds = list(range(study.final_seeds))
+        self.data = to_device(protocol.final_view(dataset), self.schedule)
+        meta = {"kind": "study_final", "dataset": study.cfg.dataset,
+                "input_shape": list(self.data.input_shape), "num_classes": self.data.num_classes,
+                "schedule": dataclasses.asdict(self.schedule), "seeds": len(self.seeds),
+                "evaluation": "test", **{k: v for k, v in protocol.SEARCH_META.items()
+                                         if k != "evaluation"}}
+        self.path = out / "final.sqlite"
+        self.meta = meta
+        self._trainer = None
+
+    def record(self, arch: Arch) -> Record | None:
+        with ArchsetStore(self.path, self.meta) as db:
+            return next((r for r in db.records() if r.arch == arch), None)
+
+    def train(self, arch: Arch, label: str, log) -> Record:
+        rec = self.record(arch)
+        if rec is not None:
+            return rec
+        log(f"final schedule: {label} ({arch.num_params:,} parameters, "
+            f"{self.schedule.epochs} epochs x {len(self.seeds)} seeds)")
+        if self._trainer is None:
+            self._trainer = ChildTrainer(self.data, self.schedule, len(self.seeds))
+        out = self._trainer.train(arch, self.seeds)
+        with ArchsetStore(self.path, self.meta) as db:
+            rec = Record(len(db), arch, label, arch.num_params, arch.macs, out.status, out.reason,
+                         out.seed_accuracies,
+                         out.mean_accuracy if out.seed_accuracies else None, out.epoch_losses,
+                         out.compile_seconds, out.train_seconds, finished_at=time.time())
+            db.add(rec)
+        return rec
+
+
+def _references(study: StudyConfig, ctx, finals: FinalTrainer, out: Path, log) -> dict:
+    """Pruning and KD at the constraint's size, from the original trained with the final
+    schedule (one seed, weights kept); written to references.json once done."""
+    from ac_jax.baselines import common
+    from ac_jax.baselines.distill import DistillConfig, distill
+    from ac_jax.baselines.pruning import PruningConfig, prune
+
+    path = out / "references.json"
+    rows = json.loads(path.read_text()) if path.is_file() else {}
+    todo = [r for r in study.references if r not in rows]
+    if not todo:
+        return rows
+    log("references: training the original with weights kept (seed 0)")
+    teacher = common.train_network(ctx.original, finals.data, finals.schedule, 0)
+    choose = to_device(protocol.search_view(ctx.dataset), finals.schedule)
+    for name in todo:
+        start = time.perf_counter()
+        if name == "pruning":
+            result = prune(teacher, choose, finals.schedule, ctx.max_params,
+                           PruningConfig(iterations=6, finetune_steps=30, final_epochs=1),
+                           report_data=finals.data)
+        else:
+            student = common.width_scaled_to(ctx.original, ctx.max_params)
+            result = distill(teacher, student, finals.data, finals.schedule,
+                             DistillConfig(seeds=tuple(finals.seeds)), scratch=False)["kd"]
+        rows[name] = {"method": result.method, "params": result.num_params,
+                      "test_accuracy": result.accuracy, "val_accuracy": result.search_accuracy,
+                      "notes": result.notes, "seconds": time.perf_counter() - start,
+                      "teacher_test_accuracy": teacher.accuracy}
+        _write_json(path, rows)
+    return rows
+
+
+def run_study(study: StudyConfig, out: str | Path, dataset=None, progress: bool = True,
+              log=print) -> dict:
+    """Runs (or resumes) the whole study in `out`; returns the summary it writes."""
+    from ac_jax.cli import repo_path
+    from ac_jax.data import load
+
+    cfg = study.cfg
+    out = Path(out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    if dataset is None:
+        dataset = load(cfg.dataset, cfg.data_dir)
+    a = cfg.archset
+    search_view = protocol.search_view(dataset)
+    search = to_device(search_view, a.schedule, seed=a.sample_seed)
+    original = zoo.get(study.model, dataset.input_shape, dataset.num_classes) \
+        if study.model in zoo.ZOO else _load_model(study.model, dataset)
+    max_params = int(original.num_params // study.target_ratio)
+    archset_path = _archset(study, cfg, repo_path(a.path), out, dataset, progress, log)
+    ctx = methods_lib.Context(
+        cfg=cfg, dataset=dataset, search=search, original=original, max_params=max_params,
+        archset_path=archset_path, work=out, surrogate_steps=study.surrogate_steps,
+        rounds=study.rounds, refine_top=study.refine_top,
+        refine_finetune_steps=study.refine_finetune_steps, log=log, progress=progress)
+    log(f"study: {study.model} ({original.num_params:,} parameters) -> at most {max_params:,} "
+        f"({study.target_ratio:g}x); {study.budget} trained architectures per method and repeat; "
+        f"{study.repeats} repeats; methods {', '.join(study.methods)}")
+    runs: dict[str, list[dict]] = {m: [] for m in study.methods}
+    for repeat in range(study.repeats):
+        seed = study.seed + repeat
+        for method in study.methods:
+            path = out / "runs" / f"{method}_r{repeat}.json"
+            if path.is_file():
+                runs[method].append(json.loads(path.read_text()))
+                continue
+            log(f"[repeat {repeat + 1}/{study.repeats}] {method} (search seed {seed})")
+            run = methods_lib.run_method(ctx, method, repeat, seed, study.budget)
+            d = _run_to_dict(run)
+            _write_json(path, d)
+            runs[method].append(d)
+            (out / "progress.md").write_text(report.progress(runs, study.budget, study.repeats),
+                                             encoding="utf-8")
+    finals = FinalTrainer(study, dataset, out)
+    original_rec = finals.train(original, "original", log)
+    for method, method_runs in runs.items():
+        for d in method_runs:
+            # A pick outside the constraint is a failed search, not a network to compare.
+            if d["spec"] is not None and d["within_constraint"]:
+                rec = finals.train(parse_json(d["spec"]), f"{method}_r{d['repeat']}", log)
+                d["final"] = {"status": rec.status, "test_accuracy": rec.mean_accuracy,
+                              "test_seed_accuracies": list(rec.seed_accuracies)}
+    references = _references(study, ctx, finals, out, log) if study.references else {}
+    summary = report.summary(study, original, original_rec, max_params, runs, references,
+                             finals.schedule)
+    _write_json(out / "summary.json", summary)
+    (out / "summary.md").write_text(report.markdown(summary), encoding="utf-8")
+    report.plot_anytime(runs, out / "anytime.png", study.budget)
+    return summary
+
+
+def _load_model(name: str, dataset) -> Arch:
+    from ac_jax.arch.torch_io import load_arch
+
+    return load_arch(name, dataset.input_shape, dataset.num_classes)
+
+
+def _archset(study: StudyConfig, cfg, shipped: Path, out: Path, dataset, progress, log) -> Path:
+    """The archset ac_jax draws from: the config's, when it holds enough trained records for
+    the budget and is labelled on validation; else one generated into the study folder."""
+    needs_ac = any(m.startswith("ac_jax") for m in study.methods)
+    if not needs_ac:
+        return shipped
+    if shipped.is_file():
+        with ArchsetStore(shipped, readonly=True) as db:
+            labelled_on_val = db.meta.get("evaluation") == "validation"
+            trained = sum(r.status != "rejected" for r in db.records())
+        if labelled_on_val and trained >= study.budget:
+            return shipped
+        log(f"{shipped}: {trained} trained records"
+            + ("" if labelled_on_val else ", labelled on the test set")
+            + "; generating the study's own archset")
+    from ac_jax.archset.generate import generate
+
+    path = out / "archset.sqlite"
+    num = study.budget
+    for _ in range(5):  # a few plan positions may be "rejected" (pooling cap): extend the plan
+        generate(cfg, num, path, dataset=dataset, progress=progress)
+        with ArchsetStore(path, readonly=True) as db:
+            trained = sum(r.status != "rejected" for r in db.records())
+        if trained >= study.budget:
+            break
+        num += study.budget - trained
+    return path

@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""The equal-budget study: ac_jax vs random search vs N2N at the same number of trained
+architectures, the same proxy and final schedules, several repeats (README, "The study").
+
+  python bin/study.py --dataset fashion_mnist --model conv7 --target-ratio 8 --budget 200 --repeats 3
+  python bin/study.py --dataset tiny --model tinycnn --budget 8 --repeats 2 --final-epochs 1 \\
+      --surrogate-steps 40 --out /tmp/study                                   # seconds-long
+
+Every method gets the constraint "at most 1/ratio of the original's parameters" and spends
+--budget trained architectures per repeat (ac_jax's archset records counted in it); each repeat
+uses another search seed. Selection reads the validation split carved from the training set; the
+picks and the original are then retrained with the final schedule (--final-epochs, --final-seeds)
+and read the test set once. Resumable: rerun the same command after a kill; every training is in
+a store under --out. Writes summary.json, summary.md and anytime.png to --out (default
+results/study/<dataset>_<model>).
+
+On a CPU backend the variant defaults to "cpu" where the config has one (the shipped archset's
+proxy: 1 epoch x 2 seeds on 4,000 images).
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ac_jax import cli  # noqa: E402
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip() and n.strip() != "none")
+
+
+def parse_args(argv):
+    from ac_jax.study.config import METHODS, REFERENCES
+
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_config_args(p)
+    p.add_argument("--model", help="zoo name or printout/JSON file (default: the config's)")
+    p.add_argument("--target-ratio", type=float, default=8.0,
+                   help="constraint: at most original params / ratio (default 8, the paper's "
+                        "7.61x regime)")
+    p.add_argument("--budget", type=int, default=200,
+                   help="trained architectures per method and repeat (default 200)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--methods", type=_names, default=METHODS,
+                   help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+    p.add_argument("--references", type=_names, default=REFERENCES,
+                   help=f"reference rows: {','.join(REFERENCES)} or none (default: both)")
+    p.add_argument("--final-epochs", type=int, help="final schedule length (default 6; the "
+                   "config's recipe with the learning rate /10 at 60%%)")
+    p.add_argument("--final-seeds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2, help="ac_jax_rounds: refinement rounds")
+    p.add_argument("--refine-top", type=int, default=6, help="candidates trained per round")
+    p.add_argument("--surrogate-steps", type=int, help="surrogate training steps (default: "
+                   "the config's)")
+    p.add_argument("--seed", type=int, default=0, help="repeat r uses search seed SEED + r")
+    p.add_argument("--out", help="output folder (default results/study/<dataset>_<model>)")
+    p.add_argument("--no-compile-cache", action="store_true")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars (the log lines, one per stage, stay)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import jax
+
+    from ac_jax.config import get_config
+    from ac_jax.study import StudyConfig, final_schedule, run_study
+
+    if args.variant is None and jax.default_backend() == "cpu":
+        try:
+            get_config(args.config, "cpu")
+            args.variant = "cpu"
+        except (ValueError, TypeError):
+            pass
+    cfg = cli.config_from_args(args)
+    model = args.model or cfg.default_model
+    try:
+        study = StudyConfig(
+            cfg=cfg, model=model, target_ratio=args.target_ratio, budget=args.budget,
+            repeats=args.repeats, methods=args.methods, references=args.references,
+            final_schedule=final_schedule(cfg, args.final_epochs or (6 if cfg.dataset !=
+                                                                      "synthetic" else None)),
+            final_seeds=args.final_seeds, rounds=args.rounds, refine_top=args.refine_top,
+            surrogate_steps=args.surrogate_steps, seed=args.seed)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    if not args.no_compile_cache:
+        cli.enable_compilation_cache()
+    out = Path(args.out) if args.out else cli.repo_path(
+        f"results/study/{cfg.dataset}_{Path(model).stem}")
+    dataset = cli.load_dataset(cfg)
+    def log(*parts):
+        print(time.strftime("%H:%M:%S"), *parts, flush=True)
+
+    run_study(study, out, dataset=dataset, progress=not args.quiet, log=log)
+    print((out / "summary.md").read_text(encoding="utf-8"))
+    print(f"wrote {out}/summary.json, summary.md, anytime.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

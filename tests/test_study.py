@@ -1,0 +1,238 @@
+"""The evaluation protocol (validation split), the one trainer's options, N2N's budget and the
+equal-budget study (bin/study.py) end to end on the tiny config."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zlib
+
+import numpy as np
+import pytest
+
+from ac_jax.arch import zoo
+from ac_jax.arch.torch_io import parse_json
+from ac_jax.archset.store import ArchsetStore
+from ac_jax.child import trainer as trainer_lib
+from ac_jax.child.trainer import (
+    ChildTrainer,
+    Distillation,
+    TrainOptions,
+    TrainResult,
+    TrainSchedule,
+    to_device,
+)
+from ac_jax.data import load, protocol
+from conftest import TEST_SEED
+
+SCHEDULE = TrainSchedule(epochs=1, batch_size=32, lr=0.01, eval_batch_size=128)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return load("synthetic")
+
+
+# --------------------------------------------------------------------------------------------
+# Validation protocol
+# --------------------------------------------------------------------------------------------
+
+
+def test_validation_split_is_fixed_stratified_and_disjoint(synthetic):
+    val = protocol.validation_indices(synthetic.train_y)
+    assert len(val) == protocol.validation_size(len(synthetic.train_y)) == len(synthetic.train_y) // 10
+    np.testing.assert_array_equal(val, protocol.validation_indices(synthetic.train_y))
+    search, final = protocol.search_view(synthetic), protocol.final_view(synthetic)
+    assert search.evaluation == "validation" and final.evaluation == "final"
+    # Same training images in both views, none of them in the validation split.
+    np.testing.assert_array_equal(search.train_x, final.train_x)
+    assert len(search.train_y) + len(val) == len(synthetic.train_y)
+    np.testing.assert_array_equal(search.test_x, synthetic.train_x[val])
+    np.testing.assert_array_equal(final.test_x, synthetic.test_x)
+    # Stratified: every class's share of the split is its share of the training set +- 1.
+    counts = np.bincount(synthetic.train_y[val], minlength=synthetic.num_classes)
+    expected = np.bincount(synthetic.train_y) * len(val) / len(synthetic.train_y)
+    assert np.all(np.abs(counts - expected) <= 1)
+
+
+def test_views_compose_and_refuse_to_mix(synthetic):
+    search = protocol.search_view(synthetic)
+    assert protocol.search_view(search) is search
+    with pytest.raises(ValueError, match="already a 'validation' view"):
+        protocol.final_view(search)
+    assert protocol.validation_size(60_000) == 5_000  # Fashion-MNIST
+    assert protocol.validation_size(50_000) == 5_000  # CIFAR
+    with pytest.raises(ValueError, match="evaluation"):
+        dataclasses.replace(synthetic, evaluation="dev")
+
+
+def test_archset_records_are_validation_accuracies(synthetic, tmp_path):
+    from ac_jax.archset.generate import archset_meta, generate
+    from configs.tiny import get_config
+
+    cfg = get_config()
+    path = tmp_path / "a.sqlite"
+    generate(cfg, 1, path, dataset=synthetic, progress=False)
+    with ArchsetStore(path, readonly=True) as db:
+        assert db.meta["evaluation"] == "validation"
+        assert db.meta == json.loads(json.dumps(
+            archset_meta(cfg, synthetic.input_shape, synthetic.num_classes)))
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer's options
+# --------------------------------------------------------------------------------------------
+
+
+def test_kept_weights_warm_start_and_distillation(synthetic):
+    from ac_jax.baselines.common import evaluate
+
+    arch = zoo.tinycnn()
+    data = to_device(protocol.search_view(synthetic), SCHEDULE)
+    seeds = [TEST_SEED, TEST_SEED + 1]
+    kept = ChildTrainer(data, SCHEDULE, 2, TrainOptions(keep_weights=True)).train(arch, seeds)
+    assert kept.ok and len(kept.variables) == 2
+    for acc, variables in zip(kept.seed_accuracies, kept.variables):
+        # The trainer's accuracy is that of the weights it returns (a second evaluation
+        # program may flip one float-rounding argmax tie at most).
+        assert abs(evaluate(arch, variables, data, SCHEDULE) - acc) <= 1 / data.num_test + 1e-9
+    # A warm start with a vanishing learning rate leaves the given weights where they were.
+    still = dataclasses.replace(SCHEDULE, lr=1e-12)
+    warm = ChildTrainer(data, still, 1, TrainOptions(warm_start=True, keep_weights=True))
+    again = warm.train(arch, [TEST_SEED + 7], init=kept.variables[0])
+    np.testing.assert_allclose(again.variables[0]["params"]["Conv_0"]["kernel"],
+                               kept.variables[0]["params"]["Conv_0"]["kernel"], atol=1e-6)
+    with pytest.raises(ValueError, match="init"):
+        warm.train(arch, [0])
+    # KD with alpha = 0 is cross-entropy on the labels: the same training as without a teacher.
+    ce = ChildTrainer(data, SCHEDULE, 1).train(arch, seeds[:1])
+    kd = ChildTrainer(data, SCHEDULE, 1, TrainOptions(distill=Distillation(arch, alpha=0.0)),
+                      kept.variables[1]).train(arch, seeds[:1])
+    np.testing.assert_allclose(kd.epoch_losses, ce.epoch_losses, rtol=1e-5)
+    with pytest.raises(ValueError, match="teacher"):
+        ChildTrainer(data, SCHEDULE, 1, TrainOptions(distill=Distillation(arch)))
+
+
+# --------------------------------------------------------------------------------------------
+# Fake child training: a deterministic accuracy per architecture, no XLA compile
+# --------------------------------------------------------------------------------------------
+
+
+def fake_accuracy(arch) -> float:
+    noise = (zlib.crc32(repr(arch.layers).encode()) % 1000) / 1000.0
+    return float(0.4 + 0.4 * (1 - np.exp(-arch.num_params / 800.0)) + 0.1 * noise)
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """Replaces ChildTrainer's compile and train; `calls` counts trainings, `stop_after` makes
+    the n-th training raise (a kill)."""
+    state = {"calls": [], "stop_after": None}
+
+    def train(self, arch, seeds, init=None):
+        if state["stop_after"] is not None and len(state["calls"]) >= state["stop_after"]:
+            raise Interrupted
+        state["calls"].append(arch)
+        acc = fake_accuracy(arch)
+        return TrainResult("ok", "", (acc,) * len(seeds), ((1.0,),) * len(seeds), 0.0, 0.0)
+
+    monkeypatch.setattr(trainer_lib.ChildTrainer, "train", train)
+    monkeypatch.setattr(trainer_lib.ChildTrainer, "compile", lambda self, arch: (None, 0.0))
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# The study
+# --------------------------------------------------------------------------------------------
+
+
+def _study(tmp_path, **changes):
+    from ac_jax.study import StudyConfig, final_schedule
+    from configs.tiny import get_config
+
+    cfg = get_config()
+    cfg = cfg.replace(archset=dataclasses.replace(cfg.archset, path=str(tmp_path / "none.sqlite")))
+    base = dict(cfg=cfg, model="tinycnn", target_ratio=4, budget=8, repeats=2,
+                references=(), final_schedule=final_schedule(cfg, 1), rounds=1, refine_top=1,
+                refine_finetune_steps=20, surrogate_steps=40, seed=TEST_SEED)
+    base.update(changes)
+    return StudyConfig(**base)
+
+
+def test_study_end_to_end_resumes_without_duplicates(synthetic, fake_training, tmp_path):
+    from ac_jax.study import run_study
+
+    study = _study(tmp_path)
+    out = tmp_path / "study"
+    fake_training["stop_after"] = 30  # killed part-way through the searches
+    with pytest.raises(Interrupted):
+        run_study(study, out, dataset=synthetic, progress=False, log=lambda *a: None)
+    done_before = len(fake_training["calls"])
+    fake_training["stop_after"] = None
+    summary = run_study(study, out, dataset=synthetic, progress=False, log=lambda *a: None)
+    calls = fake_training["calls"]
+    # Resumed: nothing trained twice within any store, and the stores hold every training.
+    stores = sorted(out.glob("*.sqlite")) + sorted(out.glob("work/*/refine/*/refine.sqlite"))
+    total = 0
+    for path in stores:
+        with ArchsetStore(path, readonly=True) as db:
+            records = db.records()
+        assert len(records) == len({r.arch for r in records}), path
+        total += len(records)
+    assert total == len(calls) and done_before == 30
+    budget, max_params = study.budget, summary["constraint"]["max_params"]
+    assert max_params == zoo.tinycnn().num_params // 4
+    assert set(summary["methods"]) == {"ac_jax", "ac_jax_rounds", "random_search", "n2n"}
+    for method, m in summary["methods"].items():
+        assert [r["repeat"] for r in m["repeats"]] == [0, 1]
+        for r in m["repeats"]:
+            assert r["trained_archs"] <= budget, method
+            if r["within_constraint"]:
+                assert r["params"] <= max_params and r["test_accuracy"] is not None
+            else:
+                assert r["test_accuracy"] is None
+    for r in summary["methods"]["random_search"]["repeats"]:
+        assert r["trained_archs"] == budget  # exactly N under the constraint
+        # The pick is the best validation accuracy among its own trainings (fake: per arch).
+        assert r["val_accuracy"] == pytest.approx(fake_accuracy(parse_json(r["spec"])))
+    for r in summary["methods"]["ac_jax"]["repeats"]:
+        assert r["trained_archs"] == budget  # the archset subset is the whole spend
+    for repeat in (0, 1):  # N2N's store: its teacher's proxy run first, then students
+        with ArchsetStore(out / f"n2n_r{repeat}.sqlite", readonly=True) as db:
+            records = sorted(db.records(), key=lambda r: r.idx)
+        assert records[0].source == "teacher" and len(records) <= budget
+        assert summary["methods"]["n2n"]["repeats"][repeat]["trained_archs"] == len(records)
+    seeds = {r["search_seed"] for r in summary["methods"]["random_search"]["repeats"]}
+    assert seeds == {TEST_SEED, TEST_SEED + 1}
+    assert (out / "summary.md").read_text().count("| random search |") == 1
+    assert (out / "anytime.png").stat().st_size > 0
+    assert json.loads((out / "summary.json").read_text())["original"]["params"] == 1876
+    # A second rerun trains nothing.
+    calls.clear()
+    run_study(study, out, dataset=synthetic, progress=False, log=lambda *a: None)
+    assert calls == []
+
+
+def test_study_refuses_impossible_settings(tmp_path):
+    with pytest.raises(ValueError, match="no archset"):
+        _study(tmp_path, budget=3, rounds=2, refine_top=2)
+    with pytest.raises(ValueError, match="unknown method"):
+        _study(tmp_path, methods=("grid",))
+    with pytest.raises(ValueError, match="ratio"):
+        _study(tmp_path, target_ratio=1.0)
+
+
+def test_report_arithmetic():
+    from ac_jax.study import report
+
+    assert report.relative_improvement(
+        [{"repeat": 0, "test_accuracy": 0.9}, {"repeat": 1, "test_accuracy": None}],
+        [{"repeat": 0, "test_accuracy": 0.8}, {"repeat": 1, "test_accuracy": 0.8}],
+    ) == [pytest.approx(12.5)]
+    curve = report.best_so_far([None, 0.5, 0.4, None, 0.7], 7)
+    assert np.isnan(curve[0])
+    np.testing.assert_allclose(curve[1:], [0.5, 0.5, 0.5, 0.7, 0.7, 0.7])
