@@ -7,7 +7,7 @@
   python bin/compress.py --models nets/ --max-params 50000                # every .txt/.json in nets/
   python bin/compress.py --verify --verify-epochs 2 --verify-train-subset 10000
 
-A model is a zoo name (conv7, conv10, vgg16, tinycnn), a PyTorch printout file, or a JSON spec.
+A model is a zoo name (conv7, conv10, vgg16, lenet5, conv4, tinycnn), a PyTorch printout file, or a JSON spec.
 Outputs in --out (one subfolder per model when several): report.json, compressed.txt (PyTorch
 printout), compressed_model.py (runnable nn.Module), original.txt, pareto.png.
 """

@@ -3,8 +3,8 @@
 architectures, the same proxy and final schedules, several repeats (README, "The study").
 
   python bin/study.py --dataset fashion_mnist --model conv7 --target-ratio 8 --budget 200 --repeats 3
-  python bin/study.py --dataset tiny --model tinycnn --budget 8 --repeats 2 --final-epochs 1 \\
-      --surrogate-steps 40 --out /tmp/study                                   # seconds-long
+  python bin/study.py --dataset tiny --model tinycnn --budget 10 --repeats 2 --rounds 1 \\
+      --refine-top 2 --final-epochs 1 --surrogate-steps 40 --out /tmp/study   # a few minutes
 
 Every method gets the constraint "at most 1/ratio of the original's parameters" and spends
 --budget trained architectures per repeat (ac_jax's archset records counted in it); each repeat
@@ -12,7 +12,9 @@ uses another search seed. Selection reads the validation split carved from the t
 picks and the original are then retrained with the final schedule (--final-epochs, --final-seeds)
 and read the test set once. Resumable: rerun the same command after a kill; every training is in
 a store under --out. Writes summary.json, summary.md and anytime.png to --out (default
-results/study/<dataset>_<model>).
+results/study/<dataset>_<model>); with --amortised, also amortised.json / amortised.md:
+
+  python bin/study.py --dataset fashion_mnist --model conv7 --budget 100 --amortised lenet5,conv4
 
 On a CPU backend the variant defaults to "cpu" where the config has one (the shipped archset's
 proxy: 1 epoch x 2 seeds on 4,000 images).
@@ -57,6 +59,10 @@ def parse_args(argv):
     p.add_argument("--surrogate-steps", type=int, help="surrogate training steps (default: "
                    "the config's)")
     p.add_argument("--seed", type=int, default=0, help="repeat r uses search seed SEED + r")
+    p.add_argument("--amortised", type=_names, default=(), metavar="M1,M2",
+                   help="after the study, the amortised case: these networks (zoo names or "
+                        "files) compressed with repeat 0's archset subset and surrogate, each "
+                        "with its own refinement rounds, vs random search's full budget each")
     p.add_argument("--out", help="output folder (default results/study/<dataset>_<model>)")
     p.add_argument("--no-compile-cache", action="store_true")
     p.add_argument("--quiet", action="store_true",
@@ -99,6 +105,12 @@ def main(argv=None) -> int:
 
     run_study(study, out, dataset=dataset, progress=not args.quiet, log=log)
     print((out / "summary.md").read_text(encoding="utf-8"))
+    if args.amortised:
+        from ac_jax.study import run_amortised
+
+        run_amortised(study, list(args.amortised), out, dataset=dataset,
+                      progress=not args.quiet, log=log)
+        print((out / "amortised.md").read_text(encoding="utf-8"))
     print(f"wrote {out}/summary.json, summary.md, anytime.png")
     return 0
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ac_jax.arch import zoo
-from ac_jax.arch.torch_io import parse_json
+from ac_jax.arch.torch_io import parse_json, to_json
 from ac_jax.archset.store import ArchsetStore
 from ac_jax.child import trainer as trainer_lib
 from ac_jax.child.trainer import (
@@ -215,6 +215,28 @@ def test_study_end_to_end_resumes_without_duplicates(synthetic, fake_training, t
     calls.clear()
     run_study(study, out, dataset=synthetic, progress=False, log=lambda *a: None)
     assert calls == []
+
+    # The amortised case: a second network compressed with repeat 0's archset and surrogate.
+    from ac_jax.study import run_amortised
+
+    other = tmp_path / "other.json"
+    other.write_text(to_json(zoo.tinycnn().replace_layers(
+        [layer._replace(o=2 * layer.o) if layer.t == 1 else layer
+         for layer in zoo.tinycnn().layers])))
+    amortised = run_amortised(study, [str(other)], out, dataset=synthetic, progress=False,
+                              log=lambda *a: None)
+    first, second = amortised["networks"]
+    assert first["model"] == "tinycnn" and second["params"] > first["params"]
+    shared = amortised["shared_archset_records"]
+    assert shared == budget - study.refine_trainings
+    for net in amortised["networks"]:
+        assert 0 < net["ac_jax"]["extra_trainings"] <= study.refine_trainings
+        assert net["random_search"]["trainings"] == budget
+    totals = amortised["total_trainings"]
+    assert totals["ac_jax"] == shared + sum(n["ac_jax"]["extra_trainings"]
+                                            for n in amortised["networks"])
+    assert totals["random_search"] == 2 * budget
+    assert "| tinycnn |" in (out / "amortised.md").read_text()
 
 
 def test_study_refuses_impossible_settings(tmp_path):

@@ -143,8 +143,9 @@ Model(
   )
 )"""
 
-ZOO_ARCHS = [zoo.conv7(), zoo.conv10(), zoo.vgg16(), zoo.vgg16(num_classes=1000)]
-ZOO_IDS = ["conv7", "conv10", "vgg16", "vgg16-1000"]
+ZOO_ARCHS = [zoo.conv7(), zoo.conv10(), zoo.vgg16(), zoo.vgg16(num_classes=1000), zoo.lenet5(),
+             zoo.conv4()]
+ZOO_IDS = ["conv7", "conv10", "vgg16", "vgg16-1000", "lenet5", "conv4"]
 SAMPLE_TASKS = [((28, 28, 1), 10), ((32, 32, 3), 100)]
 
 

@@ -9,6 +9,11 @@ closest to the paper's:
   -> 708,010 parameters.
 * CONV-10 (32x32x3, 10 classes): widths 64, 64, 256, 256, 256, 512, 512, 768, 768, 1536, pools
   after blocks 2, 4, 6, 8, 10 -> 24,399,178 parameters (with 100 classes: 24,537,508).
+* LeNet-5 (28x28x1): the classic layout with ReLU and 2x2 max-pooling, 5x5 convolutions of 6
+  (padding 2) and 16 channels, a 120-84 classifier -> 61,706 parameters (not from the paper: a
+  second small Fashion-MNIST network for the study's amortised case).
+* CONV-4 (28x28x1): conv-bn-relu blocks of widths 32, 32, 64, 64, pools after blocks 2 and 4, one
+  Linear -> 96,746 parameters (likewise not from the paper).
 * VGG-16 exactly as the Appendix 10 printout: 12 convolutions (the printout omits one of the
   usual 13), BatchNorm, and a 512-4096-4096 classifier with Dropout 0.5; the 512 input features
   mean a 32x32 input. The printout's head has 1000 classes; `num_classes` replaces it.
@@ -62,6 +67,17 @@ def vgg16(input_shape=(32, 32, 3), num_classes: int = 10) -> Arch:
     return Arch(tuple(input_shape), num_classes, tuple(layers))
 
 
+def lenet5(input_shape=(28, 28, 1), num_classes: int = 10) -> Arch:
+    layers = [conv(5, 6, 1, 2), relu(), maxpool(2), conv(5, 16), relu(), maxpool(2),
+              linear(120), relu(), linear(84), relu(), linear(num_classes)]
+    return Arch(tuple(input_shape), num_classes, tuple(layers))
+
+
+def conv4(input_shape=(28, 28, 1), num_classes: int = 10) -> Arch:
+    layers = conv_bn_relu_stack((32, 32, 64, 64), (2, 4)) + [linear(num_classes)]
+    return Arch(tuple(input_shape), num_classes, tuple(layers))
+
+
 def tinycnn(input_shape=(12, 12, 1), num_classes: int = 4) -> Arch:
     """A two-block CNN for tests and the tiny config (not from the paper)."""
     layers = conv_bn_relu_stack((8, 16), (1, 2)) + [linear(num_classes)]
@@ -72,6 +88,8 @@ ZOO: dict[str, Callable[..., Arch]] = {
     "conv7": conv7,
     "conv10": conv10,
     "vgg16": vgg16,
+    "lenet5": lenet5,
+    "conv4": conv4,
     "tinycnn": tinycnn,
 }
 

@@ -103,9 +103,14 @@ class ArchsetStore:
             self.meta = {
                 k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta")
             }
-        differing = [k for k in meta if k in self.meta and self.meta[k] != meta[k]]
+        stored = dict(self.meta)
+        # Files written before the validation protocol hold test-set accuracies and have no
+        # "evaluation" key: they count as labelled on "test", never resumed as validation.
+        if "evaluation" in meta:
+            stored.setdefault("evaluation", "test")
+        differing = [k for k in meta if k in stored and stored[k] != meta[k]]
         if differing:
-            details = "; ".join(f"{k}: stored {self.meta[k]!r}, asked {meta[k]!r}" for k in differing)
+            details = "; ".join(f"{k}: stored {stored[k]!r}, asked {meta[k]!r}" for k in differing)
             raise ArchsetMismatchError(
                 f"archset {self.path} was made with other settings ({details}). Use another "
                 "output path, or the same settings to resume it."

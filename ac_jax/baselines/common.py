@@ -6,8 +6,8 @@ the final schedule, distillation students, the fine-tuning of a pruned network) 
 methods share one training procedure. Two algorithm-specific inner loops remain, built on the
 step helpers here: the pruning rounds (a few gated minibatches between removals, the gates'
 gradients being the Taylor criterion) and the FitNets hint stage (an L2 loss on an intermediate
-layer). They reuse the trainer's optimiser/schedule (`make_optimizer`) and on-device
-preprocessing, so they see the same data pipeline.
+layer). They use Adam and the trainer's on-device preprocessing, so they see the same data
+pipeline.
 """
 
 from __future__ import annotations

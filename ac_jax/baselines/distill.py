@@ -131,7 +131,7 @@ def _hint_stage(teacher: TrainedNet, student: Arch, data: DeviceData, schedule: 
         return loss, (updates.get("batch_stats", {}), None)
 
     tx = optax.adam(schedule.lr)
-    init = init_state(student_model, tx, seed)  # same init as the scratch/KD runs of `seed`
+    init = init_state(student_model, tx, seed)  # its own init (not the trainer's key stream)
     bound = 1.0 / np.sqrt(s_channels)
     adapter = {
         "kernel": jnp.asarray(np.random.default_rng(seed + 1).uniform(

@@ -250,10 +250,17 @@ class _StudentJudge:
                 mean_accuracy=result.mean_accuracy if result.seed_accuracies else None,
                 epoch_losses=result.epoch_losses, compile_seconds=result.compile_seconds,
                 train_seconds=result.train_seconds, finished_at=time.time())
-            if self.store is not None:
-                self.store.add(rec)
+            if self.store is not None and not self.store.add(rec):
+                raise RuntimeError(f"{self.store.path} already holds a record at position "
+                                   f"{rec.idx}: the replay of this run diverged from the stored "
+                                   "one (another JAX version or backend?); use a fresh store")
             self.stored[arch] = rec
         else:
+            if rec.idx != self.spent:  # the stored run trained its networks in another order
+                raise RuntimeError(f"replaying {self.store.path}: position {self.spent} trained "
+                                   f"the network stored at {rec.idx}; this run diverged from the "
+                                   "stored one (another JAX version or backend?); use a fresh "
+                                   "store")
             self.resumed += 1
         self.spent += 1
         return rec.status, (rec.mean_accuracy if rec.status == "ok" else None)

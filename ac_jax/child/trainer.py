@@ -393,7 +393,9 @@ class ChildTrainer:
                 dummy = jnp.zeros((1, *arch.input_shape), jnp.float32)
                 init = jax.eval_shape(
                     lambda k: model.init({"params": k}, dummy, train=False), jax.random.key(0))
-            extra["init"] = init
+            # One tree structure whether or not the caller's variables carry (empty) batch
+            # statistics: the compiled program checks the structure exactly.
+            extra["init"] = {"params": init["params"], "batch_stats": init.get("batch_stats", {})}
         return extra
 
     def _args(self, seeds: Sequence[int], arch: Arch | None = None, init=None):

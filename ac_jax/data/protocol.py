@@ -15,7 +15,7 @@ Two views of one dataset, both `Dataset`s, so every trainer takes them unchanged
 * `search_view`: train = training set minus the validation split, "test" slot = the validation
   split (``evaluation == "validation"``);
 * `final_view`: train = the same training set minus the validation split, test slot = the test
-  set (``evaluation == "test"``), for the final schedule's reported numbers.
+  set (``evaluation == "final"``), for the final schedule's reported numbers.
 """
 
 from __future__ import annotations

@@ -46,6 +46,11 @@ class StudyConfig:
             raise ValueError("a study needs budget >= 2, repeats >= 1 and final_seeds >= 1")
         if self.target_ratio <= 1:
             raise ValueError(f"target ratio must be above 1, got {self.target_ratio}")
+        if "ac_jax_rounds" in self.methods and (self.rounds < 1 or self.refine_top < 1):
+            raise ValueError("ac_jax_rounds needs rounds >= 1 and refine_top >= 1 (the paper "
+                             "mode is the `ac_jax` method)")
+        if self.surrogate_steps is not None and self.surrogate_steps < 1:
+            raise ValueError("surrogate_steps must be positive")
         if "ac_jax_rounds" in self.methods and self.refine_trainings >= self.budget:
             raise ValueError(f"ac_jax_rounds trains up to {self.refine_trainings} networks in its "
                              f"rounds, which leaves no archset within a budget of {self.budget}")

@@ -31,6 +31,7 @@ class Context:
     search: DeviceData  # proxy data: train minus validation (subset), validation (subset)
     original: Arch
     max_params: int
+    model_name: str
     archset_path: Path
     work: Path  # per-study folder for stores and surrogate runs
     surrogate_steps: int | None = None
@@ -71,19 +72,28 @@ def _curve(records, ctx: Context) -> list:
 # --------------------------------------------------------------------------------------------
 
 
-def run_random_search(ctx: Context, repeat: int, seed: int, budget: int) -> MethodRun:
+def run_random_search(ctx: Context, repeat: int, seed: int, budget: int,
+                      store_tag: str | None = None) -> MethodRun:
     from ac_jax.baselines.random_search import RandomSearchConfig, random_search
 
     a = ctx.cfg.archset
     start = time.perf_counter()
-    rs_cfg = RandomSearchConfig(num_archs=budget, num_seeds=a.seeds,
-                                neighbourhood_fraction=a.neighbourhood_fraction,
-                                sample_seed=seed, max_pooling_reads=a.max_pooling_reads)
-    store = ctx.work / f"random_search_r{repeat}.sqlite"
-    result = random_search(ctx.search, a.schedule, ctx.max_params, rs_cfg, a.sampler,
-                           neighbourhood_of=ctx.original, store=store, progress=ctx.progress)
-    with ArchsetStore(store, readonly=True) as db:
-        records = [r for r in sorted(db.records(), key=lambda r: r.idx) if r.status != "rejected"]
+    store = ctx.work / (f"random_search_r{repeat}.sqlite" if store_tag is None
+                        else f"amortised_random_search_{store_tag}.sqlite")
+    num = budget
+    for _ in range(5):  # candidates over the pooling cap are "rejected" untrained: draw more
+        rs_cfg = RandomSearchConfig(num_archs=num, num_seeds=a.seeds,
+                                    neighbourhood_fraction=a.neighbourhood_fraction,
+                                    sample_seed=seed, max_pooling_reads=a.max_pooling_reads)
+        result = random_search(ctx.search, a.schedule, ctx.max_params, rs_cfg, a.sampler,
+                               neighbourhood_of=ctx.original, store=store,
+                               progress=ctx.progress)
+        with ArchsetStore(store, readonly=True) as db:
+            records = [r for r in sorted(db.records(), key=lambda r: r.idx)
+                       if r.status != "rejected"]
+        if len(records) >= budget:
+            break
+        num += budget - len(records)
     return MethodRun("random_search", repeat, seed, result.arch, result.search_accuracy,
                      len(records), time.perf_counter() - start, _curve(records, ctx),
                      result.within_budget, result.notes)
@@ -177,24 +187,32 @@ def _archset_seconds(records) -> float:
     return float(sum(r.compile_seconds + r.train_seconds for r in records))
 
 
-def run_ac_jax(ctx: Context, repeat: int, seed: int, budget: int, rounds: bool) -> MethodRun:
-    """ac_jax in the paper's mode (`rounds` False) or with refinement rounds."""
+def run_ac_jax(ctx: Context, repeat: int, seed: int, budget: int, rounds: bool,
+               tag: str | None = None) -> MethodRun:
+    """ac_jax in the paper's mode (`rounds` False) or with refinement rounds.
+
+    The surrogate lives in ``work/<method>_r<repeat>/surrogate``, whatever the input network:
+    compressing several networks in one repeat (the amortised case, `tag` names each one's
+    refinement folder) shares one archset subset and one trained surrogate.
+    """
     from ac_jax.compress.candidates import Constraint
     from ac_jax.compress.pipeline import compress_batch
     from ac_jax.compress.search import SearchConfig
 
     method = "ac_jax_rounds" if rounds else "ac_jax"
     start = time.perf_counter()
-    extra = 1 + (ctx.rounds + 1) * ctx.refine_top if rounds else 0
+    extra = 1 + (ctx.rounds + 1) * ctx.refine_top if rounds else 0  # StudyConfig.refine_trainings
     from ac_jax.cli import surrogate_config
 
     max_len = surrogate_config(ctx.cfg).arch.max_len
     arrays, records = archset_subset(ctx.archset_path, budget - extra, seed, max_len)
     work = ctx.work / "work" / f"{method}_r{repeat}"
     surrogate, outcome = _surrogate(ctx, arrays, work / "surrogate", seed)
+    if tag is not None:
+        work = ctx.work / "work" / tag
     search_cfg = ctx.cfg.compress if ctx.cfg.compress is not None else SearchConfig()
     constraint = Constraint(max_params=ctx.max_params)
-    (result,) = compress_batch(surrogate, [ctx.original], [ctx.cfg.default_model], search_cfg,
+    (result,) = compress_batch(surrogate, [ctx.original], [ctx.model_name], search_cfg,
                                constraint)
     details = {"archset_records": len(records), "surrogate_holdout": outcome.metrics,
                "reconstructed_exactly": bool(result.reconstructed_exactly),

@@ -50,7 +50,9 @@ def summary(study, original, original_rec, max_params: int, runs: dict, referenc
         "dataset": cfg.dataset,
         "config": cfg.name,
         "model": study.model,
-        "original": {"params": original.num_params, "test_accuracy": original_rec.mean_accuracy,
+        "original": {"params": original.num_params,
+                     "test_accuracy": (original_rec.mean_accuracy if original_rec.status == "ok"
+                                       else None),
                      "test_seed_accuracies": list(original_rec.seed_accuracies),
                      "status": original_rec.status},
         "constraint": {"max_params": max_params, "target_ratio": study.target_ratio},
@@ -72,14 +74,15 @@ def _stats(values) -> tuple[float, float, int] | None:
     vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:
         return None
-    return float(np.mean(vals)), float(np.std(vals)), len(vals)
+    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    return float(np.mean(vals)), std, len(vals)
 
 
 def _pm(values, scale: float = 100.0, digits: int = 2) -> str:
     s = _stats(values)
     if s is None:
         return "—"
-    mean, std, n = s
+    mean, std, n = s  # std: the sample standard deviation over repeats (ddof 1)
     return f"{scale * mean:,.{digits}f} ± {scale * std:,.{digits}f}" + ("" if n > 1 else " (1)")
 
 
@@ -154,7 +157,7 @@ def markdown(s: dict) -> str:
         lines.append(
             f"| {r['method']} (reference, 1 run) | — | {r['params']:,} "
             f"| {o['params'] / r['params']:.1f}x | {val} | {acc} | — | — | {r['seconds']:.0f} |")
-    lines += ["", "Mean ± standard deviation over repeats. Val acc.: the pick's proxy validation "
+    lines += ["", "Mean ± sample standard deviation over repeats. Val acc.: the pick's proxy validation "
               "accuracy (what the search chose on). Test acc.: the pick retrained with the final "
               "schedule, mean over its seeds; a repeat whose pick breaks the constraint has none "
               "(params and val acc. still show what it returned). RI: 100 (acc - acc_random) / "
@@ -215,3 +218,52 @@ def plot_anytime(runs: dict, path, budget: int) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def amortised_summary(study, rows: list) -> dict:
+    """Per network: ac_jax's trainings beyond the shared archset vs random search's."""
+    nets = []
+    shared = None
+    for row in rows:
+        ac, rs = row["ac_jax_rounds"], row["random_search"]
+        archset = ac["details"].get("archset_records", 0)
+        shared = archset if shared is None else shared
+        nets.append({
+            "model": row["model"], "params": row["params"], "max_params": row["max_params"],
+            "original_test_accuracy": row["original_test_accuracy"],
+            "ac_jax": {"extra_trainings": ac["trained_archs"] - archset, "params": ac["params"],
+                       "val_accuracy": ac["val_accuracy"], "test_accuracy": ac.get("test_accuracy"),
+                       "within_constraint": ac["within_constraint"]},
+            "random_search": {"trainings": rs["trained_archs"], "params": rs["params"],
+                              "val_accuracy": rs["val_accuracy"],
+                              "test_accuracy": rs.get("test_accuracy"),
+                              "within_constraint": rs["within_constraint"]},
+        })
+    total_ac = (shared or 0) + sum(n["ac_jax"]["extra_trainings"] for n in nets)
+    total_rs = sum(n["random_search"]["trainings"] for n in nets)
+    return {"config": study.cfg.name, "budget": study.budget, "target_ratio": study.target_ratio,
+            "shared_archset_records": shared, "networks": nets,
+            "total_trainings": {"ac_jax": total_ac, "random_search": total_rs}}
+
+
+def amortised_markdown(s: dict) -> str:
+    lines = [f"# Amortised case: {len(s['networks'])} networks, one archset ({s['config']})", "",
+             f"ac_jax (refinement rounds) shares one archset subset of "
+             f"{s['shared_archset_records']} records and one surrogate across the networks; "
+             f"random search spends {s['budget']} trainings on each. Constraint: at most 1/"
+             f"{s['target_ratio']:g} of each network's parameters. Total trainings: ac_jax "
+             f"{s['total_trainings']['ac_jax']}, random search "
+             f"{s['total_trainings']['random_search']}.", "",
+             "| network | params | original test % | ac_jax extra trainings | ac_jax params | "
+             "ac_jax val / test % | random search trainings | random params | random val / "
+             "test % |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for n in s["networks"]:
+        ac, rs = n["ac_jax"], n["random_search"]
+        lines.append(
+            f"| {n['model']} | {n['params']:,} | {_pct(n['original_test_accuracy'])} "
+            f"| {ac['extra_trainings']} | {ac['params'] or 0:,}"
+            f"{'' if ac['within_constraint'] else ' (over)'} "
+            f"| {_pct(ac['val_accuracy'])} / {_pct(ac['test_accuracy'])} "
+            f"| {rs['trainings']} | {rs['params'] or 0:,} "
+            f"| {_pct(rs['val_accuracy'])} / {_pct(rs['test_accuracy'])} |")
+    return "\n".join(lines) + "\n"

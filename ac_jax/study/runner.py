@@ -9,8 +9,9 @@ Layout of the output folder (resumable: rerun the same command after a kill):
   final.sqlite                every final-schedule training (original and picks, keyed by
                               architecture: a pick found twice trains once)
   references.json             pruning / KD rows
-  work/                       surrogate runs and refinement folders (checkpoints; not shipped)
+  work/                       surrogate runs (checkpoints; not shipped) and refinement folders
   summary.json, summary.md, anytime.png
+  amortised.json, amortised.md  the amortised case (`run_amortised`)
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def _run_to_dict(run: methods_lib.MethodRun) -> dict:
     d["spec"] = to_json(run.arch) if run.arch is not None else None
     d["params"] = run.arch.num_params if run.arch is not None else None
     return d
+
+
+def final_accuracy(rec: Record) -> float | None:
+    """A final training's test accuracy; None unless it trained without diverging (a diverged
+    seed's weights are NaN, and its "accuracy" is that of a constant prediction)."""
+    return rec.mean_accuracy if rec.status == "ok" else None
 
 
 class FinalTrainer:
@@ -126,17 +133,18 @@ def run_study(study: StudyConfig, out: str | Path, dataset=None, progress: bool 
     cfg = study.cfg
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
+    _check_study_meta(study, out)
     if dataset is None:
         dataset = load(cfg.dataset, cfg.data_dir)
     a = cfg.archset
     search_view = protocol.search_view(dataset)
     search = to_device(search_view, a.schedule, seed=a.sample_seed)
-    original = zoo.get(study.model, dataset.input_shape, dataset.num_classes) \
-        if study.model in zoo.ZOO else _load_model(study.model, dataset)
+    original = _network(study.model, dataset)
     max_params = int(original.num_params // study.target_ratio)
     archset_path = _archset(study, cfg, repo_path(a.path), out, dataset, progress, log)
     ctx = methods_lib.Context(
         cfg=cfg, dataset=dataset, search=search, original=original, max_params=max_params,
+        model_name=Path(study.model).stem,
         archset_path=archset_path, work=out, surrogate_steps=study.surrogate_steps,
         rounds=study.rounds, refine_top=study.refine_top,
         refine_finetune_steps=study.refine_finetune_steps, log=log, progress=progress)
@@ -165,7 +173,7 @@ def run_study(study: StudyConfig, out: str | Path, dataset=None, progress: bool 
             # A pick outside the constraint is a failed search, not a network to compare.
             if d["spec"] is not None and d["within_constraint"]:
                 rec = finals.train(parse_json(d["spec"]), f"{method}_r{d['repeat']}", log)
-                d["final"] = {"status": rec.status, "test_accuracy": rec.mean_accuracy,
+                d["final"] = {"status": rec.status, "test_accuracy": final_accuracy(rec),
                               "test_seed_accuracies": list(rec.seed_accuracies)}
     references = _references(study, ctx, finals, out, log) if study.references else {}
     summary = report.summary(study, original, original_rec, max_params, runs, references,
@@ -176,10 +184,106 @@ def run_study(study: StudyConfig, out: str | Path, dataset=None, progress: bool 
     return summary
 
 
-def _load_model(name: str, dataset) -> Arch:
+def study_meta(study: StudyConfig) -> dict:
+    """What a finished search depends on: resuming in a folder made with other settings is
+    refused (its runs would be relabelled with the new ones)."""
+    a = study.cfg.archset
+    return json.loads(json.dumps({
+        "config": study.cfg.name, "model": study.model, "target_ratio": study.target_ratio,
+        "budget": study.budget, "seed": study.seed, "rounds": study.rounds,
+        "refine_top": study.refine_top, "refine_finetune_steps": study.refine_finetune_steps,
+        "surrogate_steps": study.surrogate_steps, "proxy": dataclasses.asdict(a.schedule),
+        "proxy_seeds": a.seeds, "final_schedule": dataclasses.asdict(study.final_schedule),
+        "final_seeds": study.final_seeds, **protocol.SEARCH_META,
+    }))
+
+
+def _check_study_meta(study: StudyConfig, out: Path) -> None:
+    path, meta = out / "study.json", study_meta(study)
+    if not path.is_file():
+        _write_json(path, meta)
+        return
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    differing = [k for k in meta if stored.get(k) != meta[k]]
+    if differing:
+        details = "; ".join(f"{k}: stored {stored.get(k)!r}, asked {meta[k]!r}" for k in differing)
+        raise ValueError(f"{out} holds a study made with other settings ({details}); use another "
+                         "--out, or the same settings to resume it")
+
+
+def _network(name: str, dataset) -> Arch:
     from ac_jax.arch.torch_io import load_arch
 
+    if name in zoo.ZOO:
+        return zoo.get(name, dataset.input_shape, dataset.num_classes)
     return load_arch(name, dataset.input_shape, dataset.num_classes)
+
+
+def run_amortised(study: StudyConfig, models: list[str], out: str | Path, dataset=None,
+                  progress: bool = True, log=print) -> dict:
+    """The amortised case: one archset subset and one surrogate (repeat 0 of `ac_jax_rounds`)
+    compress the study's network and each of `models`, each with its own refinement rounds;
+    random search spends the full budget on every network. Needs the study's repeat 0 of both
+    methods done (`run_study`); writes amortised.json and amortised.md."""
+    from ac_jax.data import load
+
+    out = Path(out)
+    cfg = study.cfg
+    if dataset is None:
+        dataset = load(cfg.dataset, cfg.data_dir)
+    runs_dir = out / "runs"
+    base = {m: runs_dir / f"{m}_r0.json" for m in ("ac_jax_rounds", "random_search")}
+    missing = [str(p) for p in base.values() if not p.is_file()]
+    if missing:
+        raise ValueError(f"the amortised case reuses the study's repeat 0; missing {missing}")
+    a = cfg.archset
+    search = to_device(protocol.search_view(dataset), a.schedule, seed=a.sample_seed)
+    finals = FinalTrainer(study, dataset, out)
+    rows = []
+    for name in [study.model] + list(models):
+        original = _network(name, dataset)
+        max_params = int(original.num_params // study.target_ratio)
+        tag = Path(name).stem
+        ctx = methods_lib.Context(
+            cfg=cfg, dataset=dataset, search=search, original=original, max_params=max_params,
+            model_name=tag, archset_path=_archset(study, cfg, _shipped(cfg), out, dataset,
+                                                  progress, log),
+            work=out, surrogate_steps=study.surrogate_steps, rounds=study.rounds,
+            refine_top=study.refine_top, refine_finetune_steps=study.refine_finetune_steps,
+            log=log, progress=progress)
+        row = {"model": name, "params": original.num_params, "max_params": max_params}
+        for method in ("ac_jax_rounds", "random_search"):
+            path = base[method] if name == study.model else \
+                runs_dir / f"amortised_{method}_{tag}.json"
+            if path.is_file():
+                d = json.loads(path.read_text())
+            else:
+                log(f"[amortised] {method} on {name}")
+                if method == "random_search":  # its own store, the study's first search seed
+                    run = methods_lib.run_random_search(ctx, 0, study.seed, study.budget,
+                                                        store_tag=tag)
+                else:
+                    run = methods_lib.run_ac_jax(ctx, 0, study.seed, study.budget, rounds=True,
+                                                 tag=f"amortised_{tag}")
+                d = _run_to_dict(run)
+                _write_json(path, d)
+            if d["spec"] is not None and d["within_constraint"]:
+                rec = finals.train(parse_json(d["spec"]), f"amortised_{method}_{tag}", log)
+                d["test_accuracy"] = final_accuracy(rec)
+            row[method] = d
+        row["original_test_accuracy"] = final_accuracy(
+            finals.train(original, f"original_{tag}", log))
+        rows.append(row)
+    summary = report.amortised_summary(study, rows)
+    _write_json(out / "amortised.json", summary)
+    (out / "amortised.md").write_text(report.amortised_markdown(summary), encoding="utf-8")
+    return summary
+
+
+def _shipped(cfg) -> Path:
+    from ac_jax.cli import repo_path
+
+    return repo_path(cfg.archset.path)
 
 
 def _archset(study: StudyConfig, cfg, shipped: Path, out: Path, dataset, progress, log) -> Path:
