@@ -123,6 +123,6 @@ def test_archset_throughput_exports_a_commit(tmp_path):
     import archset_throughput
 
     if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode:
-        pytest.skip("not a git checkout")
+        pytest.skip("export_tree archives a git revision; this copy of the repository has no .git")
     tree = archset_throughput.export_tree("HEAD", tmp_path / "tree")
     assert (tree / "ac_jax" / "child" / "trainer.py").is_file()

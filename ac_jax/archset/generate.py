@@ -24,7 +24,7 @@ import numpy as np
 from ac_jax.arch import shapes, zoo
 from ac_jax.arch.sampler import sample, sample_neighbourhood
 from ac_jax.arch.spec import Arch
-from ac_jax.archset.store import ArchsetStore, Record
+from ac_jax.archset.store import ArchsetStore, Record, record_of
 from ac_jax.child.trainer import ChildTrainer, TrainResult, to_device
 from ac_jax.config import ArchsetConfig, Config
 from ac_jax.data import protocol
@@ -224,23 +224,9 @@ def _fill(store: ArchsetStore, cfg: Config, num: int, shard: tuple[int, int], da
                     result = TrainResult("rejected", too_costly, (), (), 0.0, 0.0)
                 else:
                     result = trainer.train(planned.arch, seeds)
-                info = shapes.analyze(planned.arch)
-                record = Record(
-                    idx=planned.idx,
-                    arch=planned.arch,
-                    source=planned.source,
-                    num_params=info.num_params,
-                    macs=info.macs,
-                    status=result.status,
-                    reason=result.reason,
-                    seed_accuracies=result.seed_accuracies,
-                    mean_accuracy=result.mean_accuracy if result.seed_accuracies else None,
-                    epoch_losses=result.epoch_losses,
-                    compile_seconds=result.compile_seconds or compile_seconds,
-                    train_seconds=result.train_seconds,
-                    worker=_worker_name(),
-                    finished_at=time.time(),
-                )
+                record = record_of(planned.idx, planned.arch, planned.source, result,
+                                   compile_seconds=result.compile_seconds or compile_seconds,
+                                   worker=_worker_name())
                 store.add(record)
                 stats.trained += 1
                 stats.failed += not result.ok

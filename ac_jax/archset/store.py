@@ -174,6 +174,19 @@ class ArchsetStore:
         return added
 
 
+def record_of(idx: int, arch: Arch, source: str, result, **fields) -> Record:
+    """The record of `arch` after a training whose outcome is `result` (a
+    `ac_jax.child.trainer.TrainResult`), finished now; `fields` override the rest (worker...)."""
+    values = dict(
+        idx=idx, arch=arch, source=source, num_params=arch.num_params, macs=arch.macs,
+        status=result.status, reason=result.reason, seed_accuracies=result.seed_accuracies,
+        mean_accuracy=result.mean_accuracy if result.seed_accuracies else None,
+        epoch_losses=result.epoch_losses, compile_seconds=result.compile_seconds,
+        train_seconds=result.train_seconds, finished_at=time.time(),
+    )
+    return Record(**{**values, **fields})
+
+
 def _record_from_row(row, input_shape, num_classes) -> Record:
     layers = tuple(Layer(*v) for v in json.loads(row[2]))
     return Record(

@@ -328,10 +328,7 @@ def retrain(arch: Arch, data: DeviceData, schedule: TrainSchedule, seeds=(0,), *
     result = ChildTrainer(data, schedule, len(seeds)).train(arch, list(seeds))
     if result.status not in ("ok", "diverged"):
         raise RuntimeError(f"retraining failed ({result.status}): {result.reason}")
-    accs = [float(a) for a in result.seed_accuracies]
-    if result.status == "diverged":
-        finite = np.isfinite(np.asarray(result.epoch_losses)).all(axis=1)
-        accs = [a if ok else float("nan") for a, ok in zip(accs, finite)]
+    accs = result.finite_accuracies
     return float(np.mean(accs)), accs
 
 

@@ -159,8 +159,7 @@ def _summary(method: str, student: Arch, result, seconds: float, seeds: Sequence
     """A row from a `TrainResult` over `seeds` (a diverged seed counts as NaN)."""
     if result.status not in ("ok", "diverged"):
         raise RuntimeError(f"{method}: training failed ({result.status}): {result.reason}")
-    finite = np.isfinite(np.asarray(result.epoch_losses)).all(axis=1)
-    accs = [float(a) if ok else float("nan") for a, ok in zip(result.seed_accuracies, finite)]
+    accs = result.finite_accuracies
     return BaselineResult(
         method=method,
         accuracy=float(np.mean(accs)),

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from ac_jax.arch.legalize import legalize
 from ac_jax.arch.spec import Arch, LayerType
-from ac_jax.archset.store import Record
+from ac_jax.archset.store import record_of
 from ac_jax.baselines.common import BaselineResult, prng_key
 from ac_jax.child.trainer import ChildTrainer, DeviceData, TrainSchedule
 
@@ -210,7 +210,8 @@ class _Evaluation:
 
 
 class BudgetSpent(Exception):
-    """The judge was asked to train a network beyond `N2NConfig.max_trained`."""
+    """The judge was asked for a student once the stage's limit (`_StudentJudge.limit`) was
+    reached, or to train one beyond `N2NConfig.max_trained`."""
 
 
 class _StudentJudge:
@@ -234,6 +235,7 @@ class _StudentJudge:
         self.stored = {rec.arch: rec for rec in store.records()} if store is not None else {}
         self.spent = 0  # networks trained (or read back from the store), teacher included
         self.resumed = 0
+        self.limit: int | None = None  # the current stage's budget (`_reinforce`)
 
     def train(self, arch: Arch, source: str):
         """`(status, mean accuracy or None)` of `arch` under the proxy, counted in the budget."""
@@ -243,13 +245,7 @@ class _StudentJudge:
             if cfg.max_trained is not None and self.spent >= cfg.max_trained:
                 raise BudgetSpent
             result = self.trainer.train(arch, list(range(cfg.num_seeds)))
-            rec = Record(
-                idx=self.spent, arch=arch, source=source, num_params=arch.num_params,
-                macs=arch.macs, status=result.status, reason=result.reason,
-                seed_accuracies=result.seed_accuracies,
-                mean_accuracy=result.mean_accuracy if result.seed_accuracies else None,
-                epoch_losses=result.epoch_losses, compile_seconds=result.compile_seconds,
-                train_seconds=result.train_seconds, finished_at=time.time())
+            rec = record_of(self.spent, arch, source, result)
             if self.store is not None and not self.store.add(rec):
                 raise RuntimeError(f"{self.store.path} already holds a record at position "
                                    f"{rec.idx}: the replay of this run diverged from the stored "
@@ -267,6 +263,8 @@ class _StudentJudge:
 
     def __call__(self, student: Arch | None) -> _Evaluation:
         cfg = self.cfg
+        if self.limit is not None and self.spent >= self.limit:
+            raise BudgetSpent
         if student is None:
             return _Evaluation(None, cfg.invalid_reward, None, "invalid")
         if student in self.trained:
@@ -312,6 +310,7 @@ def _reinforce(name: str, params, sample: Callable, logp: Callable, build: Calla
     best = (-np.inf, None)
     bar = tqdm(range(episodes), desc=f"N2N {name}", leave=False, disable=not progress)
     idle = 0
+    judge.limit = spend_until
     for episode in bar:
         if spend_until is not None and (judge.spent >= spend_until
                                         or idle >= cfg.max_idle_episodes):
@@ -321,11 +320,8 @@ def _reinforce(name: str, params, sample: Callable, logp: Callable, build: Calla
         actions = np.asarray(sample(params, jax.random.split(sub, cfg.rollouts)))
         rewards = []
         try:
-            evaluations = [judge(build(row)) if spend_until is None or judge.spent < spend_until
-                           else None for row in actions]
+            evaluations = [judge(build(row)) for row in actions]
         except BudgetSpent:
-            break
-        if any(ev is None for ev in evaluations):
             break  # the budget ran out inside this episode
         idle = idle + 1 if judge.spent == spent_before else 0
         for ev in evaluations:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ac_jax.arch.sampler import SamplerConfig, sample_batches, sample_neighbourhood
 from ac_jax.arch.spec import Arch
 from ac_jax.archset.generate import over_pooling_cap
-from ac_jax.archset.store import ArchsetStore, Record, arch_key
+from ac_jax.archset.store import ArchsetStore, Record, arch_key, record_of
 from ac_jax.baselines.common import BaselineResult
 from ac_jax.child.trainer import ChildTrainer, DeviceData, TrainResult, TrainSchedule
 
@@ -122,13 +122,7 @@ def _train_candidate(idx: int, arch: Arch, source: str, trainer: ChildTrainer,
         result = TrainResult("rejected", too_costly, (), (), 0.0, 0.0)
     else:
         result = trainer.train(arch, seeds)
-    return Record(
-        idx=idx, arch=arch, source=source, num_params=arch.num_params, macs=arch.macs,
-        status=result.status, reason=result.reason, seed_accuracies=result.seed_accuracies,
-        mean_accuracy=result.mean_accuracy if result.seed_accuracies else None,
-        epoch_losses=result.epoch_losses, compile_seconds=result.compile_seconds,
-        train_seconds=result.train_seconds, finished_at=time.time(),
-    )
+    return record_of(idx, arch, source, result)
 
 
 def random_search(data: DeviceData, schedule: TrainSchedule, target_params: int,

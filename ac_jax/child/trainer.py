@@ -314,6 +314,13 @@ class TrainResult:
     variables: tuple | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
+    def finite_accuracies(self) -> list[float]:
+        """Per seed, its accuracy, or NaN where its training loss became non-finite (its weights
+        are NaN: the "accuracy" is that of a constant prediction)."""
+        return [float(a) if np.isfinite(losses).all() else float("nan")
+                for a, losses in zip(self.seed_accuracies, self.epoch_losses)]
+
+    @property
     def mean_accuracy(self) -> float:
         return float(np.mean(self.seed_accuracies)) if self.seed_accuracies else float("nan")
 

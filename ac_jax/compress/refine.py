@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ac_jax.archset.store import ArchsetArrays, ArchsetStore, Record, load_arrays
+from ac_jax.archset.store import ArchsetArrays, ArchsetStore, load_arrays, record_of
 from ac_jax.compress.candidates import pick
 
 # Refined records get ids far above any sample-plan position, so they never collide.
@@ -150,10 +150,7 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
                 if rec is None:
                     log(f"refine round {label}: training a {cand.num_params:,}-parameter candidate")
                     out = trainer.train(cand.arch, list(range(a.seeds)))
-                    rec = Record(next_id, cand.arch, "refine", cand.num_params, cand.macs,
-                                 out.status, out.reason, out.seed_accuracies,
-                                 out.mean_accuracy if out.seed_accuracies else None,
-                                 out.epoch_losses, out.compile_seconds, out.train_seconds)
+                    rec = record_of(next_id, cand.arch, "refine", out)
                     store.add(rec)
                     next_id += 1
                 is_original = cand.arch == original

@@ -57,9 +57,13 @@ class StudyConfig:
 
     @property
     def refine_trainings(self) -> int:
-        """The most trainings refinement spends: the original, `refine_top` per round, and the
-        last search's `refine_top` (fewer when candidates repeat)."""
-        return 1 + (self.rounds + 1) * self.refine_top
+        return refine_trainings(self.rounds, self.refine_top)
+
+
+def refine_trainings(rounds: int, top: int) -> int:
+    """The most trainings refinement spends: the original, `top` per round, and the last
+    search's `top` (fewer when candidates repeat)."""
+    return 1 + (rounds + 1) * top
 
 
 def final_schedule(cfg: Config, epochs: int | None) -> TrainSchedule:

@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from ac_jax.arch.spec import Arch
-from ac_jax.archset.store import ArchsetArrays, ArchsetStore, Record, load_arrays
+from ac_jax.archset.store import ArchsetArrays, ArchsetStore, load_arrays, record_of
 from ac_jax.child.trainer import ChildTrainer, DeviceData
+from ac_jax.cli import surrogate_config
 from ac_jax.config import Config
+from ac_jax.study.config import refine_trainings
 
 
 @dataclasses.dataclass
@@ -144,7 +146,6 @@ def archset_subset(path: Path, size: int, seed: int, max_len: int) -> tuple[Arch
 
 
 def _surrogate(ctx: Context, arrays: ArchsetArrays, run_dir: Path, seed: int):
-    from ac_jax.cli import surrogate_config
     from ac_jax.surrogate.checkpoint import load_surrogate
     from ac_jax.surrogate.train import train
 
@@ -175,10 +176,7 @@ def _proxy_accuracy(ctx: Context, arch: Arch) -> tuple[str, float | None]:
         rec = done.get(arch)
         if rec is None:
             out = ChildTrainer(ctx.search, a.schedule, a.seeds).train(arch, list(range(a.seeds)))
-            rec = Record(len(db), arch, "pick", arch.num_params, arch.macs, out.status,
-                         out.reason, out.seed_accuracies,
-                         out.mean_accuracy if out.seed_accuracies else None, out.epoch_losses,
-                         out.compile_seconds, out.train_seconds, finished_at=time.time())
+            rec = record_of(len(db), arch, "pick", out)
             db.add(rec)
     return rec.status, rec.mean_accuracy if rec.status == "ok" else None
 
@@ -201,9 +199,7 @@ def run_ac_jax(ctx: Context, repeat: int, seed: int, budget: int, rounds: bool,
 
     method = "ac_jax_rounds" if rounds else "ac_jax"
     start = time.perf_counter()
-    extra = 1 + (ctx.rounds + 1) * ctx.refine_top if rounds else 0  # StudyConfig.refine_trainings
-    from ac_jax.cli import surrogate_config
-
+    extra = refine_trainings(ctx.rounds, ctx.refine_top) if rounds else 0
     max_len = surrogate_config(ctx.cfg).arch.max_len
     arrays, records = archset_subset(ctx.archset_path, budget - extra, seed, max_len)
     work = ctx.work / "work" / f"{method}_r{repeat}"

@@ -25,7 +25,7 @@ from pathlib import Path
 from ac_jax.arch import zoo
 from ac_jax.arch.spec import Arch
 from ac_jax.arch.torch_io import parse_json, to_json
-from ac_jax.archset.store import ArchsetStore, Record
+from ac_jax.archset.store import ArchsetStore, Record, record_of
 from ac_jax.child.trainer import ChildTrainer, to_device
 from ac_jax.data import protocol
 from ac_jax.study import methods as methods_lib
@@ -83,10 +83,7 @@ class FinalTrainer:
             self._trainer = ChildTrainer(self.data, self.schedule, len(self.seeds))
         out = self._trainer.train(arch, self.seeds)
         with ArchsetStore(self.path, self.meta) as db:
-            rec = Record(len(db), arch, label, arch.num_params, arch.macs, out.status, out.reason,
-                         out.seed_accuracies,
-                         out.mean_accuracy if out.seed_accuracies else None, out.epoch_losses,
-                         out.compile_seconds, out.train_seconds, finished_at=time.time())
+            rec = record_of(len(db), arch, label, out)
             db.add(rec)
         return rec
 
@@ -127,7 +124,6 @@ def _references(study: StudyConfig, ctx, finals: FinalTrainer, out: Path, log) -
 def run_study(study: StudyConfig, out: str | Path, dataset=None, progress: bool = True,
               log=print) -> dict:
     """Runs (or resumes) the whole study in `out`; returns the summary it writes."""
-    from ac_jax.cli import repo_path
     from ac_jax.data import load
 
     cfg = study.cfg
@@ -141,7 +137,7 @@ def run_study(study: StudyConfig, out: str | Path, dataset=None, progress: bool 
     search = to_device(search_view, a.schedule, seed=a.sample_seed)
     original = _network(study.model, dataset)
     max_params = int(original.num_params // study.target_ratio)
-    archset_path = _archset(study, cfg, repo_path(a.path), out, dataset, progress, log)
+    archset_path = _archset(study, cfg, _shipped(cfg), out, dataset, progress, log)
     ctx = methods_lib.Context(
         cfg=cfg, dataset=dataset, search=search, original=original, max_params=max_params,
         model_name=Path(study.model).stem,
@@ -239,6 +235,7 @@ def run_amortised(study: StudyConfig, models: list[str], out: str | Path, datase
     a = cfg.archset
     search = to_device(protocol.search_view(dataset), a.schedule, seed=a.sample_seed)
     finals = FinalTrainer(study, dataset, out)
+    archset_path = _archset(study, cfg, _shipped(cfg), out, dataset, progress, log)
     rows = []
     for name in [study.model] + list(models):
         original = _network(name, dataset)
@@ -246,8 +243,7 @@ def run_amortised(study: StudyConfig, models: list[str], out: str | Path, datase
         tag = Path(name).stem
         ctx = methods_lib.Context(
             cfg=cfg, dataset=dataset, search=search, original=original, max_params=max_params,
-            model_name=tag, archset_path=_archset(study, cfg, _shipped(cfg), out, dataset,
-                                                  progress, log),
+            model_name=tag, archset_path=archset_path,
             work=out, surrogate_steps=study.surrogate_steps, rounds=study.rounds,
             refine_top=study.refine_top, refine_finetune_steps=study.refine_finetune_steps,
             log=log, progress=progress)
