@@ -85,8 +85,15 @@ def search_config(cfg: Config, args: argparse.Namespace):
 
     base = cfg.compress if cfg.compress is not None else SearchConfig()
     changes = {"steps": args.steps, "step_size": args.step_size,
-               "lambdas": tuple(args.lambdas) if args.lambdas else None}
-    return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+               "lambdas": tuple(args.lambdas) if args.lambdas else None,
+               "objective": getattr(args, "objective", None)}
+    if getattr(args, "plain_decoding", False):
+        changes["anchored"] = False
+    radius = getattr(args, "trust_radius", None)
+    base = dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+    if radius is not None:  # 0 switches the trust region off
+        base = dataclasses.replace(base, trust_radius=radius if radius > 0 else None)
+    return base
 
 
 def verify_schedule(cfg: Config, args: argparse.Namespace):

@@ -41,6 +41,14 @@ def parse_args(argv):
     s.add_argument("--steps", type=int, help="gradient steps in the embedding")
     s.add_argument("--step-size", type=float, help="eta")
     s.add_argument("--lambdas", type=float, nargs="+", help="lambda grid searched in one call")
+    s.add_argument("--plain-decoding", action="store_true",
+                   help="the paper's decoding of each embedding from scratch (default: anchored, "
+                        "as edits of the input, so step 0 is the input network)")
+    s.add_argument("--trust-radius", type=float,
+                   help="walk radius relative to |y0| (default 0.5); 0 for none")
+    s.add_argument("--objective", choices=("embedding", "decoded"),
+                   help="what the regressors score: the embedding y (default, paper) or the "
+                        "network y decodes to, re-encoded")
     s.add_argument("--batch", type=int, default=64,
                    help="networks compressed together (searched in calls of at most 64)")
     s.add_argument("--rounds", type=int, default=0,

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from ac_jax.arch import batch, shapes, topo, zoo
 from ac_jax.arch.legalize import canonicalize, legalize
-from ac_jax.arch.sampler import SamplerConfig, sample, sample_neighbourhood
+from ac_jax.arch.sampler import SamplerConfig, sample, sample_neighbourhood, sample_region
 from ac_jax.arch.spec import (
     Arch,
     Layer,
@@ -141,6 +141,26 @@ def test_neighbourhood_sampler_stays_valid_and_near():
         info = shapes.analyze(arch)
         assert info.num_params <= SamplerConfig().max_params
         assert sum(layer.t == LayerType.CONV for layer in arch.layers) >= 1
+
+
+@pytest.mark.parametrize("name", ["conv7", "lenet5", "conv4"])
+def test_region_sampler_covers_the_network_down_to_the_smallest_ratio(name):
+    seed_arch = zoo.get(name, (28, 28, 1), 10)
+    archs = sample_region(seed_arch, 40, seed=0, min_ratio=20.0)
+    assert archs[0] == seed_arch  # the network itself comes first
+    assert len(set(archs)) == 40
+    assert sample_region(seed_arch, 20, seed=0, min_ratio=20.0) == archs[:20]  # prefix-stable
+    params = np.array([a.num_params for a in archs])
+    # Within the documented band, and spread over it: both ends of the region are present.
+    assert (params >= seed_arch.num_params / 25).all() and (params <= 1.6 * seed_arch.num_params).all()
+    assert (params <= seed_arch.num_params / 8).sum() >= 5
+    assert (params >= seed_arch.num_params / 2).sum() >= 5
+    for arch in archs:
+        info = shapes.analyze(arch)
+        assert info.macs <= 1.25 * seed_arch.macs
+        assert sum(layer.t == LayerType.CONV for layer in arch.layers) >= 1
+    # The ladder: uniformly thinner copies (same layer types, widths scaled).
+    assert [layer.t for layer in archs[1].layers] == [layer.t for layer in seed_arch.layers]
 
 
 @settings(max_examples=200, deadline=None)

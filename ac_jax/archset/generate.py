@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from ac_jax.arch import shapes, zoo
-from ac_jax.arch.sampler import sample, sample_neighbourhood
+from ac_jax.arch.sampler import sample, sample_neighbourhood, sample_region
 from ac_jax.arch.spec import Arch
 from ac_jax.archset.store import ArchsetStore, Record, record_of
 from ac_jax.child.trainer import ChildTrainer, TrainResult, to_device
@@ -48,19 +48,26 @@ def plan(cfg: ArchsetConfig, input_shape, num_classes: int, num: int) -> list[Pl
     # samplers are prefix-stable, so the spares do not change the earlier picks.
     random_archs, _ = sample(num + 8, input_shape, num_classes, cfg.sample_seed, cfg.sampler)
     neighbours: list[Arch] = []
+    if cfg.neighbourhood_kind not in ("edits", "region"):
+        raise ValueError(f"neighbourhood_kind must be 'edits' or 'region', got "
+                         f"{cfg.neighbourhood_kind!r}")
     if num_neighbours:
         seed_arch = zoo.get(cfg.neighbourhood_of, input_shape, num_classes)
-        neighbours = sample_neighbourhood(
-            seed_arch, num_neighbours + num_neighbours // 4 + 8, cfg.sample_seed, cfg.sampler
-        )
-    source = f"neighbourhood:{cfg.neighbourhood_of}"
+        spares = num_neighbours + num_neighbours // 4 + 8
+        if cfg.neighbourhood_kind == "region":
+            neighbours = sample_region(seed_arch, spares, cfg.sample_seed, cfg.sampler,
+                                       cfg.region_min_ratio, cfg.region_max_macs)
+        else:
+            neighbours = sample_neighbourhood(seed_arch, spares, cfg.sample_seed, cfg.sampler)
+    kind = "region" if cfg.neighbourhood_kind == "region" else "neighbourhood"
+    source = f"{kind}:{cfg.neighbourhood_of}"
     out, seen = [], set()
     random_iter, neighbour_iter = iter(random_archs), iter(neighbours)
     for i, neighbour in enumerate(is_neighbour):
         pool, src = (neighbour_iter, source) if neighbour else (random_iter, "appendix9")
         arch = next(a for a in pool if a not in seen)
         seen.add(arch)
-        out.append(PlannedArch(i, arch, src))
+        out.append(PlannedArch(cfg.idx_offset + i, arch, src))
     return out
 
 
@@ -93,6 +100,10 @@ def archset_meta(cfg: Config, input_shape, num_classes: int) -> dict:
         "neighbourhood_fraction": a.neighbourhood_fraction,
         "neighbourhood_of": a.neighbourhood_of,
         **protocol.SEARCH_META,  # records are validation accuracies (generate's search view)
+        # Only where set, so the meta of archsets made before these options is unchanged.
+        **({"neighbourhood_kind": a.neighbourhood_kind, "region_min_ratio": a.region_min_ratio,
+            "region_max_macs": a.region_max_macs} if a.neighbourhood_kind != "edits" else {}),
+        **({"idx_offset": a.idx_offset} if a.idx_offset else {}),
     }
 
 
@@ -183,7 +194,8 @@ def _fill(store: ArchsetStore, cfg: Config, num: int, shard: tuple[int, int], da
         p for p in plan(a, dataset.input_shape, dataset.num_classes, num)
         if p.idx % n == k and p.idx not in done
     ]
-    stats = RunStats(skipped=sum(1 for i in done if i < num and i % n == k))
+    planned_ids = range(a.idx_offset, a.idx_offset + num)
+    stats = RunStats(skipped=sum(1 for i in done if i in planned_ids and i % n == k))
     if not todo:
         return stats
     data = to_device(dataset, a.schedule, seed=a.sample_seed)

@@ -327,7 +327,9 @@ def train(
     steps_per_epoch = max(1, len(train_split) // cfg.batch_size)
     tx, initialise, chunk_program = _programs(*_program_key(cfg, steps_per_epoch))
     if init_variables is not None:  # fine-tuning: no fresh initialisation to compile and run
-        state = state_from(init_variables, tx)
+        # A copy: the training program donates its state, and the caller's surrogate (whose
+        # buffers these are) must stay usable after its fine-tuned successor is trained.
+        state = state_from(jax.tree.map(jnp.copy, init_variables), tx)
     else:
         state = initialise(jax.random.PRNGKey(cfg.seed))
     history = list(meta.get("history", [])) if meta else []
