@@ -54,6 +54,12 @@ def parse_args(argv):
     s.add_argument("--rounds", type=int, default=0,
                    help="refinement rounds: train top candidates, fine-tune surrogate, search again")
     s.add_argument("--refine-top", type=int, default=6, help="candidates trained per round")
+    s.add_argument("--acquisition", choices=("ucb", "pareto"), default="ucb",
+                   help="what a round trains: ucb (default; active learning: highest predicted "
+                        "accuracy + kappa x ensemble spread under the size limit, final pick over "
+                        "every trained record, archset included) or pareto (spread along the "
+                        "Pareto set, pick among refined records)")
+    s.add_argument("--kappa", type=float, default=1.0, help="ucb's weight on the spread")
     v = p.add_argument_group("verification (trains the original and the pick)")
     v.add_argument("--verify", action="store_true")
     v.add_argument("--verify-epochs", type=int, help="default: the paper's schedule (config)")
@@ -142,7 +148,8 @@ def main(argv=None) -> int:
 
         for i, result in enumerate(results):
             results[i] = refine.refine(result, surrogate, cfg, search_cfg, constraint, args.rounds,
-                                       args.refine_top, Path(args.out or "out/compress") / "refine")
+                                       args.refine_top, Path(args.out or "out/compress") / "refine",
+                                       acquisition=args.acquisition, kappa=args.kappa)
     dataset = None
     default_out = Path("out/compress") / (labels[0] if len(labels) == 1 else "batch")
     out_root = Path(args.out) if args.out else default_out

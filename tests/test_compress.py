@@ -534,3 +534,77 @@ def test_reconstruction_rates_measure_the_start_of_both_decodings(tiny_surrogate
     report = json.loads(out.read_text())
     assert report["zoo"]["tinycnn"]["anchored_exact_rate"] == 1.0
     assert report["heldout_archset"]["num"] == len(held)
+
+
+# ----------------------------------------------------------------------------- active learning
+
+
+def test_acquisition_takes_the_highest_bound_under_the_size_limit(surrogate, nets):
+    from ac_jax.compress import refine
+    from ac_jax.compress.search import score_matrices_spread
+
+    (result,) = pipeline.compress_batch(surrogate, nets[:1], ["n"], CFG)
+    cands = result.candidates
+    limit = int(np.median(cands.num_params))
+    exclude = {cands[0].arch}
+    chosen = refine.acquire(cands, surrogate, 3, limit, kappa=1.0, exclude=exclude)
+    assert 0 < len(chosen) <= 3 and len({c.arch for c in chosen}) == len(chosen)
+    assert all(c.num_params <= limit and c.arch not in exclude for c in chosen)
+    mean, sd, _ = score_matrices_spread(surrogate, cands.rows)
+    ucb = mean + sd  # one head: sd is 0 and the bound is the prediction
+    np.testing.assert_allclose(sd, 0.0, atol=1e-7)
+    eligible = [i for i in range(len(cands)) if cands.num_params[i] <= limit
+                and cands[i].arch not in exclude]
+    best = sorted(ucb[eligible], reverse=True)[: len(chosen)]
+    got = [ucb[next(i for i in range(len(cands)) if cands[i] is c)] for c in chosen]
+    np.testing.assert_allclose(got, best, rtol=1e-6)
+
+
+def test_active_refinement_picks_the_best_trained_record_under_the_cap(surrogate, tiny_archset,
+                                                                       tmp_path):
+    from ac_jax.archset.store import ArchsetStore, load_arrays
+    from ac_jax.compress import refine
+    from ac_jax.config import get_config
+    from ac_jax.data import load
+
+    cfg = get_config("tiny")
+    arch = zoo.get("tinycnn", SHAPE, CLASSES)
+    cap = Constraint(max_params=arch.num_params // 2)
+    (first,) = pipeline.compress_batch(surrogate, [arch], ["tiny"], CFG, cap)
+    result = refine.refine(first, surrogate, cfg, CFG, cap, rounds=1, top=2, work_dir=tmp_path,
+                           finetune_steps=50, dataset=load("synthetic"),
+                           archset_path=tiny_archset, log=lambda s: None, acquisition="ucb")
+    info, final = result.rounds
+    # Under a cap the original's accuracy decides nothing: it is not trained.
+    assert not any(t["original"] for t in info["trained"] + final["trained"])
+    for t in info["trained"] + final["trained"]:
+        assert t["num_params"] <= cap.max_params
+    with ArchsetStore(tmp_path / "tiny" / "refine.sqlite", readonly=True) as store:
+        refined = [r for r in store.records() if r.status == "ok"]
+        # no network trained twice, none that the archset already holds
+        assert len({r.arch for r in store.records()}) == len(store)
+    base = load_arrays(tiny_archset, max_len=16)
+    archset = refine.archset_candidates(base)
+    assert not {r.arch for r in refined} & {c.arch for c in archset}
+    pool = [(r.mean_accuracy, r.arch) for r in refined if r.num_params <= cap.max_params]
+    pool += [(c.measured_accuracy, c.arch) for c in archset if c.num_params <= cap.max_params]
+    assert result.chosen.measured_accuracy == max(acc for acc, _ in pool)
+    assert result.chosen.num_params <= cap.max_params
+
+
+def test_fine_tuning_never_holds_out_the_refined_records(tiny_archset, tiny_surrogate_config,
+                                                         tmp_path):
+    from ac_jax.archset.store import load_arrays
+    from ac_jax.surrogate.train import holdout_mask
+    from ac_jax.surrogate.train import train as train_surrogate
+
+    arrays = load_arrays(tiny_archset, max_len=16)
+    held = holdout_mask(arrays.idx, tiny_surrogate_config.holdout_fraction)
+    assert held.any()
+    keep = held.copy()  # force every would-be held-out record but one into training
+    keep[np.flatnonzero(held)[0]] = False
+    cfg = dataclasses.replace(tiny_surrogate_config, steps=250)
+    outcome = train_surrogate(cfg, arrays, tmp_path / "s", {"dataset": "synthetic",
+                              "input_shape": list(SHAPE), "num_classes": CLASSES},
+                              progress=False, always_train=keep)
+    assert outcome.metrics["num"] == 1

@@ -183,20 +183,35 @@ def _device_encoding_tables():
 def _in_padded_batches(fn, inputs, batch: int):
     """`fn` over `inputs` in chunks padded to a power of two (at most `batch` rows), so that
     the number of candidates, which differs from network to network, costs a handful of
-    compiles, not one each; returns the concatenated (accuracy, normalised params)."""
+    compiles, not one each; returns each of `fn`'s outputs concatenated over the chunks."""
     import numpy as np
 
-    acc, ptarget = [], []
+    outputs = []
     for start in range(0, len(inputs), batch):
         chunk = inputs[start : start + batch]
         size = min(batch, 1 << max(0, (len(chunk) - 1).bit_length()))
         pad = size - len(chunk)
         if pad:
             chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-        a, p = fn(jnp.asarray(chunk))
-        acc.append(np.asarray(a)[: size - pad])
-        ptarget.append(np.asarray(p)[: size - pad])
-    return np.concatenate(acc), np.concatenate(ptarget)
+        outputs.append([np.asarray(o)[: size - pad] for o in fn(jnp.asarray(chunk))])
+    return tuple(np.concatenate(column) for column in zip(*outputs))
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _score_spread(model, variables, tables, mats):
+    y = model.apply(variables, encode_traced(mats, tables), method=Surrogate.encode)
+    return model.apply(variables, y, method=Surrogate.predict_spread)
+
+
+def score_matrices_spread(surrogate: TrainedSurrogate, mats, batch: int = 1024):
+    """(mean accuracy, spread over the accuracy heads, normalised params) of integer matrices
+    ``[M, T, 5]`` (fields 0..65535); the spread is 0 for a one-head surrogate."""
+    import numpy as np
+
+    tables = _device_encoding_tables()
+    return _in_padded_batches(
+        lambda x: _score_spread(surrogate.model, surrogate.variables, tables, x),
+        np.asarray(mats).astype(np.uint16), batch)
 
 
 def score(surrogate: TrainedSurrogate, feats, batch: int = 1024):
