@@ -353,3 +353,21 @@ def test_an_ensemble_surrogate_trains_and_reports_its_spread(tiny_archset, tiny_
     mean, spread, _ = s.model.apply(s.variables, y, method=s.model.predict_spread)
     np.testing.assert_allclose(spread, heads.std(axis=0), rtol=1e-5, atol=1e-7)
     assert float(spread.max()) > 0.0  # the heads start apart and are not all equal
+
+
+def test_ablation_trains_each_variant_and_tabulates_it(tiny_archset, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path / "abl"
+    cmd = [sys.executable, str(repo / "bin/surrogate_ablation.py"), "--dataset", "tiny",
+           "--archset", str(tiny_archset), "--variants", "base", "rank", "--steps", "40",
+           "--holdout", "0.25", "--runs", str(tmp_path / "runs"), "--out", str(out), "--quiet"]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=repo)
+    rows = json.loads(out.with_suffix(".json").read_text())["variants"]
+    assert list(rows) == ["base", "rank"]
+    assert rows["rank"]["config"]["rank_weight"] == 1.0 and rows["base"]["config"]["rank_weight"] == 0
+    assert rows["base"]["holdout"]["num"] == rows["rank"]["holdout"]["num"] > 0  # the same split
+    assert "| rank |" in out.with_suffix(".md").read_text()
