@@ -257,7 +257,17 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
             # original anchors its prediction (the archset may hold nothing that big).
             chosen = [result.original] + chosen
         round_info = train_all(chosen, r + 1)
-        refined = load_arrays(work_dir / "refine.sqlite", max_len=surrogate.max_len)
+        if not chosen:  # nothing untrained under the size limit: nothing left to learn from
+            log(f"refine round {r + 1}: no untrained candidate within {limit:,} parameters")
+            round_info["chosen_params"] = result.chosen.num_params
+            history.append(round_info)
+            break
+        try:
+            refined = load_arrays(work_dir / "refine.sqlite", max_len=surrogate.max_len)
+        except ValueError:  # every training so far failed: no record to fine-tune on
+            round_info["chosen_params"] = result.chosen.num_params
+            history.append(round_info)
+            continue
         scfg = dataclasses.replace(surrogate.config, steps=finetune_steps,
                                    checkpoint_every=finetune_steps, eval_every=finetune_steps)
         run_dir = work_dir / f"surrogate_round{r + 1}"

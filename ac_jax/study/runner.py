@@ -30,7 +30,7 @@ from ac_jax.child.trainer import ChildTrainer, to_device
 from ac_jax.data import protocol
 from ac_jax.study import methods as methods_lib
 from ac_jax.study import report
-from ac_jax.study.config import StudyConfig
+from ac_jax.study.config import LEGACY_AC_JAX, StudyConfig
 
 
 def _write_json(path: Path, obj) -> None:
@@ -143,7 +143,8 @@ def run_study(study: StudyConfig, out: str | Path, dataset=None, progress: bool 
         model_name=Path(study.model).stem,
         archset_path=archset_path, work=out, surrogate_steps=study.surrogate_steps,
         rounds=study.rounds, refine_top=study.refine_top,
-        refine_finetune_steps=study.refine_finetune_steps, log=log, progress=progress)
+        refine_finetune_steps=study.refine_finetune_steps, log=log, progress=progress,
+        **_ac_jax_context(study))
     log(f"study: {study.model} ({original.num_params:,} parameters) -> at most {max_params:,} "
         f"({study.target_ratio:g}x); {study.budget} trained architectures per method and repeat; "
         f"{study.repeats} repeats; methods {', '.join(study.methods)}")
@@ -191,6 +192,9 @@ def study_meta(study: StudyConfig) -> dict:
         "surrogate_steps": study.surrogate_steps, "proxy": dataclasses.asdict(a.schedule),
         "proxy_seeds": a.seeds, "final_schedule": dataclasses.asdict(study.final_schedule),
         "final_seeds": study.final_seeds, **protocol.SEARCH_META,
+        # Only when they are not the issue-20 study's, whose folders hold no such key.
+        **({"ac_jax": study.ac_jax_settings()}
+           if study.ac_jax_settings() != LEGACY_AC_JAX else {}),
     }))
 
 
@@ -205,6 +209,15 @@ def _check_study_meta(study: StudyConfig, out: Path) -> None:
         details = "; ".join(f"{k}: stored {stored.get(k)!r}, asked {meta[k]!r}" for k in differing)
         raise ValueError(f"{out} holds a study made with other settings ({details}); use another "
                          "--out, or the same settings to resume it")
+
+
+def _ac_jax_context(study: StudyConfig) -> dict:
+    """ac_jax's own settings as `methods.Context` fields."""
+    from ac_jax.cli import repo_path
+
+    return {"extra_archsets": tuple(repo_path(p) for p in study.extra_archsets),
+            "region_share": study.region_share, "plain_decoding": study.plain_decoding,
+            "acquisition": study.acquisition}
 
 
 def _network(name: str, dataset) -> Arch:
@@ -246,7 +259,7 @@ def run_amortised(study: StudyConfig, models: list[str], out: str | Path, datase
             model_name=tag, archset_path=archset_path,
             work=out, surrogate_steps=study.surrogate_steps, rounds=study.rounds,
             refine_top=study.refine_top, refine_finetune_steps=study.refine_finetune_steps,
-            log=log, progress=progress)
+            log=log, progress=progress, **_ac_jax_context(study))
         row = {"model": name, "params": original.num_params, "max_params": max_params}
         for method in ("ac_jax_rounds", "random_search"):
             path = base[method] if name == study.model else \
