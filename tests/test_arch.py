@@ -80,8 +80,41 @@ def test_bad_layer_type_rejected():
 
 def test_dropout_rate_encoding():
     assert dropout(0.3).p == 3 and dropout(0.3).dropout_rate == pytest.approx(0.3)
-    with pytest.raises(ValueError, match="not representable"):
-        dropout(0.25)
+    assert dropout(0.3) == Layer(6, 0, 0, 0, 3)  # a multiple of 0.1 is the plain field
+    # Any rate in [0, 1) is kept exactly; the p field (what matrices and the surrogate see)
+    # is its nearest tenth, at least 0.1 for a non-zero rate so it stays a Dropout.
+    for rate, field in ((0.25, 2), (0.3333, 3), (0.04, 1), (0.96, 9), (0.0, 0), (0.125, 1)):
+        layer = dropout(rate)
+        assert layer.dropout_rate == rate and layer.p == field
+    assert dropout(0.25) != dropout(0.2) and hash(dropout(0.25)) == hash(dropout(0.25))
+    for bad in (1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            dropout(bad)
+
+
+def test_an_exact_rate_survives_every_copy_and_only_matrices_quantise_it():
+    import copy
+    import pickle
+
+    from ac_jax.archset.store import arch_key, layer_rows
+
+    layer = dropout(0.25)
+    assert tuple(layer) == (6, 0, 0, 0, 2) and list(layer) == [6, 0, 0, 0, 2]
+    t, k, o, s, p = layer  # unpacking reads the five fields
+    assert (t, p) == (6, 2)
+    for same in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer),
+                 layer._replace(o=7)._replace(o=0)):
+        assert same == layer and same.rate == 0.25
+    arch = Arch((8, 8, 1), 3, (conv(3, 4, 1, 1), relu(), layer, linear(3)))
+    assert arch.layers[2].rate == 0.25 and arch.layers[2].o == 4  # channel field filled in
+    assert arch != Arch((8, 8, 1), 3, (conv(3, 4, 1, 1), relu(), dropout(0.2), linear(3)))
+    np.testing.assert_array_equal(arch.to_matrix()[2], [6, 0, 4, 0, 2])
+    assert Arch.from_matrix(arch.to_matrix(), (8, 8, 1), 3).layers[2].dropout_rate == 0.2
+    assert arch_key(arch).endswith("@0.25;8,0,3,0,0")
+    assert layer_rows(arch)[2] == [6, 0, 4, 0, 2, 0.25]
+    assert Arch((8, 8, 1), 3, tuple(Layer(*row) for row in layer_rows(arch))) == arch
+    with pytest.raises(ValueError, match="only a Dropout"):
+        Arch((8, 8, 1), 3, (conv(3, 4, 1, 1)._replace(rate=0.3), linear(3)))
 
 
 @settings(max_examples=15, deadline=None)

@@ -16,8 +16,6 @@ from typing import Any
 from ac_jax.arch import shapes, zoo
 from ac_jax.arch.shapes import InvalidArchError
 from ac_jax.arch.spec import (
-    DROPOUT_RATE_DENOMINATOR,
-    MAX_DROPOUT_FIELD,
     Arch,
     Layer,
     LayerType,
@@ -56,6 +54,12 @@ def _first_linear(arch: Arch) -> int:
     return len(arch.layers)
 
 
+def _rate_text(rate: float) -> str:
+    """A dropout rate as short as it prints exactly ("0.5", "0.25", "0"), else in full."""
+    short = f"{rate:g}"
+    return short if float(short) == rate else repr(rate)
+
+
 def _layer_repr(layer: Layer, in_shape: shapes.Shape) -> str:
     """One layer as PyTorch prints it (the paper's Appendix 10 spelling)."""
     t, k, s, p = layer.t, layer.k, layer.s, layer.p
@@ -76,7 +80,7 @@ def _layer_repr(layer: Layer, in_shape: shapes.Shape) -> str:
     if t == LayerType.SIGMOID:
         return "Sigmoid()"
     if t == LayerType.DROPOUT:
-        return f"Dropout (p={layer.dropout_rate:g})"
+        return f"Dropout (p={_rate_text(layer.dropout_rate)})"
     if t == LayerType.LINEAR:
         return f"Linear(in_features={math.prod(in_shape)}, out_features={layer.o}, bias=True)"
     raise InvalidArchError(f"cannot print layer {list(layer)}")
@@ -121,7 +125,7 @@ def _torch_expr(layer: Layer, in_shape: shapes.Shape) -> str:
     if t == LayerType.SIGMOID:
         return "nn.Sigmoid()"
     if t == LayerType.DROPOUT:
-        return f"nn.Dropout(p={layer.dropout_rate:.1f})"
+        return f"nn.Dropout(p={_rate_text(layer.dropout_rate)})"
     if t == LayerType.LINEAR:
         return f"nn.Linear({math.prod(in_shape)}, {layer.o})"
     raise InvalidArchError(f"cannot export layer {list(layer)}")
@@ -483,9 +487,7 @@ def _parse_dropout(node: _Node) -> _Item:
     try:
         layer = dropout(rate)
     except ValueError:
-        max_rate = MAX_DROPOUT_FIELD / DROPOUT_RATE_DENOMINATOR
-        reason = f"dropout rate must be a multiple of 0.1 in [0, {max_rate}]"
-        raise _unsupported(node, reason) from None
+        raise _unsupported(node, f"dropout rate must be in [0, 1), got {rate!r}") from None
     return _item(node, "elementwise", layer)
 
 
@@ -705,10 +707,17 @@ _OBJECT_KEYS: dict[LayerType, tuple[tuple[str, ...], dict[str, Any]]] = {
 _TOP_LEVEL_KEYS = ("input_shape", "num_classes", "layers")
 
 
+def _json_row(layer: Layer):
+    """A ``[t, k, o, s, p]`` row, or for a Dropout with an exact rate its object form."""
+    if layer.rate is not None:
+        return {"type": "dropout", "rate": layer.rate}
+    return list(layer)
+
+
 def to_json(arch: Arch) -> str:
     """The JSON spec of a valid `arch`: input shape (H, W, C), classes, ``[t, k, o, s, p]`` rows."""
     shapes.validate(arch)
-    rows = ",\n".join(f"    {json.dumps(list(layer))}" for layer in arch.layers)
+    rows = ",\n".join(f"    {json.dumps(_json_row(layer))}" for layer in arch.layers)
     return (
         "{\n"
         f'  "input_shape": {json.dumps(list(arch.input_shape))},\n'

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ac_jax.arch.sampler import SamplerConfig, sample_batches, sample_neighbourhood
 from ac_jax.arch.spec import Arch
 from ac_jax.archset.generate import over_pooling_cap
-from ac_jax.archset.store import ArchsetStore, Record, arch_key, record_of
+from ac_jax.archset.store import ArchsetStore, Record, arch_key, layer_rows, record_of
 from ac_jax.baselines.common import BaselineResult
 from ac_jax.child.trainer import ChildTrainer, DeviceData, TrainResult, TrainSchedule
 
@@ -192,7 +192,7 @@ def random_search(data: DeviceData, schedule: TrainSchedule, target_params: int,
             acc = record.mean_accuracy if ok else float("nan")
             records.append({"num_params": arch.num_params, "accuracy": acc,
                             "status": record.status, "source": source,
-                            "layers": [list(layer) for layer in arch.layers]})
+                            "layers": layer_rows(arch)})
             if ok and (best is None or (acc, -arch.num_params) > (best[0], -best[1].num_params)):
                 best = (acc, arch)
                 bar.set_postfix(best=f"{acc:.3f}", resumed=resumed)
