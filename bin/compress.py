@@ -26,7 +26,10 @@ from ac_jax import cli  # noqa: E402
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     cli.add_config_args(p)
-    p.add_argument("--model", help="zoo name or file (default: the config's model, CONV-7)")
+    p.add_argument("--model", help="zoo name, printout/JSON file, or a PyTorch module file "
+                                    "path/to/net.py:ClassName (default: the config's, CONV-7)")
+    p.add_argument("--model-args", type=json.loads, default=None, metavar="JSON",
+                   help='keyword arguments for a module file\'s class, e.g. \'{"width": 32}\'')
     p.add_argument("--models", nargs="+", metavar="M", help="several models or folders at once")
     p.add_argument("--surrogate", help="trained surrogate directory (default surrogates/<dataset>)")
     p.add_argument("--out", help="output folder (default out/compress/<model>)")
@@ -71,6 +74,16 @@ def parse_args(argv):
                         "or $AC_JAX_COMPILE_CACHE), which lets a rerun skip compiling the search")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
+
+
+def _label(name: str) -> str:
+    """The output folder's name: a file's stem, a module file's class, else the name."""
+    from ac_jax.arch.from_torch import MODULE_SPEC
+
+    match = MODULE_SPEC.match(name.strip())
+    if match:
+        return match["name"]
+    return Path(name).stem if Path(name).exists() else name
 
 
 def collect_models(args, default):
@@ -121,8 +134,8 @@ def main(argv=None) -> int:
     archs = []
     for name in names:
         try:
-            archs.append(load_arch(name, input_shape, num_classes))
-        except (ValueError, FileNotFoundError) as err:
+            archs.append(load_arch(name, input_shape, num_classes, model_args=args.model_args))
+        except (ValueError, FileNotFoundError, ImportError) as err:
             sys.exit(f"error: cannot read model {name!r}: {err}")
     try:
         surrogate = load_surrogate(surrogate_dir)
@@ -130,7 +143,7 @@ def main(argv=None) -> int:
         sys.exit(f"error: {err}{how_to_build}")
     search_cfg = cli.search_config(cfg, args)
     constraint = Constraint(args.max_params, args.target_ratio, args.min_acc, args.lam, args.max_drop)
-    labels = [Path(n).stem if Path(n).exists() else n for n in names]
+    labels = [_label(n) for n in names]
     results = []
     bar = None if args.quiet else cli.progress(len(archs), "compress", "net")
     for start in range(0, len(archs), args.batch):

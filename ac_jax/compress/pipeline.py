@@ -48,6 +48,11 @@ class CompressResult:
         return self.original.num_params / max(self.chosen.num_params, 1)
 
     @property
+    def pareto(self) -> list[Candidate]:
+        """The Pareto set (fewest parameters vs highest predicted accuracy), small to large."""
+        return sorted((self.candidates[int(i)] for i in self.front), key=lambda c: c.num_params)
+
+    @property
     def archs_trained(self) -> int:
         """Networks trained to reach this result beyond the surrogate's archset (refinement)."""
         return self.rounds[-1]["refined_records"] if self.rounds else 0
