@@ -35,7 +35,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def parse_args(argv):
-    from ac_jax.study.config import METHODS, REFERENCES
+    from ac_jax.study.config import METHODS, OPTIONAL_METHODS, REFERENCES
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,7 +48,8 @@ def parse_args(argv):
                    help="trained architectures per method and repeat (default 200)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--methods", type=_names, default=METHODS,
-                   help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+                   help=f"comma-separated, of {','.join(METHODS + OPTIONAL_METHODS)} "
+                        f"(default: {','.join(METHODS)})")
     p.add_argument("--references", type=_names, default=REFERENCES,
                    help=f"reference rows: {','.join(REFERENCES)} or none (default: both)")
     p.add_argument("--final-epochs", type=int, help="final schedule length (default 6; the "

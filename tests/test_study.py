@@ -305,3 +305,19 @@ def test_archset_subset_draws_the_region_share_from_region_records(tmp_path):
     assert len(uniform) == 40  # everything, from both files
     again, _ = archset_subset([base, region], 10, 0, 16, region_share=0.7)
     np.testing.assert_array_equal(again.idx, arrays.idx)  # deterministic per seed
+
+
+def test_random_search_can_draw_its_neighbours_from_the_region_sampler():
+    from ac_jax.arch.sampler import SamplerConfig
+    from ac_jax.baselines.random_search import sample_under_budget
+
+    net = zoo.tinycnn()
+    cap = net.num_params // 4
+    cfg = SamplerConfig(max_len=12, max_params=40_000, max_macs=400_000)
+    region = sample_under_budget(12, net.input_shape, net.num_classes, cap, cfg, net, 0.5, 1,
+                                 neighbourhood_kind="region")
+    edits = sample_under_budget(12, net.input_shape, net.num_classes, cap, cfg, net, 0.5, 1)
+    assert all(a.num_params <= cap for a, _ in region + edits)
+    assert sum(src == "neighbourhood" for _, src in region) == 6
+    assert region != edits  # another sampler, other neighbours
+    assert [a for a, s in region if s == "appendix9"] == [a for a, s in edits if s == "appendix9"]

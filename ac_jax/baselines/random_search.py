@@ -22,7 +22,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from ac_jax.arch.sampler import SamplerConfig, sample_batches, sample_neighbourhood
+from ac_jax.arch.sampler import SamplerConfig, sample_batches, sample_neighbourhood, sample_region
 from ac_jax.arch.spec import Arch
 from ac_jax.archset.generate import over_pooling_cap
 from ac_jax.archset.store import ArchsetStore, Record, arch_key, layer_rows, record_of
@@ -40,12 +40,17 @@ class RandomSearchConfig:
     # Candidates whose pooling layers read more window elements per image are recorded as
     # "rejected" untrained (see archset.generate.pooling_work); None: no cap.
     max_pooling_reads: int | None = None
+    # "edits": the neighbourhood share comes from `sample_neighbourhood` (the archset's mix);
+    # "region": from `sample_region`, the compression-region sampler ac_jax's region archset
+    # uses, under the budget (so a study can tell the sampler's gain from the search's).
+    neighbourhood_kind: str = "edits"
 
 
 def sample_under_budget(num: int, input_shape: Sequence[int], num_classes: int,
                         target_params: int, sampler: SamplerConfig = SamplerConfig(),
                         neighbourhood_of: Arch | None = None, neighbourhood_fraction: float = 0.0,
-                        seed: int = 1, max_rounds: int = 200) -> list[tuple[Arch, str]]:
+                        seed: int = 1, max_rounds: int = 200,
+                        neighbourhood_kind: str = "edits") -> list[tuple[Arch, str]]:
     """`num` distinct (architecture, source) pairs with at most `target_params` parameters.
 
     Interleaves the two sources like the archset plan. Raises `ValueError` when the sampler
@@ -63,7 +68,10 @@ def sample_under_budget(num: int, input_shape: Sequence[int], num_classes: int,
     neighbours: list[Arch] = []
     if any(is_neighbour):
         try:
-            neighbours = sample_neighbourhood(neighbourhood_of, 2 * num, seed, cfg)
+            if neighbourhood_kind == "region":
+                neighbours = sample_region(neighbourhood_of, 2 * num, seed, cfg)
+            else:
+                neighbours = sample_neighbourhood(neighbourhood_of, 2 * num, seed, cfg)
         except ValueError:  # the budget is below almost every edit of the input network
             is_neighbour = [False] * num
     randoms: list[Arch] = []
@@ -112,6 +120,8 @@ def _search_meta(data: DeviceData, schedule: TrainSchedule, target_params: int,
         "neighbourhood_fraction": cfg.neighbourhood_fraction,
         "neighbourhood_of": None if neighbourhood_of is None else arch_key(neighbourhood_of),
         "sampler": dataclasses.asdict(sampler),
+        **({"neighbourhood_kind": cfg.neighbourhood_kind}
+           if cfg.neighbourhood_kind != "edits" else {}),  # older stores have no such key
     }
 
 
@@ -141,6 +151,7 @@ def random_search(data: DeviceData, schedule: TrainSchedule, target_params: int,
     candidates = sample_under_budget(
         cfg.num_archs, data.input_shape, data.num_classes, target_params, sampler,
         neighbourhood_of, cfg.neighbourhood_fraction, seed, cfg.max_rounds,
+        cfg.neighbourhood_kind,
     )
     db = None
     done: dict[int, Record] = {}

@@ -83,18 +83,20 @@ def _curve(records, ctx: Context) -> list:
 
 
 def run_random_search(ctx: Context, repeat: int, seed: int, budget: int,
-                      store_tag: str | None = None) -> MethodRun:
+                      store_tag: str | None = None, region: bool = False) -> MethodRun:
     from ac_jax.baselines.random_search import RandomSearchConfig, random_search
 
     a = ctx.cfg.archset
     start = time.perf_counter()
-    store = ctx.work / (f"random_search_r{repeat}.sqlite" if store_tag is None
-                        else f"amortised_random_search_{store_tag}.sqlite")
+    method = "random_search_region" if region else "random_search"
+    store = ctx.work / (f"{method}_r{repeat}.sqlite" if store_tag is None
+                        else f"amortised_{method}_{store_tag}.sqlite")
     num = budget
     for _ in range(5):  # candidates over the pooling cap are "rejected" untrained: draw more
         rs_cfg = RandomSearchConfig(num_archs=num, num_seeds=a.seeds,
                                     neighbourhood_fraction=a.neighbourhood_fraction,
-                                    sample_seed=seed, max_pooling_reads=a.max_pooling_reads)
+                                    sample_seed=seed, max_pooling_reads=a.max_pooling_reads,
+                                    neighbourhood_kind="region" if region else "edits")
         result = random_search(ctx.search, a.schedule, ctx.max_params, rs_cfg, a.sampler,
                                neighbourhood_of=ctx.original, store=store,
                                progress=ctx.progress)
@@ -104,7 +106,7 @@ def run_random_search(ctx: Context, repeat: int, seed: int, budget: int,
         if len(records) >= budget:
             break
         num += budget - len(records)
-    return MethodRun("random_search", repeat, seed, result.arch, result.search_accuracy,
+    return MethodRun(method, repeat, seed, result.arch, result.search_accuracy,
                      len(records), time.perf_counter() - start, _curve(records, ctx),
                      result.within_budget, result.notes)
 
@@ -272,8 +274,9 @@ def run_ac_jax(ctx: Context, repeat: int, seed: int, budget: int, rounds: bool,
 
 
 def run_method(ctx: Context, method: str, repeat: int, seed: int, budget: int) -> MethodRun:
-    if method == "random_search":
-        return run_random_search(ctx, repeat, seed, budget)
+    if method in ("random_search", "random_search_region"):
+        return run_random_search(ctx, repeat, seed, budget,
+                                 region=method == "random_search_region")
     if method == "n2n":
         return run_n2n(ctx, repeat, seed, budget)
     if method in ("ac_jax", "ac_jax_rounds"):

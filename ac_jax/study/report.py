@@ -11,7 +11,8 @@ import warnings
 import numpy as np
 
 TITLES = {"ac_jax": "ac_jax (paper mode)", "ac_jax_rounds": "ac_jax (refinement rounds)",
-          "random_search": "random search", "n2n": "N2N (RL)"}
+          "random_search": "random search", "n2n": "N2N (RL)",
+          "random_search_region": "random search, region sampler"}
 
 
 def _machine() -> dict:
