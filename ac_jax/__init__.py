@@ -27,13 +27,14 @@ _EXPORTS = {
     "from_torch": "ac_jax.arch.from_torch",
     "UnsupportedModuleError": "ac_jax.arch.from_torch",
     "load_surrogate": "ac_jax.surrogate.checkpoint",
-    "compress": "ac_jax.api",
     "verify": "ac_jax.api",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "compress"])
 
 
 def __getattr__(name: str):
+    if name == "compress":  # the callable package (ac_jax/compress/__init__.py)
+        return importlib.import_module("ac_jax.compress")
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value

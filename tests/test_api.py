@@ -44,3 +44,15 @@ def test_compress_takes_one_or_many_networks(tiny_surrogate_dir):
     assert many[0].chosen.arch == one.chosen.arch
     with pytest.raises(ValueError, match="no networks"):
         ac_jax.compress([], surrogate)
+
+
+def test_compress_stays_callable_after_its_subpackage_is_imported(tiny_surrogate_dir):
+    import importlib
+
+    importlib.import_module("ac_jax.compress.pipeline")  # what other modules do first
+    import ac_jax.compress.search  # noqa: F401
+    from ac_jax.arch import zoo
+
+    assert callable(ac_jax.compress)
+    result = ac_jax.compress(zoo.tinycnn(), ac_jax.load_surrogate(tiny_surrogate_dir))
+    assert result.original.arch == zoo.tinycnn()

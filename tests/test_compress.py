@@ -608,3 +608,30 @@ def test_fine_tuning_never_holds_out_the_refined_records(tiny_archset, tiny_surr
                               "input_shape": list(SHAPE), "num_classes": CLASSES},
                               progress=False, always_train=keep)
     assert outcome.metrics["num"] == 1
+
+
+def test_active_refinement_never_retrains_a_failed_candidate(surrogate, tiny_archset, tmp_path,
+                                                            monkeypatch):
+    from ac_jax.archset.store import ArchsetStore
+    from ac_jax.child import trainer as trainer_lib
+    from ac_jax.compress import refine
+    from ac_jax.config import get_config
+    from ac_jax.data import load
+
+    calls = []
+
+    def diverge(self, arch, seeds, init=None):  # every training fails
+        calls.append(arch)
+        return trainer_lib.TrainResult("diverged", "loss nan", (), (), 0.0, 0.0)
+
+    monkeypatch.setattr(trainer_lib.ChildTrainer, "train", diverge)
+    monkeypatch.setattr(trainer_lib.ChildTrainer, "compile", lambda self, arch: (None, 0.0))
+    arch = zoo.get("tinycnn", SHAPE, CLASSES)
+    cap = Constraint(max_params=arch.num_params - 1)
+    (first,) = pipeline.compress_batch(surrogate, [arch], ["tiny"], CFG, cap)
+    refine.refine(first, surrogate, get_config("tiny"), CFG, cap, rounds=3, top=2,
+                  work_dir=tmp_path, finetune_steps=20, dataset=load("synthetic"),
+                  archset_path=tiny_archset, log=lambda s: None, acquisition="ucb")
+    assert len(calls) == len(set(calls))  # a failed network is never picked again
+    with ArchsetStore(tmp_path / "tiny" / "refine.sqlite", readonly=True) as store:
+        assert len(store) == len(calls) and all(r.status == "diverged" for r in store.records())

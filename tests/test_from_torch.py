@@ -110,6 +110,11 @@ def test_every_functional_form_and_nested_sequentials():
     assert arch.num_params == numel(net)
 
 
+def test_functional_dropout_is_a_layer_in_eval_mode_too():
+    net = Forms().eval()  # F.dropout(x, 0.3, training=self.training) with training False
+    assert from_torch(net, input_shape=(16, 16, 3)) == from_torch(Forms(), input_shape=(16, 16, 3))
+
+
 def test_data_dependent_control_flow_falls_back_to_a_recorded_pass():
     class Branchy(MnistExample):
         def forward(self, x):

@@ -199,6 +199,20 @@ def test_resuming_with_another_config_or_task_is_refused(tiny_surrogate_dir, tin
         train(tiny_surrogate_config, arrays, run, {**TINY_TASK, "num_classes": 10}, progress=False)
 
 
+def test_a_run_written_before_new_config_fields_existed_still_resumes(
+        tiny_surrogate_dir, tiny_archset, tiny_surrogate_config, tmp_path):
+    run = tmp_path / "old"
+    shutil.copytree(tiny_surrogate_dir, run)
+    meta = checkpoint.read_meta(run)
+    for key in ("rank_weight", "rank_margin", "rank_temperature", "noop_augment"):
+        meta["config"].pop(key, None)
+    meta["config"]["arch"].pop("ensemble", None)  # as surrogates/fashion_mnist/surrogate.json
+    checkpoint.write_meta(run, meta)
+    arrays = load_arrays(tiny_archset, max_len=16)
+    outcome = train(tiny_surrogate_config, arrays, run, TINY_TASK, progress=False)
+    assert outcome.step == tiny_surrogate_config.steps  # finished already: nothing retrained
+
+
 def test_corrupt_checkpoints_give_a_clear_error(tiny_surrogate_dir, tmp_path):
     run = tmp_path / "corrupt"
     shutil.copytree(tiny_surrogate_dir, run)

@@ -83,10 +83,10 @@ def _avg_pool(args, kwargs) -> str:
 
 
 def _dropout(args, kwargs) -> str | None:
+    # Recorded whatever `training` says: F.dropout(x, p, training=self.training) is a layer of
+    # the network even when the module is traced in eval mode (the recorded pass always is).
     a = _bind(args, kwargs, ("input", "p", "training", "inplace"),
               {"p": 0.5, "training": True, "inplace": False})
-    if not a["training"]:  # F.dropout(x, p, training=False) is the identity
-        return None
     return f"Dropout(p={a['p']!r}, inplace=False)"
 
 
@@ -408,10 +408,17 @@ def load_module(spec: str, kwargs: dict | None = None):
     path, name = Path(match["path"]), match["name"]
     if not path.is_file():
         raise ValueError(f"no such file: {path}")
+    import sys
+
     module_name = f"ac_jax_user_model_{abs(hash(str(path.resolve())))}"
     loader_spec = importlib.util.spec_from_file_location(module_name, path)
     py_module = importlib.util.module_from_spec(loader_spec)
-    loader_spec.loader.exec_module(py_module)
+    sys.modules[module_name] = py_module  # dataclasses and pickling look their module up here
+    try:
+        loader_spec.loader.exec_module(py_module)
+    except Exception as err:  # the user's file: its error is theirs to read, not a traceback
+        del sys.modules[module_name]
+        raise ValueError(f"{path} failed to run: {type(err).__name__}: {err}") from err
     cls = getattr(py_module, name, None)
     if cls is None:
         raise ValueError(f"{path} defines no {name!r}")

@@ -251,7 +251,8 @@ def sample_region(
     min_ratio: float = 20.0, max_macs: int | None = None,
 ) -> list[Arch]:
     """`num` distinct networks in the region a compression of `seed_arch` searches: the network
-    itself, its uniformly thinner and wider versions (`REGION_WIDTH_LADDER`), then random
+    itself, its uniformly thinner versions (`REGION_WIDTH_LADDER`; its 1.19x-wide rung passes
+    only where the MAC and parameter caps allow), then random
     edits (`_region_edit`) between about `min_ratio` x fewer and 1.4x more parameters.
 
     Deterministic and prefix-stable in `num`. The MAC cap is `max_macs` (default 1.25x the seed

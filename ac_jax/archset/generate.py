@@ -34,7 +34,7 @@ from ac_jax.data import protocol
 class PlannedArch:
     idx: int
     arch: Arch
-    source: str  # "appendix9" or "neighbourhood:<model>"
+    source: str  # "appendix9", "neighbourhood:<model>" or "region:<model>"
 
 
 def plan(cfg: ArchsetConfig, input_shape, num_classes: int, num: int) -> list[PlannedArch]:

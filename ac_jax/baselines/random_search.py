@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -73,6 +74,9 @@ def sample_under_budget(num: int, input_shape: Sequence[int], num_classes: int,
             else:
                 neighbours = sample_neighbourhood(neighbourhood_of, 2 * num, seed, cfg)
         except ValueError:  # the budget is below almost every edit of the input network
+            warnings.warn(f"random search: too few {neighbourhood_kind} neighbours of the input "
+                          f"within {target_params:,} parameters; every candidate comes from the "
+                          "Appendix 9 sampler", stacklevel=2)
             is_neighbour = [False] * num
     randoms: list[Arch] = []
     # Enough to fill every slot (if the neighbourhood runs dry), plus spares for duplicates.

@@ -47,7 +47,8 @@ def to_train(candidates: list, front: np.ndarray, top: int, max_params: int) -> 
     original's size). Those are what the next search would pick once the front's members are
     corrected, so they are where a wrong accuracy regressor does harm and where a trained record
     corrects it most."""
-    chosen = spread([candidates[i] for i in front], top)
+    # The original itself (the anchored search's step 0 is on the front) is not a candidate.
+    chosen = spread([candidates[i] for i in front if candidates[i].num_params < max_params], top)
     if len(chosen) < top:
         taken = {c.arch for c in chosen}
         others = sorted((c for c in candidates
@@ -140,9 +141,11 @@ def _archset_accuracy(arrays: ArchsetArrays, arch, max_len: int) -> float | None
 
 
 def measured_pick(trained: list, original, constraint):
-    """The pick among *trained* candidates, ranked by their measured proxy accuracy and judged
-    against the original's measured proxy accuracy (None when the original's is unknown, the
-    constraint is the paper's lambda mode, or no trained candidate satisfies it).
+    """The pick among *trained* candidates by the constraint's rule applied to their measured
+    proxy accuracies (under a size cap: the most accurate within it; for an accuracy floor: the
+    fewest parameters at least as accurate as the floor, which is set from the original's
+    measured accuracy). None when the constraint is the paper's lambda mode, when a floor needs
+    the original's accuracy and it is unknown, or when no trained candidate satisfies it.
 
     Refinement ends with the surrogate's predictions corrected only near what was trained, so a
     measured accuracy beats a prediction wherever there is one; the final search's pick is kept
@@ -166,7 +169,7 @@ ACQUISITIONS = ("ucb", "pareto")
 
 def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int, work_dir,
            finetune_steps: int = 400, dataset=None, archset_path=None, log=print,
-           base_arrays: ArchsetArrays | None = None, acquisition: str = "pareto",
+           base_arrays: ArchsetArrays | None = None, acquisition: str = "ucb",
            kappa: float = 1.0):
     """Returns a new `CompressResult` after `rounds` rounds; `result.rounds` describes each.
 
@@ -188,6 +191,9 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
     if acquisition not in ACQUISITIONS:
         raise ValueError(f"acquisition must be one of {ACQUISITIONS}, got {acquisition!r}")
     active = acquisition == "ucb" and constraint.lam is None
+    if acquisition == "ucb" and not active:
+        log("refine: the lambda mode picks the trajectory's last step; rounds use the Pareto "
+            "spread, not the acquisition")
     from ac_jax.archset.generate import archset_meta
     from ac_jax.child.trainer import ChildTrainer, to_device
     from ac_jax.cli import repo_path
@@ -211,12 +217,15 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
     measured: dict = {}  # arch -> Candidate with measured_accuracy (ok trainings only)
     original_accuracy = _archset_accuracy(base, original, surrogate.max_len)
 
+    tried: set = set()  # every network in refine.sqlite, whatever its training's status
+
     def train_all(chosen, label):
         """Trains (or finds in refine.sqlite) every candidate of `chosen`; a round's info."""
         nonlocal original_accuracy
         info = {"round": label, "trained": []}
         with ArchsetStore(work_dir / "refine.sqlite", meta) as store:
             done = {rec.arch: rec for rec in store.records()}
+            tried.update(done)
             next_id = REFINE_ID_BASE + len(store)
             for cand in chosen:
                 rec = done.get(cand.arch)
@@ -225,6 +234,8 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
                     out = trainer.train(cand.arch, list(range(a.seeds)))
                     rec = record_of(next_id, cand.arch, "refine", out)
                     store.add(rec)
+                    done[cand.arch] = rec  # the same network twice in `chosen` trains once
+                    tried.add(cand.arch)
                     next_id += 1
                 is_original = cand.arch == original
                 if rec.status == "ok":
@@ -246,8 +257,9 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
     def next_batch(result):
         if not active:
             return to_train(result.candidates, result.front, top, original.num_params)
-        return acquire(result.candidates, surrogate, top, limit, kappa,
-                       exclude=known | set(measured))
+        with ArchsetStore(work_dir / "refine.sqlite", meta) as store:  # a resumed run's too
+            tried.update(rec.arch for rec in store.records())
+        return acquire(result.candidates, surrogate, top, limit, kappa, exclude=known | tried)
 
     for r in range(rounds):
         chosen = next_batch(result)

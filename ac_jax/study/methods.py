@@ -157,7 +157,9 @@ def archset_subset(path, size: int, seed: int, max_len: int,
     else:
         region = [r for r in trained if r.source.startswith("region:")]
         other = [r for r in trained if not r.source.startswith("region:")]
+        # The share from the region records; a shortfall on either side is filled from the other.
         want = min(len(region), round(size * region_share))
+        want = max(want, size - len(other))
         chosen = [region[i] for i in rng.permutation(len(region))[:want]]
         chosen += [other[i] for i in rng.permutation(len(other))[: size - want]]
     chosen = sorted(chosen, key=lambda r: r.idx)

@@ -161,7 +161,9 @@ def run_study(study: StudyConfig, out: str | Path, dataset=None, progress: bool 
             d = _run_to_dict(run)
             _write_json(path, d)
             runs[method].append(d)
-            (out / "progress.md").write_text(report.progress(runs, study.budget, study.repeats),
+            (out / "progress.md").write_text(report.progress(
+                runs, study.budget, study.repeats,
+                None if study.ac_jax_settings() == LEGACY_AC_JAX else study.ac_jax_settings()),
                                              encoding="utf-8")
     finals = FinalTrainer(study, dataset, out)
     original_rec = finals.train(original, "original", log)
@@ -175,9 +177,11 @@ def run_study(study: StudyConfig, out: str | Path, dataset=None, progress: bool 
     references = _references(study, ctx, finals, out, log) if study.references else {}
     summary = report.summary(study, original, original_rec, max_params, runs, references,
                              finals.schedule)
+    if study.ac_jax_settings() != LEGACY_AC_JAX:
+        summary["ac_jax_settings"] = study.ac_jax_settings()
     _write_json(out / "summary.json", summary)
     (out / "summary.md").write_text(report.markdown(summary), encoding="utf-8")
-    report.plot_anytime(runs, out / "anytime.png", study.budget)
+    report.plot_anytime(runs, out / "anytime.png", study.budget, summary.get("ac_jax_settings"))
     return summary
 
 

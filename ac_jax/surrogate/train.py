@@ -385,9 +385,11 @@ def train(
     if always_train is not None:
         held &= ~np.asarray(always_train, bool)
     if held.all() or not held.any() and cfg.holdout_fraction > 0:
-        # Tiny archsets: keep at least one record on each side.
+        # Tiny archsets: keep at least one record on each side (never an always-trained one).
+        candidates = np.flatnonzero(~np.asarray(always_train, bool)) if always_train is not None \
+            else np.arange(len(held))
         held = np.zeros(len(held), bool)
-        held[-1] = True
+        held[candidates[-1] if len(candidates) else -1] = True
     meta = ckpt_io.read_meta(run_dir)
     if meta is not None:
         ckpt_io.check_compatible(meta, _config_dict(cfg), task, run_dir)
