@@ -73,6 +73,7 @@ def parse_args(argv):
                    help="do not use the persistent XLA compilation cache (~/.cache/ac_jax/xla, "
                         "or $AC_JAX_COMPILE_CACHE), which lets a rerun skip compiling the search")
     p.add_argument("--quiet", action="store_true")
+    cli.add_ray_args(p)  # for --rounds: each round's trainings on a cluster
     return p.parse_args(argv)
 
 
@@ -162,7 +163,8 @@ def main(argv=None) -> int:
         for i, result in enumerate(results):
             results[i] = refine.refine(result, surrogate, cfg, search_cfg, constraint, args.rounds,
                                        args.refine_top, Path(args.out or "out/compress") / "refine",
-                                       acquisition=args.acquisition, kappa=args.kappa)
+                                       acquisition=args.acquisition, kappa=args.kappa,
+                                       runner=cli.ray_runner(args))
     dataset = None
     default_out = Path("out/compress") / (labels[0] if len(labels) == 1 else "batch")
     out_root = Path(args.out) if args.out else default_out

@@ -60,6 +60,7 @@ def parse_args(argv):
     p.add_argument("--surrogate-steps", type=int, help="surrogate training steps (default: "
                    "the config's)")
     p.add_argument("--seed", type=int, default=0, help="repeat r uses search seed SEED + r")
+    cli.add_ray_args(p)
     a = p.add_argument_group("ac_jax's settings (issue 21)")
     a.add_argument("--plain-decoding", action="store_true",
                    help="the paper's decoding (the issue-20 study's; default: anchored search)")
@@ -117,13 +118,14 @@ def main(argv=None) -> int:
     def log(*parts):
         print(time.strftime("%H:%M:%S"), *parts, flush=True)
 
-    run_study(study, out, dataset=dataset, progress=not args.quiet, log=log)
+    runner = cli.ray_runner(args)
+    run_study(study, out, dataset=dataset, progress=not args.quiet, log=log, runner=runner)
     print((out / "summary.md").read_text(encoding="utf-8"))
     if args.amortised:
         from ac_jax.study import run_amortised
 
         run_amortised(study, list(args.amortised), out, dataset=dataset,
-                      progress=not args.quiet, log=log)
+                      progress=not args.quiet, log=log, runner=runner)
         print((out / "amortised.md").read_text(encoding="utf-8"))
     print(f"wrote {out}/summary.json, summary.md, anytime.png")
     return 0

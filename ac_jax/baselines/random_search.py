@@ -143,12 +143,15 @@ def random_search(data: DeviceData, schedule: TrainSchedule, target_params: int,
                   cfg: RandomSearchConfig = RandomSearchConfig(),
                   sampler: SamplerConfig = SamplerConfig(), *,
                   neighbourhood_of: Arch | None = None, seed: int | None = None,
-                  store: str | Path | None = None, progress: bool = False) -> BaselineResult:
+                  store: str | Path | None = None, progress: bool = False,
+                  runner=None) -> BaselineResult:
     """Trains `cfg.num_archs` sampled architectures (<= `target_params`); returns the best.
 
     `accuracy` and `search_accuracy` are the winner's proxy accuracy (mean over seeds); retrain
     it with the final schedule to compare with other methods. Failed trainings (divergence,
     errors) are recorded in `details` and never win. `store`: resumable record file (module doc).
+    `runner` (`ac_jax.distributed.RayRunner`) trains the candidates on a cluster first, each
+    record stored as it arrives; the pick is the same rule over the same records.
     """
     start = time.perf_counter()
     seed = cfg.sample_seed if seed is None else seed
@@ -189,6 +192,17 @@ def random_search(data: DeviceData, schedule: TrainSchedule, target_params: int,
         except Exception:  # `train` compiles again: records an out-of-memory, raises a bug
             pass
 
+    on_cluster: set = set()
+    if runner is not None and to_train:
+        def stored(idx, arch, result):
+            record = record_of(idx, arch, candidates[idx][1], result)
+            if db is not None:
+                db.add(record)
+            done[idx] = record
+
+        runner.run(data, schedule, cfg.num_seeds, [(i, candidates[i][0], seeds) for i in to_train],
+                   on_result=stored)
+        on_cluster, to_train, next_compile = set(to_train), [], {}
     try:
         for idx, (arch, source) in enumerate(candidates):
             record = done.get(idx)
@@ -202,7 +216,7 @@ def random_search(data: DeviceData, schedule: TrainSchedule, target_params: int,
                 if db is not None:
                     db.add(record)
             else:
-                resumed += 1
+                resumed += idx not in on_cluster
             ok = record.status == "ok"
             acc = record.mean_accuracy if ok else float("nan")
             records.append({"num_params": arch.num_params, "accuracy": acc,

@@ -170,7 +170,7 @@ ACQUISITIONS = ("ucb", "pareto")
 def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int, work_dir,
            finetune_steps: int = 400, dataset=None, archset_path=None, log=print,
            base_arrays: ArchsetArrays | None = None, acquisition: str = "ucb",
-           kappa: float = 1.0):
+           kappa: float = 1.0, runner=None):
     """Returns a new `CompressResult` after `rounds` rounds; `result.rounds` describes each.
 
     Candidates train on the training set minus the validation split and are judged on that
@@ -186,7 +186,8 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
     each round trains the `top` untrained candidates under the constraint's size limit with the
     highest ``mean + kappa * spread`` (`acquire`), and the final pick is over every trained
     record, the archset's included, by measured (validation) accuracy. Refined records are
-    never held out of fine-tuning.
+    never held out of fine-tuning. `runner` (`ac_jax.distributed.RayRunner`) trains each
+    round's batch on a cluster (records stored as they arrive).
     """
     if acquisition not in ACQUISITIONS:
         raise ValueError(f"acquisition must be one of {ACQUISITIONS}, got {acquisition!r}")
@@ -227,6 +228,21 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
             done = {rec.arch: rec for rec in store.records()}
             tried.update(done)
             next_id = REFINE_ID_BASE + len(store)
+            missing = list(dict.fromkeys(c.arch for c in chosen if c.arch not in done))
+            if runner is not None and missing:  # the round's batch on the cluster
+                log(f"refine round {label}: training {len(missing)} candidates on Ray")
+
+                def stored(key, arch, out):
+                    nonlocal next_id
+                    rec = record_of(next_id, arch, "refine", out)
+                    store.add(rec)
+                    done[arch] = rec
+                    tried.add(arch)
+                    next_id += 1
+
+                runner.run(dataset, a.schedule, a.seeds,
+                           [(arch, arch, list(range(a.seeds))) for arch in missing],
+                           on_result=stored, data_seed=a.sample_seed)
             for cand in chosen:
                 rec = done.get(cand.arch)
                 if rec is None:

@@ -46,6 +46,7 @@ class Context:
     region_share: float | None = None  # share of the subset from "region:" records
     plain_decoding: bool = False  # the paper's decoding instead of the anchored one
     acquisition: str = "ucb"  # ac_jax_rounds' refinement rule
+    runner: object = None  # an `ac_jax.distributed.RayRunner`: trainings on a cluster
 
     @property
     def archset_paths(self) -> list:
@@ -99,7 +100,7 @@ def run_random_search(ctx: Context, repeat: int, seed: int, budget: int,
                                     neighbourhood_kind="region" if region else "edits")
         result = random_search(ctx.search, a.schedule, ctx.max_params, rs_cfg, a.sampler,
                                neighbourhood_of=ctx.original, store=store,
-                               progress=ctx.progress)
+                               progress=ctx.progress, runner=ctx.runner)
         with ArchsetStore(store, readonly=True) as db:
             records = [r for r in sorted(db.records(), key=lambda r: r.idx)
                        if r.status != "rejected"]
@@ -252,7 +253,7 @@ def run_ac_jax(ctx: Context, repeat: int, seed: int, budget: int, rounds: bool,
         result = refine(result, surrogate, ctx.cfg, search_cfg, constraint, ctx.rounds,
                         ctx.refine_top, work / "refine", ctx.refine_finetune_steps,
                         dataset=ctx.dataset, base_arrays=arrays, log=ctx.log,
-                        acquisition=ctx.acquisition)
+                        acquisition=ctx.acquisition, runner=ctx.runner)
         with ArchsetStore(work / "refine" / result.name / "refine.sqlite", readonly=True) as db:
             refined = sorted(db.records(), key=lambda r: r.idx)
         curve += _curve(refined, ctx)

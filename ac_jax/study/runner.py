@@ -122,7 +122,7 @@ def _references(study: StudyConfig, ctx, finals: FinalTrainer, out: Path, log) -
 
 
 def run_study(study: StudyConfig, out: str | Path, dataset=None, progress: bool = True,
-              log=print) -> dict:
+              log=print, runner=None) -> dict:
     """Runs (or resumes) the whole study in `out`; returns the summary it writes."""
     from ac_jax.data import load
 
@@ -144,7 +144,7 @@ def run_study(study: StudyConfig, out: str | Path, dataset=None, progress: bool 
         archset_path=archset_path, work=out, surrogate_steps=study.surrogate_steps,
         rounds=study.rounds, refine_top=study.refine_top,
         refine_finetune_steps=study.refine_finetune_steps, log=log, progress=progress,
-        **_ac_jax_context(study))
+        runner=runner, **_ac_jax_context(study))
     log(f"study: {study.model} ({original.num_params:,} parameters) -> at most {max_params:,} "
         f"({study.target_ratio:g}x); {study.budget} trained architectures per method and repeat; "
         f"{study.repeats} repeats; methods {', '.join(study.methods)}")
@@ -233,7 +233,7 @@ def _network(name: str, dataset) -> Arch:
 
 
 def run_amortised(study: StudyConfig, models: list[str], out: str | Path, dataset=None,
-                  progress: bool = True, log=print) -> dict:
+                  progress: bool = True, log=print, runner=None) -> dict:
     """The amortised case: one archset subset and one surrogate (repeat 0 of `ac_jax_rounds`)
     compress the study's network and each of `models`, each with its own refinement rounds;
     random search spends the full budget on every network. Needs the study's repeat 0 of both
@@ -263,7 +263,7 @@ def run_amortised(study: StudyConfig, models: list[str], out: str | Path, datase
             model_name=tag, archset_path=archset_path,
             work=out, surrogate_steps=study.surrogate_steps, rounds=study.rounds,
             refine_top=study.refine_top, refine_finetune_steps=study.refine_finetune_steps,
-            log=log, progress=progress, **_ac_jax_context(study))
+            log=log, progress=progress, runner=runner, **_ac_jax_context(study))
         row = {"model": name, "params": original.num_params, "max_params": max_params}
         for method in ("ac_jax_rounds", "random_search"):
             path = base[method] if name == study.model else \
