@@ -20,6 +20,7 @@ import collections
 import dataclasses
 import os
 import time
+import uuid
 from typing import Callable, Iterable
 
 INSTALL_HINT = "Ray is an optional extra: pip install -e '.[ray]'"
@@ -33,19 +34,27 @@ def require_ray():
     return ray
 
 
-# Worker-side defaults: several tasks share one GPU (no preallocation of 75% of its memory per
-# process), and programs compiled once are reused by every worker on the machine.
-WORKER_ENV = {
-    "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
-    "AC_JAX_COMPILE_CACHE": os.path.expanduser("~/.cache/ac_jax/xla"),
-}
+def task_env(gpus_per_task: float) -> dict:
+    """The environment of a training task. A task that declares no GPU is kept off the GPUs
+    (Ray hides none from it, and JAX would take GPU 0 unaccounted); a GPU task does not
+    preallocate and takes about its share of the device's memory, so tasks sharing a GPU fit.
+    The compilation cache is the worker's own default unless the driver sets one."""
+    env = {}
+    if gpus_per_task:
+        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{min(0.95, 0.9 * gpus_per_task):.3f}"
+    else:
+        env["JAX_PLATFORMS"] = "cpu"
+    if os.environ.get("AC_JAX_COMPILE_CACHE"):
+        env["AC_JAX_COMPILE_CACHE"] = os.environ["AC_JAX_COMPILE_CACHE"]
+    return env
 
 
 @dataclasses.dataclass
 class RayStats:
     submitted: int = 0
     finished: int = 0
-    failed: int = 0  # training failures (recorded), not crashed workers
+    failed: int = 0  # training failures, recorded (including tasks whose worker kept dying)
     seconds: float = 0.0
 
     @property
@@ -55,16 +64,18 @@ class RayStats:
 
 def connect(address: str, num_cpus: int | None = None):
     """Joins a running cluster (`address`, e.g. "auto" or "10.0.0.1:6379") or, for "local",
-    starts a Ray instance on this machine sized to it (`num_cpus`, default all cores)."""
+    starts a Ray instance on this machine sized to it (`num_cpus`, default what Ray detects,
+    which respects cgroup quotas). Worker nodes need ac_jax (the same commit) and JAX installed:
+    tasks refer to `ac_jax.distributed._train_task` by name. The driver itself does not
+    preallocate GPU memory (it fine-tunes surrogates while the workers train)."""
     ray = require_ray()
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if ray.is_initialized():
         return ray
-    env = {"env_vars": dict(WORKER_ENV)}
     if address == "local":
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 runtime_env=env, log_to_driver=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     else:
-        ray.init(address=address, runtime_env=env, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False)
     return ray
 
 
@@ -143,35 +154,56 @@ class RayRunner:
         """Trains every ``(key, arch, seeds)`` of `items` on the cluster; calls
         ``on_result(key, arch, TrainResult)`` in the driver as each finishes (completion order).
         `dataset` is the view trained on (e.g. `protocol.search_view`) or data already on the
-        device (`DeviceData`, e.g. a random search's), copied to the object store once; `data_seed` picks the schedule's subsets, as `to_device`'s seed does."""
+        device (`DeviceData`, e.g. a random search's), copied to the object store once;
+        `data_seed` picks the schedule's subsets, as `to_device`'s seed does. A task whose
+        worker dies is retried `max_retries` times, then recorded as "crashed" (host out of
+        memory: "oom"), so one architecture cannot stop every restart of a run."""
         ray = require_ray()
         from ac_jax.arch.torch_io import to_json
 
-        remote = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task or None,
-                            max_retries=self.max_retries, retry_exceptions=False)(_train_task)
-        import uuid
+        items = list(items)
+        stats, start = RayStats(), time.perf_counter()
+        if not items:
+            return stats
+        from ray.exceptions import OutOfMemoryError, WorkerCrashedError
 
+        from ac_jax.child.trainer import TrainResult
+
+        # max_calls=0: a worker keeps serving tasks (Ray's default for GPU tasks is one task per
+        # process, which would rebuild the trainer and recompile every time).
+        remote = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task or None,
+                            max_retries=self.max_retries, retry_exceptions=False, max_calls=0,
+                            runtime_env={"env_vars": task_env(self.gpus_per_task)})(_train_task)
         data_box, token = [ray.put(_portable(dataset))], uuid.uuid4().hex
         limit = self.max_in_flight or 2 * self.slots(ray)
-        stats, start = RayStats(), time.perf_counter()
         pending: dict = {}
         queue = collections.deque(items)
-        while queue or pending:
-            while queue and len(pending) < limit:
-                key, arch, seeds = queue.popleft()
-                ref = remote.remote(token, data_box, data_seed, schedule, num_seeds,
-                                    to_json(arch), list(seeds))
-                pending[ref] = (key, arch)
-                stats.submitted += 1
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                key, arch = pending.pop(ref)
-                result = ray.get(ref)  # a bug in the task raises here: the run stops
-                stats.finished += 1
-                stats.failed += not result.ok
-                stats.seconds = time.perf_counter() - start
-                on_result(key, arch, result)
-                if progress is not None:
-                    progress(stats)
+        try:
+            while queue or pending:
+                while queue and len(pending) < limit:
+                    key, arch, seeds = queue.popleft()
+                    ref = remote.remote(token, data_box, data_seed, schedule, num_seeds,
+                                        to_json(arch), list(seeds))
+                    pending[ref] = (key, arch)
+                    stats.submitted += 1
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    key, arch = pending.pop(ref)
+                    try:
+                        result = ray.get(ref)  # a bug in the task raises here: the run stops
+                    except OutOfMemoryError as err:  # the host ran out: a training failure
+                        result = TrainResult("oom", f"host memory: {err}"[:500], (), (), 0.0, 0.0)
+                    except WorkerCrashedError as err:  # died on every retry (a segfault...)
+                        result = TrainResult("crashed", f"worker died {self.max_retries + 1} "
+                                             f"times: {err}"[:500], (), (), 0.0, 0.0)
+                    stats.finished += 1
+                    stats.failed += not result.ok
+                    stats.seconds = time.perf_counter() - start
+                    on_result(key, arch, result)
+                    if progress is not None:
+                        progress(stats)
+        finally:  # an error (or Ctrl-C) leaves nothing training on the cluster
+            for ref in pending:
+                ray.cancel(ref, force=True)
         stats.seconds = time.perf_counter() - start
         return stats

@@ -193,17 +193,19 @@ def random_search(data: DeviceData, schedule: TrainSchedule, target_params: int,
             pass
 
     on_cluster: set = set()
-    if runner is not None and to_train:
-        def stored(idx, arch, result):
-            record = record_of(idx, arch, candidates[idx][1], result)
-            if db is not None:
-                db.add(record)
-            done[idx] = record
-
-        runner.run(data, schedule, cfg.num_seeds, [(i, candidates[i][0], seeds) for i in to_train],
-                   on_result=stored)
-        on_cluster, to_train, next_compile = set(to_train), [], {}
     try:
+        if runner is not None and to_train:
+            def stored(idx, arch, result):
+                record = record_of(idx, arch, candidates[idx][1], result)
+                if db is not None:
+                    db.add(record)
+                done[idx] = record
+                bar.update(1)
+
+            runner.run(data, schedule, cfg.num_seeds,
+                       [(i, candidates[i][0], seeds) for i in to_train], on_result=stored)
+            on_cluster, to_train, next_compile = set(to_train), [], {}
+            bar.reset()  # the loop below counts every candidate again, in plan order
         for idx, (arch, source) in enumerate(candidates):
             record = done.get(idx)
             if record is None:

@@ -17,5 +17,10 @@ class _CallablePackage(types.ModuleType):
 
         return compress(*args, **kwargs)
 
+    def __reduce__(self):  # pickled by name, like any module reference
+        import importlib
+
+        return importlib.import_module, (self.__name__,)
+
 
 sys.modules[__name__].__class__ = _CallablePackage

@@ -209,7 +209,8 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
     dataset = dataset if dataset is not None else load(cfg.dataset, cfg.data_dir)
     dataset = protocol.search_view(dataset)
     a = cfg.archset
-    trainer = ChildTrainer(to_device(dataset, a.schedule, seed=a.sample_seed), a.schedule, a.seeds)
+    trainer = None if runner is not None else ChildTrainer(
+        to_device(dataset, a.schedule, seed=a.sample_seed), a.schedule, a.seeds)
     base = base_arrays if base_arrays is not None else load_arrays(
         archset_path or repo_path(a.path), max_len=surrogate.max_len)
     original = result.original.arch
