@@ -32,6 +32,34 @@ def add_config_args(parser: argparse.ArgumentParser, default: str = "fashion_mni
     parser.add_argument("--data-dir", default=None, help="folder holding the dataset files")
 
 
+def add_ray_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("cluster (optional extra: pip install -e '.[ray]')")
+    g.add_argument("--ray", metavar="ADDRESS",
+                   help="train on Ray: 'local' starts an instance sized to this machine; an "
+                        "address ('auto', 'HOST:6379') joins a cluster started with ray start")
+    g.add_argument("--cpus-per-task", type=float, default=1.0,
+                   help="CPUs each training task declares (default 1)")
+    g.add_argument("--gpus-per-task", type=float, default=0.0,
+                   help="GPU share each training task declares, e.g. 0.25: four per GPU")
+    g.add_argument("--max-in-flight", type=int,
+                   help="tasks submitted at once (default: twice the cluster's task slots)")
+
+
+def ray_runner(args: argparse.Namespace):
+    """The `distributed.RayRunner` the flags ask for (connecting to Ray), or None."""
+    if not getattr(args, "ray", None):
+        return None
+    from ac_jax import distributed
+
+    try:
+        distributed.connect(args.ray)
+    except ImportError as err:
+        sys.exit(f"error: {err}")
+    return distributed.RayRunner(cpus_per_task=args.cpus_per_task,
+                                 gpus_per_task=args.gpus_per_task,
+                                 max_in_flight=args.max_in_flight)
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     try:
         cfg = get_config(args.config, args.variant)
@@ -85,8 +113,15 @@ def search_config(cfg: Config, args: argparse.Namespace):
 
     base = cfg.compress if cfg.compress is not None else SearchConfig()
     changes = {"steps": args.steps, "step_size": args.step_size,
-               "lambdas": tuple(args.lambdas) if args.lambdas else None}
-    return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+               "lambdas": tuple(args.lambdas) if args.lambdas else None,
+               "objective": getattr(args, "objective", None)}
+    if getattr(args, "plain_decoding", False):
+        changes["anchored"] = False
+    radius = getattr(args, "trust_radius", None)
+    base = dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+    if radius is not None:  # 0 switches the trust region off
+        base = dataclasses.replace(base, trust_radius=radius if radius > 0 else None)
+    return base
 
 
 def verify_schedule(cfg: Config, args: argparse.Namespace):

@@ -23,6 +23,16 @@ class ArchsetConfig:
     # the Appendix 9 sampler; 0 is the paper's setting. See `sampler.sample_neighbourhood`.
     neighbourhood_fraction: float = 0.0
     neighbourhood_of: str = "conv7"
+    # "edits": `sampler.sample_neighbourhood` (broad random edits, under the sampler's caps);
+    # "region": `sampler.sample_region`, the network and its versions down to `region_min_ratio`
+    # times fewer parameters, under a MAC cap of its own (`region_max_macs`, None: 1.25x the
+    # network's), i.e. the region a compression searches.
+    neighbourhood_kind: str = "edits"
+    region_min_ratio: float = 20.0
+    region_max_macs: int | None = None
+    # Record ids start here: a second archset (a region supplement) trained alongside the first
+    # gets ids of its own, so the surrogate's id-hash hold-out and merges keep them apart.
+    idx_offset: int = 0
     compile_workers: int = 2  # background threads compiling the next architectures
     # Cap on pooling window reads per image (`generate.pooling_work`); None: the sampler's MAC cap.
     # The sampler's MAC cap counts Conv and Linear only; an architecture over this cap is recorded

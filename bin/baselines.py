@@ -244,6 +244,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-compile-cache", action="store_true",
                         help="do not use the persistent XLA compilation cache")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    cli.add_ray_args(parser)
     args = parser.parse_args(argv)
 
     cfg = cli.config_from_args(args)
@@ -402,7 +403,8 @@ def main(argv=None) -> int:
         attempt("random search", lambda: add(retrained(random_search(
             search_data, budget.search_schedule, target_params, budget.random_search,
             cfg.archset.sampler, neighbourhood_of=teacher_arch, seed=args.seed + 1,
-            store=out_dir / "random_search.sqlite", progress=progress),
+            store=out_dir / "random_search.sqlite", progress=progress,
+            runner=cli.ray_runner(args)),
             "random search winner")))
     if "n2n" in args.methods:
         n2n_cfg = dataclasses.replace(budget.n2n, seed=args.seed)

@@ -26,7 +26,10 @@ from ac_jax import cli  # noqa: E402
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     cli.add_config_args(p)
-    p.add_argument("--model", help="zoo name or file (default: the config's model, CONV-7)")
+    p.add_argument("--model", help="zoo name, printout/JSON file, or a PyTorch module file "
+                                    "path/to/net.py:ClassName (default: the config's, CONV-7)")
+    p.add_argument("--model-args", type=json.loads, default=None, metavar="JSON",
+                   help='keyword arguments for a module file\'s class, e.g. \'{"width": 32}\'')
     p.add_argument("--models", nargs="+", metavar="M", help="several models or folders at once")
     p.add_argument("--surrogate", help="trained surrogate directory (default surrogates/<dataset>)")
     p.add_argument("--out", help="output folder (default out/compress/<model>)")
@@ -41,11 +44,25 @@ def parse_args(argv):
     s.add_argument("--steps", type=int, help="gradient steps in the embedding")
     s.add_argument("--step-size", type=float, help="eta")
     s.add_argument("--lambdas", type=float, nargs="+", help="lambda grid searched in one call")
+    s.add_argument("--plain-decoding", action="store_true",
+                   help="the paper's decoding of each embedding from scratch (default: anchored, "
+                        "as edits of the input, so step 0 is the input network)")
+    s.add_argument("--trust-radius", type=float,
+                   help="walk radius relative to |y0| (default 0.5); 0 for none")
+    s.add_argument("--objective", choices=("embedding", "decoded"),
+                   help="what the regressors score: the embedding y (default, paper) or the "
+                        "network y decodes to, re-encoded")
     s.add_argument("--batch", type=int, default=64,
                    help="networks compressed together (searched in calls of at most 64)")
     s.add_argument("--rounds", type=int, default=0,
                    help="refinement rounds: train top candidates, fine-tune surrogate, search again")
     s.add_argument("--refine-top", type=int, default=6, help="candidates trained per round")
+    s.add_argument("--acquisition", choices=("ucb", "pareto"), default="ucb",
+                   help="what a round trains: ucb (default; active learning: highest predicted "
+                        "accuracy + kappa x ensemble spread under the size limit, final pick over "
+                        "every trained record, archset included) or pareto (spread along the "
+                        "Pareto set, pick among refined records)")
+    s.add_argument("--kappa", type=float, default=1.0, help="ucb's weight on the spread")
     v = p.add_argument_group("verification (trains the original and the pick)")
     v.add_argument("--verify", action="store_true")
     v.add_argument("--verify-epochs", type=int, help="default: the paper's schedule (config)")
@@ -56,7 +73,18 @@ def parse_args(argv):
                    help="do not use the persistent XLA compilation cache (~/.cache/ac_jax/xla, "
                         "or $AC_JAX_COMPILE_CACHE), which lets a rerun skip compiling the search")
     p.add_argument("--quiet", action="store_true")
+    cli.add_ray_args(p)  # for --rounds: each round's trainings on a cluster
     return p.parse_args(argv)
+
+
+def _label(name: str) -> str:
+    """The output folder's name: a file's stem, a module file's class, else the name."""
+    from ac_jax.arch.from_torch import MODULE_SPEC
+
+    match = MODULE_SPEC.match(name.strip())
+    if match:
+        return match["name"]
+    return Path(name).stem if Path(name).exists() else name
 
 
 def collect_models(args, default):
@@ -107,8 +135,8 @@ def main(argv=None) -> int:
     archs = []
     for name in names:
         try:
-            archs.append(load_arch(name, input_shape, num_classes))
-        except (ValueError, FileNotFoundError) as err:
+            archs.append(load_arch(name, input_shape, num_classes, model_args=args.model_args))
+        except (ValueError, FileNotFoundError, ImportError) as err:
             sys.exit(f"error: cannot read model {name!r}: {err}")
     try:
         surrogate = load_surrogate(surrogate_dir)
@@ -116,7 +144,7 @@ def main(argv=None) -> int:
         sys.exit(f"error: {err}{how_to_build}")
     search_cfg = cli.search_config(cfg, args)
     constraint = Constraint(args.max_params, args.target_ratio, args.min_acc, args.lam, args.max_drop)
-    labels = [Path(n).stem if Path(n).exists() else n for n in names]
+    labels = [_label(n) for n in names]
     results = []
     bar = None if args.quiet else cli.progress(len(archs), "compress", "net")
     for start in range(0, len(archs), args.batch):
@@ -134,7 +162,9 @@ def main(argv=None) -> int:
 
         for i, result in enumerate(results):
             results[i] = refine.refine(result, surrogate, cfg, search_cfg, constraint, args.rounds,
-                                       args.refine_top, Path(args.out or "out/compress") / "refine")
+                                       args.refine_top, Path(args.out or "out/compress") / "refine",
+                                       acquisition=args.acquisition, kappa=args.kappa,
+                                       runner=cli.ray_runner(args))
     dataset = None
     default_out = Path("out/compress") / (labels[0] if len(labels) == 1 else "batch")
     out_root = Path(args.out) if args.out else default_out

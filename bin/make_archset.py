@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--merge", nargs="+", metavar="SRC", help="merge these archsets into --out")
     parser.add_argument("--summary", metavar="ARCHSET", help="print a summary of an archset and exit")
+    cli.add_ray_args(parser)
     args = parser.parse_args(argv)
 
     from ac_jax.archset import generate
@@ -74,7 +75,8 @@ def main(argv=None) -> int:
     num = args.num or archset.num
     cli.enable_compilation_cache()
     try:
-        stats = generate.generate(cfg, num, out, shard=args.shard, progress=not args.quiet)
+        stats = generate.generate(cfg, num, out, shard=args.shard, progress=not args.quiet,
+                                  runner=cli.ray_runner(args))
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     print(

@@ -35,7 +35,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def parse_args(argv):
-    from ac_jax.study.config import METHODS, REFERENCES
+    from ac_jax.study.config import METHODS, OPTIONAL_METHODS, REFERENCES
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,7 +48,8 @@ def parse_args(argv):
                    help="trained architectures per method and repeat (default 200)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--methods", type=_names, default=METHODS,
-                   help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+                   help=f"comma-separated, of {','.join(METHODS + OPTIONAL_METHODS)} "
+                        f"(default: {','.join(METHODS)})")
     p.add_argument("--references", type=_names, default=REFERENCES,
                    help=f"reference rows: {','.join(REFERENCES)} or none (default: both)")
     p.add_argument("--final-epochs", type=int, help="final schedule length (default 6; the "
@@ -59,6 +60,18 @@ def parse_args(argv):
     p.add_argument("--surrogate-steps", type=int, help="surrogate training steps (default: "
                    "the config's)")
     p.add_argument("--seed", type=int, default=0, help="repeat r uses search seed SEED + r")
+    cli.add_ray_args(p)
+    a = p.add_argument_group("ac_jax's settings (issue 21)")
+    a.add_argument("--plain-decoding", action="store_true",
+                   help="the paper's decoding (the issue-20 study's; default: anchored search)")
+    a.add_argument("--acquisition", choices=("ucb", "pareto"), default="ucb",
+                   help="ac_jax_rounds' refinement: ucb (active learning, default) or pareto "
+                        "(the issue-20 study's)")
+    a.add_argument("--extra-archsets", nargs="+", default=(), metavar="FILE",
+                   help="archset files ac_jax draws from besides the config's (e.g. "
+                        "archsets/fashion_mnist_cpu_region.sqlite)")
+    a.add_argument("--region-share", type=float,
+                   help="share of ac_jax's archset subset drawn from region records")
     p.add_argument("--amortised", type=_names, default=(), metavar="M1,M2",
                    help="after the study, the amortised case: these networks (zoo names or "
                         "files) compressed with repeat 0's archset subset and surrogate, each "
@@ -92,7 +105,9 @@ def main(argv=None) -> int:
             final_schedule=final_schedule(cfg, args.final_epochs or (6 if cfg.dataset !=
                                                                       "synthetic" else None)),
             final_seeds=args.final_seeds, rounds=args.rounds, refine_top=args.refine_top,
-            surrogate_steps=args.surrogate_steps, seed=args.seed)
+            surrogate_steps=args.surrogate_steps, seed=args.seed,
+            plain_decoding=args.plain_decoding, acquisition=args.acquisition,
+            extra_archsets=tuple(args.extra_archsets), region_share=args.region_share)
     except ValueError as err:
         sys.exit(f"error: {err}")
     if not args.no_compile_cache:
@@ -103,13 +118,14 @@ def main(argv=None) -> int:
     def log(*parts):
         print(time.strftime("%H:%M:%S"), *parts, flush=True)
 
-    run_study(study, out, dataset=dataset, progress=not args.quiet, log=log)
+    runner = cli.ray_runner(args)
+    run_study(study, out, dataset=dataset, progress=not args.quiet, log=log, runner=runner)
     print((out / "summary.md").read_text(encoding="utf-8"))
     if args.amortised:
         from ac_jax.study import run_amortised
 
         run_amortised(study, list(args.amortised), out, dataset=dataset,
-                      progress=not args.quiet, log=log)
+                      progress=not args.quiet, log=log, runner=runner)
         print((out / "amortised.md").read_text(encoding="utf-8"))
     print(f"wrote {out}/summary.json, summary.md, anytime.png")
     return 0

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from ac_jax.arch import batch, shapes, topo, zoo
 from ac_jax.arch.legalize import canonicalize, legalize
-from ac_jax.arch.sampler import SamplerConfig, sample, sample_neighbourhood
+from ac_jax.arch.sampler import SamplerConfig, sample, sample_neighbourhood, sample_region
 from ac_jax.arch.spec import (
     Arch,
     Layer,
@@ -80,8 +80,41 @@ def test_bad_layer_type_rejected():
 
 def test_dropout_rate_encoding():
     assert dropout(0.3).p == 3 and dropout(0.3).dropout_rate == pytest.approx(0.3)
-    with pytest.raises(ValueError, match="not representable"):
-        dropout(0.25)
+    assert dropout(0.3) == Layer(6, 0, 0, 0, 3)  # a multiple of 0.1 is the plain field
+    # Any rate in [0, 1) is kept exactly; the p field (what matrices and the surrogate see)
+    # is its nearest tenth, at least 0.1 for a non-zero rate so it stays a Dropout.
+    for rate, field in ((0.25, 2), (0.3333, 3), (0.04, 1), (0.96, 9), (0.0, 0), (0.125, 1)):
+        layer = dropout(rate)
+        assert layer.dropout_rate == rate and layer.p == field
+    assert dropout(0.25) != dropout(0.2) and hash(dropout(0.25)) == hash(dropout(0.25))
+    for bad in (1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            dropout(bad)
+
+
+def test_an_exact_rate_survives_every_copy_and_only_matrices_quantise_it():
+    import copy
+    import pickle
+
+    from ac_jax.archset.store import arch_key, layer_rows
+
+    layer = dropout(0.25)
+    assert tuple(layer) == (6, 0, 0, 0, 2) and list(layer) == [6, 0, 0, 0, 2]
+    t, k, o, s, p = layer  # unpacking reads the five fields
+    assert (t, p) == (6, 2)
+    for same in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer),
+                 layer._replace(o=7)._replace(o=0)):
+        assert same == layer and same.rate == 0.25
+    arch = Arch((8, 8, 1), 3, (conv(3, 4, 1, 1), relu(), layer, linear(3)))
+    assert arch.layers[2].rate == 0.25 and arch.layers[2].o == 4  # channel field filled in
+    assert arch != Arch((8, 8, 1), 3, (conv(3, 4, 1, 1), relu(), dropout(0.2), linear(3)))
+    np.testing.assert_array_equal(arch.to_matrix()[2], [6, 0, 4, 0, 2])
+    assert Arch.from_matrix(arch.to_matrix(), (8, 8, 1), 3).layers[2].dropout_rate == 0.2
+    assert arch_key(arch).endswith("@0.25;8,0,3,0,0")
+    assert layer_rows(arch)[2] == [6, 0, 4, 0, 2, 0.25]
+    assert Arch((8, 8, 1), 3, tuple(Layer(*row) for row in layer_rows(arch))) == arch
+    with pytest.raises(ValueError, match="only a Dropout"):
+        Arch((8, 8, 1), 3, (conv(3, 4, 1, 1)._replace(rate=0.3), linear(3)))
 
 
 @settings(max_examples=15, deadline=None)
@@ -141,6 +174,26 @@ def test_neighbourhood_sampler_stays_valid_and_near():
         info = shapes.analyze(arch)
         assert info.num_params <= SamplerConfig().max_params
         assert sum(layer.t == LayerType.CONV for layer in arch.layers) >= 1
+
+
+@pytest.mark.parametrize("name", ["conv7", "lenet5", "conv4"])
+def test_region_sampler_covers_the_network_down_to_the_smallest_ratio(name):
+    seed_arch = zoo.get(name, (28, 28, 1), 10)
+    archs = sample_region(seed_arch, 40, seed=0, min_ratio=20.0)
+    assert archs[0] == seed_arch  # the network itself comes first
+    assert len(set(archs)) == 40
+    assert sample_region(seed_arch, 20, seed=0, min_ratio=20.0) == archs[:20]  # prefix-stable
+    params = np.array([a.num_params for a in archs])
+    # Within the documented band, and spread over it: both ends of the region are present.
+    assert (params >= seed_arch.num_params / 25).all() and (params <= 1.6 * seed_arch.num_params).all()
+    assert (params <= seed_arch.num_params / 8).sum() >= 5
+    assert (params >= seed_arch.num_params / 2).sum() >= 5
+    for arch in archs:
+        info = shapes.analyze(arch)
+        assert info.macs <= 1.25 * seed_arch.macs
+        assert sum(layer.t == LayerType.CONV for layer in arch.layers) >= 1
+    # The ladder: uniformly thinner copies (same layer types, widths scaled).
+    assert [layer.t for layer in archs[1].layers] == [layer.t for layer in seed_arch.layers]
 
 
 @settings(max_examples=200, deadline=None)

@@ -457,22 +457,25 @@ def test_load_arrays_of_a_really_trained_archset(killed_and_resumed):
     ("tiny", None, TINY_SHAPE, TINY_CLASSES),
     ("fashion_mnist", "cpu", (28, 28, 1), 10),
     ("fashion_mnist", "paper", (28, 28, 1), 10),
+    ("fashion_mnist", "cpu_region", (28, 28, 1), 10),
 ])
 def test_plan_is_deterministic_and_prefix_stable(name, variant, shape, classes):
     a = get_config(name, variant).archset
     short, long = generate.plan(a, shape, classes, 10), generate.plan(a, shape, classes, 20)
     assert long[:10] == short
     assert generate.plan(a, shape, classes, 20) == long
-    assert [p.idx for p in long] == list(range(20))
+    assert [p.idx for p in long] == list(range(a.idx_offset, a.idx_offset + 20))
     assert len({p.arch for p in long}) == 20  # no architecture twice
     assert all(shapes.is_valid(p.arch) for p in long)
     neighbours = sum(p.source != "appendix9" for p in long)
     assert neighbours == round(20 * a.neighbourhood_fraction)
-    assert all(p.source in ("appendix9", f"neighbourhood:{a.neighbourhood_of}") for p in long)
+    kind = "region" if a.neighbourhood_kind == "region" else "neighbourhood"
+    assert all(p.source in ("appendix9", f"{kind}:{a.neighbourhood_of}") for p in long)
     assert all(len(p.arch) <= a.sampler.max_len for p in long)
-    # Another sample seed gives another plan.
+    # Another sample seed gives another plan (the region plan's first dozen, the network and
+    # its uniformly thinner copies, are the same for every seed).
     other = dataclasses.replace(a, sample_seed=a.sample_seed + 1)
-    assert generate.plan(other, shape, classes, 10) != short
+    assert generate.plan(other, shape, classes, 20) != long
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5])

@@ -310,6 +310,11 @@ def test_n2n_students_are_legal():
     shrunk = n2n_lib.shrink_layers(teacher, [0] * len(teacher.layers), (0.5, 1.0))
     assert [layer.o for layer in shrunk.layers if layer.t == 1] == [4, 8]
     assert shrunk.layers[-1] == linear(4)
+    # A teacher's exact dropout rate survives both edits (their rows hold only its tenth).
+    with_drop = teacher.replace_layers(teacher.layers[:-1] + (dropout(0.25), teacher.layers[-1]))
+    for student in (n2n_lib.remove_layers(with_drop, [1] * len(with_drop.layers)),
+                    n2n_lib.shrink_layers(with_drop, [0] * len(with_drop.layers), (0.5, 1.0))):
+        assert [layer.dropout_rate for layer in student.layers if layer.t == 6] == [0.25]
 
 
 class _FakeTrainer:

@@ -156,3 +156,21 @@ def test_hash_dropout_keeps_the_right_share_and_differs_per_key():
     kept = np.asarray(y) != 0
     np.testing.assert_allclose(np.asarray(y)[kept], 1 / 0.75, rtol=1e-6)  # inverted scaling
     assert HashDropout(0.25, deterministic=True).apply({}, x) is x
+
+
+def test_child_networks_train_with_the_exact_dropout_rate():
+    from ac_jax.child.model import ChildNet, init_variables
+
+    # 1x1 conv with a positive bias: every activation is non-zero before the dropout, so the
+    # share of zeros after it is the rate (0.25 exactly in the Arch, 0.2 in its p field).
+    arch = Arch((16, 16, 1), 2, (conv(1, 64, 1, 0), dropout(0.25), linear(2)))
+    net = ChildNet(arch)
+    variables = init_variables(arch, jax.random.key(0))
+    params = jax.tree.map(lambda v: v, variables["params"])
+    params["Conv_0"] = {**params["Conv_0"], "bias": params["Conv_0"]["bias"] * 0 + 5.0}
+    x = np.zeros((8, 16, 16, 1), np.float32)
+    _, state = net.apply({**variables, "params": params}, x, True,
+                         rngs={"dropout": jax.random.key(1)}, capture_intermediates=True,
+                         mutable=["intermediates"])
+    out = np.asarray(state["intermediates"]["HashDropout_0"]["__call__"][0])
+    assert abs((out == 0).mean() - 0.25) < 0.01  # 131,072 draws: the spread is ~0.0012

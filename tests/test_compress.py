@@ -29,6 +29,8 @@ from ac_jax.surrogate.encoding import decode_features, encode_matrices
 REPO = Path(__file__).resolve().parent.parent
 SHAPE, CLASSES = (12, 12, 1), 4
 CFG = SearchConfig(steps=12, step_size=0.5, lambdas=(0.1, 1.0, 10.0), decode_every=3)
+# The plain update rule, unbounded: what the step-by-step checks rewrite independently.
+CFG_FREE = dataclasses.replace(CFG, trust_radius=None)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def _descent_step(surrogate, lam, step_size):
 def test_search_takes_clipped_gradient_steps_and_decodes_every_one(surrogate, nets):
     feats = encode_matrices(np.stack([a.to_matrix(16) for a in nets]))
     a0, p0 = np.ones(len(nets)), np.full(len(nets), -1.0)
-    out = search(surrogate, CFG, feats, CFG.lambdas, a0, p0)
+    out = search(surrogate, CFG_FREE, feats, CFG.lambdas, a0, p0)
     assert out["decoded"].shape == (len(nets), 3, CFG.snapshots, 16, 6)
     # Rounded on the device by the same rules as on the host (`decode_features`).
     assert out["matrices"].shape == (len(nets), 3, CFG.snapshots, 16, 5)
@@ -385,6 +387,9 @@ def test_refinement_trains_candidates_and_searches_again(surrogate, tiny_archset
     report = pipeline.report_dict(result, surrogate, {})
     assert report["archs_trained"] == result.archs_trained
     assert (tmp_path / "tiny" / "surrogate_round1" / "surrogate.json").exists()
+    # Fine-tuning a successor leaves the caller's surrogate usable (its buffers not donated).
+    (again,) = pipeline.compress_batch(surrogate, [arch], ["tiny"], CFG)
+    assert again.chosen.num_params == first.chosen.num_params
 
 
 def test_refinement_fills_a_small_front_with_the_best_predicted_smaller_candidates():
@@ -452,3 +457,181 @@ def test_first_per_network_keeps_first_occurrences_within_each_network():
     # two networks of four rows each; `a` recurs within network 0 and again in network 1
     mats = np.stack([a, b, a, c, b, a, a, b])
     assert first_per_network(mats, 4).tolist() == [0, 1, 3, 4, 5]
+
+
+# ----------------------------------------------------------------------------- anchored search
+
+
+def _canonical_inputs(nets, max_len=16):
+    mats = np.stack([a.to_matrix(max_len) for a in nets])
+    legal, _ = batch_canonicalize(*batch_legalize(mats, SHAPE, CLASSES, max_len=max_len))
+    return legal
+
+
+@pytest.mark.parametrize("objective", ["embedding", "decoded"])
+def test_anchored_search_starts_at_the_input_network_exactly(surrogate, nets, objective):
+    # By construction (x + decoder(y0) - decoder(y0) = x), whatever the decoder's error: the
+    # tiny surrogate's plain decoder reproduces few of these networks.
+    cfg = dataclasses.replace(CFG, objective=objective)
+    feats = encode_matrices(np.stack([a.to_matrix(16) for a in nets]))
+    out = search(surrogate, cfg, feats, cfg.lambdas, np.ones(len(nets)), np.full(len(nets), -1.0))
+    start = np.asarray(out["candidates"])[:, :, 0]  # [N, L, T, 5]
+    want = _canonical_inputs(nets)
+    for li in range(len(cfg.lambdas)):
+        np.testing.assert_array_equal(start[:, li], want)
+    results = pipeline.compress_batch(surrogate, nets, [str(i) for i in range(len(nets))], cfg)
+    assert all(r.reconstructed_exactly for r in results)
+
+
+def test_anchored_decoding_is_the_input_plus_the_decoders_edits(surrogate, nets):
+    feats = encode_matrices(np.stack([a.to_matrix(16) for a in nets]))
+    out = search(surrogate, CFG, feats, CFG.lambdas, np.ones(len(nets)), np.full(len(nets), -1.0))
+    plain = search(surrogate, dataclasses.replace(CFG, anchored=False), feats, CFG.lambdas,
+                   np.ones(len(nets)), np.full(len(nets), -1.0))
+    np.testing.assert_allclose(out["y"], plain["y"], rtol=1e-5, atol=1e-6)  # same walk
+    dec0 = np.asarray(plain["decoded"])[:, :, :1]
+    np.testing.assert_allclose(out["decoded"], feats[:, None, None] + plain["decoded"] - dec0,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_trust_region_keeps_the_walk_near_the_start(surrogate, nets):
+    cfg = dataclasses.replace(CFG, step_size=5.0, trust_radius=0.05)
+    feats = encode_matrices(np.stack([a.to_matrix(16) for a in nets]))
+    out = search(surrogate, cfg, feats, cfg.lambdas, np.ones(len(nets)), np.full(len(nets), -1.0))
+    y = np.asarray(out["y"], np.float64)
+    y0 = y[:, :, :1]
+    dist = np.linalg.norm(y - y0, axis=-1)
+    limit = 0.05 * np.linalg.norm(y0, axis=-1)
+    assert (dist <= limit * (1 + 1e-4) + 1e-6).all()
+
+
+def test_search_config_refuses_settings_that_mean_nothing():
+    with pytest.raises(ValueError, match="objective"):
+        SearchConfig(objective="both")
+    with pytest.raises(ValueError, match="anchored"):
+        SearchConfig(objective="decoded", anchored=False)
+    with pytest.raises(ValueError, match="trust_radius"):
+        SearchConfig(trust_radius=0.0)
+
+
+def test_reconstruction_rates_measure_the_start_of_both_decodings(tiny_surrogate_dir, tiny_archset,
+                                                                   nets, tmp_path):
+    from ac_jax.compress import reconstruction
+
+    surrogate = load_surrogate(tiny_surrogate_dir)
+    rates = reconstruction.reconstruction_rates(surrogate, nets)
+    assert rates["num"] == len(nets)
+    assert rates["anchored_exact_rate"] == 1.0  # by construction, measured on the search's path
+    assert 0.0 <= rates["plain_exact_rate"] <= 1.0
+    assert rates["plain_params_ratio_min"] <= rates["plain_params_ratio_median"] \
+        <= rates["plain_params_ratio_max"]
+    held = reconstruction.heldout_archs(surrogate, [tiny_archset])
+    assert 0 < len(held) < 60  # the id-hash hold-out of the tiny archset's 60 records
+    out = tmp_path / "rec.json"
+    subprocess.run([sys.executable, str(REPO / "bin/reconstruction.py"), "--dataset", "tiny",
+                    "--surrogate", str(tiny_surrogate_dir), "--models", "tinycnn",
+                    "--archset", str(tiny_archset), "--out", str(out)], check=True, capture_output=True, cwd=REPO)
+    report = json.loads(out.read_text())
+    assert report["zoo"]["tinycnn"]["anchored_exact_rate"] == 1.0
+    assert report["heldout_archset"]["num"] == len(held)
+
+
+# ----------------------------------------------------------------------------- active learning
+
+
+def test_acquisition_takes_the_highest_bound_under_the_size_limit(surrogate, nets):
+    from ac_jax.compress import refine
+    from ac_jax.compress.search import score_matrices_spread
+
+    (result,) = pipeline.compress_batch(surrogate, nets[:1], ["n"], CFG)
+    cands = result.candidates
+    limit = int(np.median(cands.num_params))
+    exclude = {cands[0].arch}
+    chosen = refine.acquire(cands, surrogate, 3, limit, kappa=1.0, exclude=exclude)
+    assert 0 < len(chosen) <= 3 and len({c.arch for c in chosen}) == len(chosen)
+    assert all(c.num_params <= limit and c.arch not in exclude for c in chosen)
+    mean, sd, _ = score_matrices_spread(surrogate, cands.rows)
+    ucb = mean + sd  # one head: sd is 0 and the bound is the prediction
+    np.testing.assert_allclose(sd, 0.0, atol=1e-7)
+    eligible = [i for i in range(len(cands)) if cands.num_params[i] <= limit
+                and cands[i].arch not in exclude]
+    best = sorted(ucb[eligible], reverse=True)[: len(chosen)]
+    got = [ucb[next(i for i in range(len(cands)) if cands[i] is c)] for c in chosen]
+    np.testing.assert_allclose(got, best, rtol=1e-6)
+
+
+def test_active_refinement_picks_the_best_trained_record_under_the_cap(surrogate, tiny_archset,
+                                                                       tmp_path):
+    from ac_jax.archset.store import ArchsetStore, load_arrays
+    from ac_jax.compress import refine
+    from ac_jax.config import get_config
+    from ac_jax.data import load
+
+    cfg = get_config("tiny")
+    arch = zoo.get("tinycnn", SHAPE, CLASSES)
+    cap = Constraint(max_params=arch.num_params // 2)
+    (first,) = pipeline.compress_batch(surrogate, [arch], ["tiny"], CFG, cap)
+    result = refine.refine(first, surrogate, cfg, CFG, cap, rounds=1, top=2, work_dir=tmp_path,
+                           finetune_steps=50, dataset=load("synthetic"),
+                           archset_path=tiny_archset, log=lambda s: None, acquisition="ucb")
+    info, final = result.rounds
+    # Under a cap the original's accuracy decides nothing: it is not trained.
+    assert not any(t["original"] for t in info["trained"] + final["trained"])
+    for t in info["trained"] + final["trained"]:
+        assert t["num_params"] <= cap.max_params
+    with ArchsetStore(tmp_path / "tiny" / "refine.sqlite", readonly=True) as store:
+        refined = [r for r in store.records() if r.status == "ok"]
+        # no network trained twice, none that the archset already holds
+        assert len({r.arch for r in store.records()}) == len(store)
+    base = load_arrays(tiny_archset, max_len=16)
+    archset = refine.archset_candidates(base)
+    assert not {r.arch for r in refined} & {c.arch for c in archset}
+    pool = [(r.mean_accuracy, r.arch) for r in refined if r.num_params <= cap.max_params]
+    pool += [(c.measured_accuracy, c.arch) for c in archset if c.num_params <= cap.max_params]
+    assert result.chosen.measured_accuracy == max(acc for acc, _ in pool)
+    assert result.chosen.num_params <= cap.max_params
+
+
+def test_fine_tuning_never_holds_out_the_refined_records(tiny_archset, tiny_surrogate_config,
+                                                         tmp_path):
+    from ac_jax.archset.store import load_arrays
+    from ac_jax.surrogate.train import holdout_mask
+    from ac_jax.surrogate.train import train as train_surrogate
+
+    arrays = load_arrays(tiny_archset, max_len=16)
+    held = holdout_mask(arrays.idx, tiny_surrogate_config.holdout_fraction)
+    assert held.any()
+    keep = held.copy()  # force every would-be held-out record but one into training
+    keep[np.flatnonzero(held)[0]] = False
+    cfg = dataclasses.replace(tiny_surrogate_config, steps=250)
+    outcome = train_surrogate(cfg, arrays, tmp_path / "s", {"dataset": "synthetic",
+                              "input_shape": list(SHAPE), "num_classes": CLASSES},
+                              progress=False, always_train=keep)
+    assert outcome.metrics["num"] == 1
+
+
+def test_active_refinement_never_retrains_a_failed_candidate(surrogate, tiny_archset, tmp_path,
+                                                            monkeypatch):
+    from ac_jax.archset.store import ArchsetStore
+    from ac_jax.child import trainer as trainer_lib
+    from ac_jax.compress import refine
+    from ac_jax.config import get_config
+    from ac_jax.data import load
+
+    calls = []
+
+    def diverge(self, arch, seeds, init=None):  # every training fails
+        calls.append(arch)
+        return trainer_lib.TrainResult("diverged", "loss nan", (), (), 0.0, 0.0)
+
+    monkeypatch.setattr(trainer_lib.ChildTrainer, "train", diverge)
+    monkeypatch.setattr(trainer_lib.ChildTrainer, "compile", lambda self, arch: (None, 0.0))
+    arch = zoo.get("tinycnn", SHAPE, CLASSES)
+    cap = Constraint(max_params=arch.num_params - 1)
+    (first,) = pipeline.compress_batch(surrogate, [arch], ["tiny"], CFG, cap)
+    refine.refine(first, surrogate, get_config("tiny"), CFG, cap, rounds=3, top=2,
+                  work_dir=tmp_path, finetune_steps=20, dataset=load("synthetic"),
+                  archset_path=tiny_archset, log=lambda s: None, acquisition="ucb")
+    assert len(calls) == len(set(calls))  # a failed network is never picked again
+    with ArchsetStore(tmp_path / "tiny" / "refine.sqlite", readonly=True) as store:
+        assert len(store) == len(calls) and all(r.status == "diverged" for r in store.records())

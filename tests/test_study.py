@@ -230,7 +230,8 @@ def test_study_end_to_end_resumes_without_duplicates(synthetic, fake_training, t
     shared = amortised["shared_archset_records"]
     assert shared == budget - study.refine_trainings
     for net in amortised["networks"]:
-        assert 0 < net["ac_jax"]["extra_trainings"] <= study.refine_trainings
+        # Active rounds train only untrained candidates under the cap: maybe none at all.
+        assert 0 <= net["ac_jax"]["extra_trainings"] <= study.refine_trainings
         assert net["random_search"]["trainings"] == budget
     totals = amortised["total_trainings"]
     assert totals["ac_jax"] == shared + sum(n["ac_jax"]["extra_trainings"]
@@ -258,3 +259,65 @@ def test_report_arithmetic():
     curve = report.best_so_far([None, 0.5, 0.4, None, 0.7], 7)
     assert np.isnan(curve[0])
     np.testing.assert_allclose(curve[1:], [0.5, 0.5, 0.5, 0.7, 0.7, 0.7])
+
+
+def test_ac_jax_settings_are_pinned_and_the_issue_20_folders_still_resume(tmp_path):
+    from ac_jax.study.config import LEGACY_AC_JAX
+    from ac_jax.study.runner import _check_study_meta, study_meta
+
+    legacy = _study(tmp_path, plain_decoding=True, acquisition="pareto")
+    assert legacy.ac_jax_settings() == LEGACY_AC_JAX
+    assert "ac_jax" not in study_meta(legacy)  # what issue-20 folders hold: nothing to add
+    new = _study(tmp_path)
+    assert study_meta(new)["ac_jax"]["acquisition"] == "ucb"
+    out = tmp_path / "s"
+    out.mkdir()
+    _check_study_meta(legacy, out)
+    _check_study_meta(legacy, out)  # same settings: resumes
+    with pytest.raises(ValueError, match="ac_jax"):
+        _check_study_meta(new, out)
+    with pytest.raises(ValueError, match="acquisition"):
+        _study(tmp_path, acquisition="greedy")
+
+
+def test_archset_subset_draws_the_region_share_from_region_records(tmp_path):
+    from ac_jax.arch.sampler import SamplerConfig, sample, sample_region
+    from ac_jax.archset.store import Record
+    from ac_jax.study.methods import archset_subset
+
+    shape, classes = (12, 12, 1), 4
+    base = tmp_path / "base.sqlite"
+    region = tmp_path / "region.sqlite"
+    archs, _ = sample(20, shape, classes, seed=3, cfg=SamplerConfig(max_len=12, max_params=40_000,
+                                                                   max_macs=400_000))
+    near = sample_region(zoo.tinycnn(), 20, seed=0, min_ratio=8.0)
+    meta = {"input_shape": list(shape), "num_classes": classes, "dataset": "synthetic"}
+    for path, items, src, offset in ((base, archs, "appendix9", 0),
+                                     (region, near, "region:tinycnn", 100_000)):
+        with ArchsetStore(path, meta) as db:
+            for i, arch in enumerate(items):
+                db.add(Record(offset + i, arch, src, arch.num_params, arch.macs, "ok", "",
+                              (0.5,), 0.5, ((1.0,),), 0.0, 0.0))
+    arrays, chosen = archset_subset([base, region], 10, 0, 16, region_share=0.7)
+    assert len(chosen) == 10 and sum(r.source.startswith("region:") for r in chosen) == 7
+    assert sorted(arrays.idx.tolist()) == sorted(r.idx for r in chosen)
+    _, uniform = archset_subset([base, region], 40, 0, 16)
+    assert len(uniform) == 40  # everything, from both files
+    again, _ = archset_subset([base, region], 10, 0, 16, region_share=0.7)
+    np.testing.assert_array_equal(again.idx, arrays.idx)  # deterministic per seed
+
+
+def test_random_search_can_draw_its_neighbours_from_the_region_sampler():
+    from ac_jax.arch.sampler import SamplerConfig
+    from ac_jax.baselines.random_search import sample_under_budget
+
+    net = zoo.tinycnn()
+    cap = net.num_params // 4
+    cfg = SamplerConfig(max_len=12, max_params=40_000, max_macs=400_000)
+    region = sample_under_budget(12, net.input_shape, net.num_classes, cap, cfg, net, 0.5, 1,
+                                 neighbourhood_kind="region")
+    edits = sample_under_budget(12, net.input_shape, net.num_classes, cap, cfg, net, 0.5, 1)
+    assert all(a.num_params <= cap for a, _ in region + edits)
+    assert sum(src == "neighbourhood" for _, src in region) == 6
+    assert region != edits  # another sampler, other neighbours
+    assert [a for a, s in region if s == "appendix9"] == [a for a, s in edits if s == "appendix9"]

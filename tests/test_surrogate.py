@@ -199,6 +199,20 @@ def test_resuming_with_another_config_or_task_is_refused(tiny_surrogate_dir, tin
         train(tiny_surrogate_config, arrays, run, {**TINY_TASK, "num_classes": 10}, progress=False)
 
 
+def test_a_run_written_before_new_config_fields_existed_still_resumes(
+        tiny_surrogate_dir, tiny_archset, tiny_surrogate_config, tmp_path):
+    run = tmp_path / "old"
+    shutil.copytree(tiny_surrogate_dir, run)
+    meta = checkpoint.read_meta(run)
+    for key in ("rank_weight", "rank_margin", "rank_temperature", "noop_augment"):
+        meta["config"].pop(key, None)
+    meta["config"]["arch"].pop("ensemble", None)  # as surrogates/fashion_mnist/surrogate.json
+    checkpoint.write_meta(run, meta)
+    arrays = load_arrays(tiny_archset, max_len=16)
+    outcome = train(tiny_surrogate_config, arrays, run, TINY_TASK, progress=False)
+    assert outcome.step == tiny_surrogate_config.steps  # finished already: nothing retrained
+
+
 def test_corrupt_checkpoints_give_a_clear_error(tiny_surrogate_dir, tmp_path):
     run = tmp_path / "corrupt"
     shutil.copytree(tiny_surrogate_dir, run)
@@ -284,3 +298,90 @@ def test_retraining_refuses_to_replace_the_shipped_surrogate(tmp_path):
 def test_surrogate_config_rejects_bad_lengths():
     with pytest.raises(ValueError, match="divisible"):
         SurrogateArch(max_len=20, widths=(8, 8, 8))
+
+
+# ----------------------------------------------------------------------------- ranking, ensembles
+
+
+def test_ranking_loss_rewards_the_right_order_and_ignores_close_pairs():
+    from ac_jax.surrogate.train import ranking_loss
+
+    true = jnp.array([0.9, 0.5, 0.1])
+    right = jnp.array([[0.8, 0.5, 0.2]])  # one head, right order
+    wrong = right[:, ::-1]
+    assert float(ranking_loss(right, true, 0.02, 0.05)) < float(ranking_loss(wrong, true, 0.02, 0.05))
+    # Pairs within the margin carry no order: identical targets give no loss at all.
+    assert float(ranking_loss(wrong, jnp.full(3, 0.5), 0.02, 0.05)) == 0.0
+    # Per head: two heads, one right, one wrong, average the two.
+    both = jnp.concatenate([right, wrong])
+    np.testing.assert_allclose(
+        float(ranking_loss(both, true, 0.02, 0.05)),
+        0.5 * (float(ranking_loss(right, true, 0.02, 0.05))
+               + float(ranking_loss(wrong, true, 0.02, 0.05))), rtol=1e-6)
+
+
+def test_noop_copies_are_the_same_networks_with_the_same_labels(tiny_archset):
+    from ac_jax.arch.legalize import canonicalize
+    from ac_jax.arch.spec import Arch
+    from ac_jax.surrogate.train import make_split, with_noop_copies
+
+    arrays = load_arrays(tiny_archset, max_len=16)
+    norm = Normaliser.fit(arrays.num_params, "log")
+    split = make_split(arrays, np.ones(len(arrays.accuracy), bool), norm)
+    aug = with_noop_copies(split, 2, 0, arrays.input_shape, arrays.num_classes, norm)
+    n = len(split)
+    assert len(aug) == 3 * n
+    np.testing.assert_array_equal(aug.accuracy, np.tile(split.accuracy, 3))
+    np.testing.assert_array_equal(aug.num_params, np.tile(split.num_params, 3))
+
+    def arch(mat):
+        return Arch.from_matrix(mat[mat[:, 0] > 0], arrays.input_shape, arrays.num_classes)
+    changed = 0
+    for i in range(n):
+        for c in (1, 2):
+            copy = aug.matrices[c * n + i]
+            # the same network, and no parameter added
+            assert canonicalize(arch(copy)) == canonicalize(arch(split.matrices[i]))
+            assert arch(copy).num_params == split.num_params[i]
+            changed += not np.array_equal(copy, split.matrices[i])
+    assert changed > n  # written differently (records already max_len long are kept as is)
+    np.testing.assert_array_equal(aug.feats, encode_matrices(aug.matrices))
+
+
+def test_an_ensemble_surrogate_trains_and_reports_its_spread(tiny_archset, tiny_surrogate_config,
+                                                             tmp_path):
+    arch = dataclasses.replace(tiny_surrogate_config.arch, ensemble=3)
+    cfg = dataclasses.replace(tiny_surrogate_config, arch=arch, steps=250, rank_weight=0.5,
+                              noop_augment=1)
+    arrays = load_arrays(tiny_archset, max_len=16)
+    outcome = train(cfg, arrays, tmp_path / "ens", TINY_TASK, progress=False)
+    for key in ("accuracy_spread_mean", "spread_error_spearman", "accuracy_kendall_tau"):
+        assert key in outcome.metrics
+    assert "L_r" in outcome.history[-1]["train_loss"]
+    s = checkpoint.load_surrogate(tmp_path / "ens")
+    y = s.encode(encode_matrices(arrays.matrices[:8]))
+    heads = s.model.apply(s.variables, y, method=s.model.accuracy_heads)
+    assert heads.shape == (3, 8)
+    acc, _ = s.predict(y)
+    np.testing.assert_allclose(acc, heads.mean(axis=0), rtol=1e-6)
+    mean, spread, _ = s.model.apply(s.variables, y, method=s.model.predict_spread)
+    np.testing.assert_allclose(spread, heads.std(axis=0), rtol=1e-5, atol=1e-7)
+    assert float(spread.max()) > 0.0  # the heads start apart and are not all equal
+
+
+def test_ablation_trains_each_variant_and_tabulates_it(tiny_archset, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path / "abl"
+    cmd = [sys.executable, str(repo / "bin/surrogate_ablation.py"), "--dataset", "tiny",
+           "--archset", str(tiny_archset), "--variants", "base", "rank", "--steps", "40",
+           "--holdout", "0.25", "--runs", str(tmp_path / "runs"), "--out", str(out), "--quiet"]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=repo)
+    rows = json.loads(out.with_suffix(".json").read_text())["variants"]
+    assert list(rows) == ["base", "rank"]
+    assert rows["rank"]["config"]["rank_weight"] == 1.0 and rows["base"]["config"]["rank_weight"] == 0
+    assert rows["base"]["holdout"]["num"] == rows["rank"]["holdout"]["num"] > 0  # the same split
+    assert "| rank |" in out.with_suffix(".md").read_text()

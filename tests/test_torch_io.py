@@ -354,10 +354,8 @@ MyCNN(
 
 
 def test_named_children_printout_parses():
-    # Dropout 0.25 is not representable (rates are multiples of 0.1): refused, not rounded.
-    with pytest.raises(PrintoutError, match=r"line 7: unsupported layer 'Dropout\(p=0.25"):
-        parse_printout(NAMED_CHILDREN)
-    arch = parse_printout(NAMED_CHILDREN.replace("p=0.25", "p=0.2"))
+    # Dropout 0.25 is kept exactly (it was refused before rates other than tenths existed).
+    arch = parse_printout(NAMED_CHILDREN)
     assert arch == Arch(
         (28, 28, 1),
         10,
@@ -367,7 +365,7 @@ def test_named_children_printout_parses():
             conv(3, 64, 1, 1),
             batchnorm(),
             maxpool(2, 2, 0),
-            dropout(0.2),
+            dropout(0.25),
             linear(128),
             relu(),
             dropout(0.5),
@@ -448,9 +446,9 @@ UNSUPPORTED_LAYERS = [
     "AvgPool2d(kernel_size=3, stride=1, padding=1, count_include_pad=False)",
     "AvgPool2d(kernel_size=1, stride=1, padding=0, ceil_mode=True)",
     "Dropout2d(p=0.5, inplace=False)",
-    "Dropout(p=0.25, inplace=False)",
     "Dropout(p=1.0, inplace=False)",
-    "Dropout (p=0.95)",
+    "Dropout (p=1.5)",
+    "Dropout (p=-0.1)",
     "LeakyReLU(negative_slope=0.01)",
     "Tanh()",
     "ELU(alpha=1.0)",
@@ -626,7 +624,7 @@ def test_json_object_layers():
             [{"type": "conv", "kernel": 3, "out": 4, "dilation": 2}, {"type": "linear", "out": 10}],
             "unknown \\['dilation'\\]",
         ),
-        ([{"type": "dropout", "rate": 0.25}, {"type": "linear", "out": 10}], "not representable"),
+        ([{"type": "dropout", "rate": 1.0}, {"type": "linear", "out": 10}], r"\[0, 1\)"),
         ([{"type": "conv", "kernel": 3.5, "out": 4}, {"type": "linear", "out": 10}], "integer"),
         ([{"type": "conv", "kernel": 40, "out": 4}, {"type": "linear", "out": 10}], "collapses"),
         ([[1, 3, 4, 1]], "expected \\[t, k, o, s, p\\]"),
@@ -706,3 +704,20 @@ def test_paths_are_resolved_relative_to_the_working_directory(tmp_path, monkeypa
     Path("net.txt").write_text(PAPER_OUTPUT)
     expected = parse_printout(PAPER_OUTPUT, (32, 32, 3))
     assert load_arch("net.txt", input_shape=(32, 32, 3)) == expected
+
+
+@pytest.mark.parametrize("rate", [0.25, 0.3, 0.2, 0.05, 0.125, 0.95, 1 / 3])
+def test_any_dropout_rate_round_trips_exactly(rate):
+    arch = Arch((8, 8, 1), 3, (conv(3, 4, 1, 1), relu(), dropout(rate), maxpool(2), linear(3)))
+    assert arch.layers[2].dropout_rate == rate
+    printed = to_printout(arch)
+    assert parse_printout(printed, input_shape=(8, 8, 1)) == arch
+    assert parse_json(to_json(arch)) == arch
+    # Current PyTorch's own format, e.g. "Dropout(p=0.25, inplace=False)".
+    current = f"Dropout(p={rate!r}, inplace=False)"
+    framed = parse_printout(_framed(current)).layers
+    assert [layer.dropout_rate for layer in framed if layer.t == 6] == [rate]
+    pytest.importorskip("torch", reason=TORCH_REASON)
+    _, model = _build_torch_module(arch)  # the exported module holds the exact rate
+    assert [m.p for m in model.modules() if type(m).__name__ == "Dropout"] == [rate]
+    assert parse_printout(str(model), input_shape=(8, 8, 1)) == arch

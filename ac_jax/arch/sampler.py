@@ -185,3 +185,105 @@ def sample_neighbourhood(
             seen.add(arch)
             out.append(arch)
     return out
+
+
+# Uniform width multipliers of the region sampler's first draws: from 1.19x (params ~1.4x) down
+# to 0.21x (params ~1/22): the plain "thinner network" family every compression is measured against.
+REGION_WIDTH_LADDER = tuple(2.0 ** (-e / 4) for e in range(-1, 10))
+
+
+def _scale_widths(arch: Arch, width) -> np.ndarray:
+    """`arch` with every hidden Conv/Linear width multiplied (by a scalar or one per layer)."""
+    widths = np.broadcast_to(np.asarray(width, np.float64), (len(arch.layers),))
+    rows = []
+    for index, (layer, w) in enumerate(zip(arch.layers, widths)):
+        t, k, o, s, p = layer
+        if t in (LayerType.CONV, LayerType.LINEAR) and index < len(arch.layers) - 1:
+            o = max(1, int(round(o * w)))
+        rows.append((t, k, o, s, p))
+    return np.asarray(rows, np.int64).reshape(-1, 5)
+
+
+def _width_for_ratio(arch: Arch, ratio: float) -> float:
+    """The uniform width multiplier that gives about `ratio` x the parameters of `arch`
+    (bisection: a classifier's fixed-size Linear makes parameters far from width squared)."""
+    def params(w):
+        return Arch.from_matrix(_scale_widths(arch, w), arch.input_shape, arch.num_classes).num_params
+
+    target, lo, hi = ratio * arch.num_params, -6.0, 2.0  # log2 of the width
+    for _ in range(20):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if params(2.0**mid) < target else (lo, mid)
+    return 2.0 ** (0.5 * (lo + hi))
+
+
+def _region_edit(rng: np.random.Generator, arch: Arch, min_ratio: float) -> np.ndarray:
+    """A random edit of `arch` aimed at a parameter ratio log-uniform in [1 / min_ratio, 1.4].
+
+    Gentler than `_mutate`: pooling layers are never dropped (the spatial size, hence the cost,
+    stays the input's), Conv/Linear layers only rarely, and the global width is set from the
+    target ratio (`_width_for_ratio`) with a per-layer jitter.
+    """
+    ratio = float(np.exp(rng.uniform(np.log(1.0 / min_ratio), np.log(1.4))))
+    width = _width_for_ratio(arch, ratio)
+    drop_prob = rng.uniform(0.0, 0.15)
+    rows = []
+    for index, layer in enumerate(arch.layers):
+        last = index == len(arch.layers) - 1
+        t, k, o, s, p = layer
+        pooling = t in (LayerType.MAXPOOL, LayerType.AVGPOOL)
+        if not last and not pooling and rng.random() < drop_prob:
+            continue
+        if t in (LayerType.CONV, LayerType.LINEAR) and not last:
+            o = max(1, int(round(o * width * 2.0 ** rng.uniform(-0.5, 0.5))))
+        if t == LayerType.CONV and rng.random() < 0.1:
+            k = int(rng.choice([1, 3, 5]))
+            p = k // 2
+        rows.append((t, k, o, s, p))
+        if not last and rng.random() < 0.05:
+            rows.append([(LayerType.DROPOUT, 0, 0, 0, int(rng.integers(1, 6))),
+                         (LayerType.BATCHNORM, 0, 0, 0, 0)][int(rng.integers(0, 2))])
+    return np.asarray(rows, np.int64).reshape(-1, 5)
+
+
+def sample_region(
+    seed_arch: Arch, num: int, seed: int = 0, cfg: SamplerConfig = SamplerConfig(),
+    min_ratio: float = 20.0, max_macs: int | None = None,
+) -> list[Arch]:
+    """`num` distinct networks in the region a compression of `seed_arch` searches: the network
+    itself, its uniformly thinner versions (`REGION_WIDTH_LADDER`; its 1.19x-wide rung passes
+    only where the MAC and parameter caps allow), then random
+    edits (`_region_edit`) between about `min_ratio` x fewer and 1.4x more parameters.
+
+    Deterministic and prefix-stable in `num`. The MAC cap is `max_macs` (default 1.25x the seed
+    network's own, so that its full-size neighbours are admitted where `cfg.max_macs`, the
+    Appendix-9 sampler's cost guard, would reject them); `cfg.max_params` still applies.
+    """
+    if max_macs is None:
+        max_macs = int(1.25 * seed_arch.macs)
+    rng = np.random.default_rng([seed, 0x2E610])
+    ranges = FieldRanges(cfg.max_kernel, cfg.max_stride, cfg.max_padding, cfg.max_channels)
+    low, high = seed_arch.num_params / (1.25 * min_ratio), 1.6 * seed_arch.num_params
+    seen: set[Arch] = set()
+    out: list[Arch] = []
+    raws = iter([_scale_widths(seed_arch, w) for w in (1.0, *REGION_WIDTH_LADDER)])
+    attempts = 0
+    while len(out) < num:
+        attempts += 1
+        if attempts > 1000 + 100 * num:
+            raise ValueError(f"could not find {num} networks in the region of the seed architecture")
+        raw = next(raws, None)
+        if raw is None:
+            raw = _region_edit(rng, seed_arch, min_ratio)
+        legal, lengths = batch_legalize(
+            raw[None], seed_arch.input_shape, seed_arch.num_classes, cfg.max_len, ranges)
+        info = batch_analyze(legal, seed_arch.input_shape, seed_arch.num_classes)
+        if not (info.valid[0] and info.num_conv[0] > 0):
+            continue
+        if not (low <= info.num_params[0] <= min(high, cfg.max_params)) or info.macs[0] > max_macs:
+            continue
+        arch = Arch.from_matrix(legal[0, : lengths[0]], seed_arch.input_shape, seed_arch.num_classes)
+        if arch not in seen:
+            seen.add(arch)
+            out.append(arch)
+    return out

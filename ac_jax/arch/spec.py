@@ -10,7 +10,7 @@ Every layer is five integers ``[t, k, o, s, p]``: type, kernel, out channels, st
 | 3 | BatchNorm | 0        | = input channels/features | 0      | 0                                 | 2*c      |
 | 4 | ReLU      | 0        | = input channels/features | 0      | 0                                 | 0        |
 | 5 | Sigmoid   | 0        | = input channels/features | 0      | 0                                 | 0        |
-| 6 | Dropout   | 0        | = input channels/features | 0      | rate in tenths: rate = p / 10     | 0        |
+| 6 | Dropout   | 0        | = input channels/features | 0      | rate in tenths (exact: Layer.rate)| 0        |
 | 7 | AvgPool   | kernel   | = input channels          | stride | padding, at most k // 2 (PyTorch) | 0        |
 | 8 | Linear    | 0        | out features              | 0      | 0                                 | n*o+o    |
 
@@ -21,9 +21,10 @@ Sigmoid, Dropout and Linear may follow. Type 0 marks padding / the end of a sequ
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -57,19 +58,54 @@ CHANNEL_PRESERVING_TYPES = frozenset(
         LayerType.AVGPOOL,
     }
 )
-# Dropout's rate is stored in the padding field in tenths, so rates 0.0 .. 0.9 are representable.
+# Dropout's p field holds the rate in tenths (what matrices, archsets and the surrogate see);
+# a rate that is not a multiple of 0.1 is kept exactly in `Layer.rate` (see `quantised_rate`).
 DROPOUT_RATE_DENOMINATOR = 10
 MAX_DROPOUT_FIELD = 9
 
 
-class Layer(NamedTuple):
-    """One layer ``[t, k, o, s, p]``; see the module docstring for what each field means per type."""
+def quantised_rate(rate: float) -> int:
+    """The p field of a Dropout with `rate`: the nearest tenth, clipped to 0.1 .. 0.9 for a
+    non-zero rate (a small rate is still a Dropout, not the no-op rate 0) and 0 only for 0."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    if rate == 0.0:
+        return 0
+    return int(min(MAX_DROPOUT_FIELD, max(1, round(rate * DROPOUT_RATE_DENOMINATOR))))
 
-    t: int
-    k: int = 0
-    o: int = 0
-    s: int = 0
-    p: int = 0
+
+_LayerFields = collections.namedtuple("_LayerFields", "t k o s p rate",
+                                      defaults=(0, 0, 0, 0, None))
+
+
+class Layer(_LayerFields):
+    """One layer ``[t, k, o, s, p]``; see the module docstring for what each field means per type.
+
+    `rate` is a Dropout's exact rate where ``p / 10`` is not it (None otherwise, and for every
+    other type, so that two spellings of one network compare equal). Iterating, unpacking and
+    `to_matrix` see the five integer fields only; equality and hashing see the rate too.
+    """
+
+    __slots__ = ()
+
+    def __iter__(self):
+        return iter(tuple.__getitem__(self, slice(0, NUM_FIELDS)))
+
+    def __getnewargs__(self):  # pickling and copying keep the rate
+        return tuple.__getitem__(self, slice(None))
+
+    @classmethod
+    def _make(cls, iterable) -> "Layer":
+        return cls(*iterable)  # five fields (a matrix row) or six
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={int(value)}" for name, value in zip("tkosp", self))
+        return f"Layer({fields}" + ("" if self.rate is None else f", rate={self.rate!r}") + ")"
+
+    def _replace(self, **changes) -> "Layer":
+        values = dict(zip(self._fields, tuple.__getitem__(self, slice(None))))
+        values.update(changes)
+        return Layer(**values)
 
     @property
     def type(self) -> LayerType:
@@ -79,7 +115,7 @@ class Layer(NamedTuple):
     def dropout_rate(self) -> float:
         if self.t != LayerType.DROPOUT:
             raise ValueError(f"{self} is not a Dropout layer")
-        return self.p / DROPOUT_RATE_DENOMINATOR
+        return self.rate if self.rate is not None else self.p / DROPOUT_RATE_DENOMINATOR
 
 
 def conv(kernel: int, out: int, stride: int = 1, padding: int = 0) -> Layer:
@@ -108,12 +144,13 @@ def sigmoid() -> Layer:
 
 
 def dropout(rate: float) -> Layer:
-    field = round(rate * DROPOUT_RATE_DENOMINATOR)
-    if not 0 <= field <= MAX_DROPOUT_FIELD or abs(field / DROPOUT_RATE_DENOMINATOR - rate) > 1e-9:
-        raise ValueError(
-            f"dropout rate {rate} is not representable: rates are multiples of 0.1 in [0, 0.9]"
-        )
-    return Layer(LayerType.DROPOUT, 0, 0, 0, field)
+    """A Dropout with any rate in [0, 1): p is its tenth (`quantised_rate`), `rate` the exact
+    value unless p / 10 is it."""
+    rate = float(rate)
+    field = quantised_rate(rate)
+    exact = None if field == rate * DROPOUT_RATE_DENOMINATOR or abs(
+        field / DROPOUT_RATE_DENOMINATOR - rate) <= 1e-12 else rate
+    return Layer(int(LayerType.DROPOUT), 0, 0, 0, field, exact)
 
 
 def linear(out: int) -> Layer:
@@ -208,11 +245,17 @@ def _fill_channel_fields(
     flat_features = None
     out = []
     for raw in layers:
-        if len(raw) != NUM_FIELDS:
-            raise ValueError(f"a layer has 5 fields [t, k, o, s, p], got {tuple(raw)}")
-        layer = Layer(*(int(v) for v in raw))
+        rate = raw.rate if isinstance(raw, Layer) else None
+        fields = tuple(raw)
+        if len(fields) != NUM_FIELDS:
+            raise ValueError(f"a layer has 5 fields [t, k, o, s, p], got {fields}")
+        layer = Layer(*(int(v) for v in fields))
         if layer.t not in LayerType.__members__.values() or layer.t == LayerType.END:
             raise ValueError(f"layer type must be 1..8, got {layer.t} in {tuple(layer)}")
+        if rate is not None:
+            if layer.t != LayerType.DROPOUT:
+                raise ValueError(f"only a Dropout has an exact rate, got {raw!r}")
+            layer = dropout(rate)  # p and rate consistent, rate None where p / 10 is it
         current = channels if flat_features is None else flat_features
         if layer.t in CHANNEL_PRESERVING_TYPES:
             layer = layer._replace(o=current)

@@ -9,6 +9,7 @@ import math
 import numbers
 import os
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,6 @@ from typing import Any
 from ac_jax.arch import shapes, zoo
 from ac_jax.arch.shapes import InvalidArchError
 from ac_jax.arch.spec import (
-    DROPOUT_RATE_DENOMINATOR,
-    MAX_DROPOUT_FIELD,
     Arch,
     Layer,
     LayerType,
@@ -56,6 +55,12 @@ def _first_linear(arch: Arch) -> int:
     return len(arch.layers)
 
 
+def _rate_text(rate: float) -> str:
+    """A dropout rate as short as it prints exactly ("0.5", "0.25", "0"), else in full."""
+    short = f"{rate:g}"
+    return short if float(short) == rate else repr(rate)
+
+
 def _layer_repr(layer: Layer, in_shape: shapes.Shape) -> str:
     """One layer as PyTorch prints it (the paper's Appendix 10 spelling)."""
     t, k, s, p = layer.t, layer.k, layer.s, layer.p
@@ -76,7 +81,7 @@ def _layer_repr(layer: Layer, in_shape: shapes.Shape) -> str:
     if t == LayerType.SIGMOID:
         return "Sigmoid()"
     if t == LayerType.DROPOUT:
-        return f"Dropout (p={layer.dropout_rate:g})"
+        return f"Dropout (p={_rate_text(layer.dropout_rate)})"
     if t == LayerType.LINEAR:
         return f"Linear(in_features={math.prod(in_shape)}, out_features={layer.o}, bias=True)"
     raise InvalidArchError(f"cannot print layer {list(layer)}")
@@ -121,7 +126,7 @@ def _torch_expr(layer: Layer, in_shape: shapes.Shape) -> str:
     if t == LayerType.SIGMOID:
         return "nn.Sigmoid()"
     if t == LayerType.DROPOUT:
-        return f"nn.Dropout(p={layer.dropout_rate:.1f})"
+        return f"nn.Dropout(p={_rate_text(layer.dropout_rate)})"
     if t == LayerType.LINEAR:
         return f"nn.Linear({math.prod(in_shape)}, {layer.o})"
     raise InvalidArchError(f"cannot export layer {list(layer)}")
@@ -483,9 +488,7 @@ def _parse_dropout(node: _Node) -> _Item:
     try:
         layer = dropout(rate)
     except ValueError:
-        max_rate = MAX_DROPOUT_FIELD / DROPOUT_RATE_DENOMINATOR
-        reason = f"dropout rate must be a multiple of 0.1 in [0, {max_rate}]"
-        raise _unsupported(node, reason) from None
+        raise _unsupported(node, f"dropout rate must be in [0, 1), got {rate!r}") from None
     return _item(node, "elementwise", layer)
 
 
@@ -647,7 +650,7 @@ def parse_printout(text: str, input_shape: Sequence[int] | None = None) -> Arch:
     bias, groups 1, dilation 1, zeros padding mode), MaxPool2d (dilation 1, floor mode),
     AvgPool2d (count_include_pad, floor mode), BatchNorm2d before the first Linear and BatchNorm1d
     after it (affine, bias, PyTorch's default eps/momentum, running statistics), ReLU, Sigmoid,
-    Dropout (rates 0.0 .. 0.9 in steps of 0.1), Linear with bias. ``Flatten(start_dim=1,
+    Dropout (any rate in [0, 1), kept exactly), Linear with bias. ``Flatten(start_dim=1,
     end_dim=-1)`` and ``Identity()`` are no-ops (we flatten implicitly before the first Linear).
     A ``Softmax``/``LogSoftmax`` over the classes as the very last module is dropped: it has no
     parameters, keeps the argmax, and our networks output logits. Containers: the model's own
@@ -705,10 +708,17 @@ _OBJECT_KEYS: dict[LayerType, tuple[tuple[str, ...], dict[str, Any]]] = {
 _TOP_LEVEL_KEYS = ("input_shape", "num_classes", "layers")
 
 
+def _json_row(layer: Layer):
+    """A ``[t, k, o, s, p]`` row, or for a Dropout with an exact rate its object form."""
+    if layer.rate is not None:
+        return {"type": "dropout", "rate": layer.rate}
+    return list(layer)
+
+
 def to_json(arch: Arch) -> str:
     """The JSON spec of a valid `arch`: input shape (H, W, C), classes, ``[t, k, o, s, p]`` rows."""
     shapes.validate(arch)
-    rows = ",\n".join(f"    {json.dumps(list(layer))}" for layer in arch.layers)
+    rows = ",\n".join(f"    {json.dumps(_json_row(layer))}" for layer in arch.layers)
     return (
         "{\n"
         f'  "input_shape": {json.dumps(list(arch.input_shape))},\n'
@@ -834,7 +844,7 @@ def _with_num_classes(arch: Arch, num_classes: int | None) -> Arch:
 def _parse_text(text: str, input_shape: Sequence[int] | None) -> Arch:
     """JSON if it starts with `{`, else a printout."""
     if not text.lstrip().startswith("{"):
-        return parse_printout(text, input_shape)
+        return _printout_with_hint(text, input_shape)
     data = _json_object(text)
     if input_shape is not None:
         data["input_shape"] = list(input_shape)
@@ -867,29 +877,95 @@ def _is_file(text: str) -> bool:
         return False
 
 
+class FunctionalCallsWarning(UserWarning):
+    """A printout that may be missing layers called in `forward()`."""
+
+
+def _missing_activation(arch: Arch) -> str:
+    """Where two Conv/Linear layers follow each other with no activation between ("" if
+    nowhere): a printout shows modules only, so F.relu / F.max_pool2d called in forward() are
+    missing from it."""
+    last = None
+    for index, layer in enumerate(arch.layers):
+        if layer.t in (LayerType.RELU, LayerType.SIGMOID):
+            last = None
+        elif layer.t in (LayerType.CONV, LayerType.LINEAR):
+            if last is not None:
+                return (f"no activation between layers {last} and {index} "
+                        f"({arch.layers[last].type.name.title()} -> {layer.type.name.title()}). "
+                        "Activations and pools called in forward() (F.relu, F.max_pool2d, ...) "
+                        "do not appear in a printout; if the network has them, pass its module "
+                        "file instead: --model path/to/net.py:ClassName")
+            last = index
+    return ""
+
+
+def warn_if_activations_missing(arch: Arch, origin: str) -> None:
+    """A `FunctionalCallsWarning` when `_missing_activation` finds a gap."""
+    gap = _missing_activation(arch)
+    if gap:
+        warnings.warn(FunctionalCallsWarning(f"{origin}: {gap}"), stacklevel=3)
+
+
+def _printout_with_hint(text: str, input_shape) -> Arch:
+    """`parse_printout`; a failure against `input_shape` of a printout that parses without it
+    and lacks activations (a forward() with functional calls) says so."""
+    try:
+        return parse_printout(text, input_shape)
+    except PrintoutError as err:
+        if input_shape is None:
+            raise
+        try:
+            gap = _missing_activation(parse_printout(text))
+        except ValueError:
+            gap = ""
+        if gap:
+            raise PrintoutError(f"{err}\n(hint: {gap})") from None
+        raise
+
+
 def load_arch(
     source: str | os.PathLike,
     input_shape: Sequence[int] | None = None,
     num_classes: int | None = None,
+    model_args: dict | None = None,
 ) -> Arch:
-    """An `Arch` from a zoo name, a ``.json`` spec file, a printout file, or printout/JSON text.
+    """An `Arch` from a zoo name, a ``.json`` spec file, a printout file, printout/JSON text, or
+    a PyTorch module file ``path/to/net.py:ClassName`` (constructed with `model_args`, traced
+    by `from_torch.from_torch`).
 
     `input_shape` is passed to zoo models, replaces a JSON spec's input shape, and is verified
-    against a printout (whose Linear in_features fix it). `num_classes`, if given, replaces the
-    last Linear's output size (as `zoo.get` does), so a 1000-class printout can serve a 10-class
-    task. Raises `ValueError` naming the file for a missing or unreadable one.
+    against a printout (whose Linear in_features fix it); a module file needs it. `num_classes`,
+    if given, replaces the last Linear's output size (as `zoo.get` does), so a 1000-class
+    printout can serve a 10-class task. Raises `ValueError` naming the file for a missing or
+    unreadable one. A printout with no activation between two Conv/Linear layers gets a
+    `FunctionalCallsWarning` (functional calls in forward() are invisible in a printout).
     """
     if isinstance(source, os.PathLike):
-        return _with_num_classes(_load_file(Path(source), input_shape), num_classes)
+        arch = _load_file(Path(source), input_shape)
+        if Path(source).suffix.lower() != ".json":
+            warn_if_activations_missing(arch, str(source))
+        return _with_num_classes(arch, num_classes)
     if not isinstance(source, str):
         raise ValueError(f"source must be a zoo name, a path or a printout, got {type(source)}")
     one_line = source.strip() if "\n" not in source.strip() else None
     if one_line is not None and _is_zoo_name(one_line):
         return zoo.get(one_line, input_shape, num_classes)
+    from ac_jax.arch import from_torch
+
+    if one_line is not None and from_torch.is_module_spec(one_line):
+        if input_shape is None:
+            raise ValueError(f"{one_line}: a module file needs the input shape (H, W, C)")
+        module = from_torch.load_module(one_line, model_args)
+        return _with_num_classes(from_torch.from_torch(module, input_shape), num_classes)
     if one_line is not None and _is_file(one_line):
         arch = _load_file(Path(one_line), input_shape)
+        if not one_line.lower().endswith(".json"):
+            warn_if_activations_missing(arch, one_line)
     elif "(" in source or source.lstrip().startswith("{"):
         arch = _parse_text(source, input_shape)
+        if not source.lstrip().startswith("{"):
+            warn_if_activations_missing(arch, "the printout")
     else:
         raise ValueError(
             f"no such file or zoo model: {source!r} (zoo models: {', '.join(sorted(zoo.ZOO))}; "

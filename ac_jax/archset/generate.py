@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from ac_jax.arch import shapes, zoo
-from ac_jax.arch.sampler import sample, sample_neighbourhood
+from ac_jax.arch.sampler import sample, sample_neighbourhood, sample_region
 from ac_jax.arch.spec import Arch
 from ac_jax.archset.store import ArchsetStore, Record, record_of
 from ac_jax.child.trainer import ChildTrainer, TrainResult, to_device
@@ -34,7 +34,7 @@ from ac_jax.data import protocol
 class PlannedArch:
     idx: int
     arch: Arch
-    source: str  # "appendix9" or "neighbourhood:<model>"
+    source: str  # "appendix9", "neighbourhood:<model>" or "region:<model>"
 
 
 def plan(cfg: ArchsetConfig, input_shape, num_classes: int, num: int) -> list[PlannedArch]:
@@ -48,19 +48,26 @@ def plan(cfg: ArchsetConfig, input_shape, num_classes: int, num: int) -> list[Pl
     # samplers are prefix-stable, so the spares do not change the earlier picks.
     random_archs, _ = sample(num + 8, input_shape, num_classes, cfg.sample_seed, cfg.sampler)
     neighbours: list[Arch] = []
+    if cfg.neighbourhood_kind not in ("edits", "region"):
+        raise ValueError(f"neighbourhood_kind must be 'edits' or 'region', got "
+                         f"{cfg.neighbourhood_kind!r}")
     if num_neighbours:
         seed_arch = zoo.get(cfg.neighbourhood_of, input_shape, num_classes)
-        neighbours = sample_neighbourhood(
-            seed_arch, num_neighbours + num_neighbours // 4 + 8, cfg.sample_seed, cfg.sampler
-        )
-    source = f"neighbourhood:{cfg.neighbourhood_of}"
+        spares = num_neighbours + num_neighbours // 4 + 8
+        if cfg.neighbourhood_kind == "region":
+            neighbours = sample_region(seed_arch, spares, cfg.sample_seed, cfg.sampler,
+                                       cfg.region_min_ratio, cfg.region_max_macs)
+        else:
+            neighbours = sample_neighbourhood(seed_arch, spares, cfg.sample_seed, cfg.sampler)
+    kind = "region" if cfg.neighbourhood_kind == "region" else "neighbourhood"
+    source = f"{kind}:{cfg.neighbourhood_of}"
     out, seen = [], set()
     random_iter, neighbour_iter = iter(random_archs), iter(neighbours)
     for i, neighbour in enumerate(is_neighbour):
         pool, src = (neighbour_iter, source) if neighbour else (random_iter, "appendix9")
         arch = next(a for a in pool if a not in seen)
         seen.add(arch)
-        out.append(PlannedArch(i, arch, src))
+        out.append(PlannedArch(cfg.idx_offset + i, arch, src))
     return out
 
 
@@ -93,6 +100,10 @@ def archset_meta(cfg: Config, input_shape, num_classes: int) -> dict:
         "neighbourhood_fraction": a.neighbourhood_fraction,
         "neighbourhood_of": a.neighbourhood_of,
         **protocol.SEARCH_META,  # records are validation accuracies (generate's search view)
+        # Only where set, so the meta of archsets made before these options is unchanged.
+        **({"neighbourhood_kind": a.neighbourhood_kind, "region_min_ratio": a.region_min_ratio,
+            "region_max_macs": a.region_max_macs} if a.neighbourhood_kind != "edits" else {}),
+        **({"idx_offset": a.idx_offset} if a.idx_offset else {}),
     }
 
 
@@ -152,11 +163,14 @@ def generate(
     dataset=None,
     progress: bool = True,
     on_record: Callable[[Record], None] | None = None,
+    runner=None,
 ) -> RunStats:
     """Trains the plan's architectures that are in `shard` and not yet in `out`.
 
     Records hold validation accuracy: the architectures train on the training set minus the
     validation split and are evaluated on that split (`protocol.search_view` of `dataset`).
+    `runner` (an `ac_jax.distributed.RayRunner`, with Ray connected) trains on a cluster
+    instead of in this process; records are written here, as they arrive.
     """
     from ac_jax.data import load
 
@@ -168,6 +182,8 @@ def generate(
         raise ValueError(f"shard must be K/N with 0 <= K < N, got {k}/{n}")
     store = ArchsetStore(out, archset_meta(cfg, dataset.input_shape, dataset.num_classes))
     try:  # whatever raises (a bug in training, say) leaves the store closed and its records kept
+        if runner is not None:
+            return _fill_on_cluster(store, cfg, num, shard, dataset, progress, on_record, runner)
         return _fill(store, cfg, num, shard, dataset, progress, on_record)
     finally:
         store.close()
@@ -183,7 +199,8 @@ def _fill(store: ArchsetStore, cfg: Config, num: int, shard: tuple[int, int], da
         p for p in plan(a, dataset.input_shape, dataset.num_classes, num)
         if p.idx % n == k and p.idx not in done
     ]
-    stats = RunStats(skipped=sum(1 for i in done if i < num and i % n == k))
+    planned_ids = range(a.idx_offset, a.idx_offset + num)
+    stats = RunStats(skipped=sum(1 for i in done if i in planned_ids and i % n == k))
     if not todo:
         return stats
     data = to_device(dataset, a.schedule, seed=a.sample_seed)
@@ -242,6 +259,53 @@ def _fill(store: ArchsetStore, cfg: Config, num: int, shard: tuple[int, int], da
                         compile_exposed=f"{stats.exposed_compile_fraction:.0%}",
                     )
                     bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    stats.wall_seconds = time.perf_counter() - start
+    return stats
+
+
+def _fill_on_cluster(store: ArchsetStore, cfg: Config, num: int, shard: tuple[int, int], dataset,
+                     progress: bool, on_record, runner) -> RunStats:
+    """`_fill` with the trainings as Ray tasks (`distributed.RayRunner`); the store is written
+    by this process only, in completion order."""
+    a = cfg.archset
+    k, n = shard
+    done = store.done_indices()
+    todo = [p for p in plan(a, dataset.input_shape, dataset.num_classes, num)
+            if p.idx % n == k and p.idx not in done]
+    planned_ids = range(a.idx_offset, a.idx_offset + num)
+    stats = RunStats(skipped=sum(1 for i in done if i in planned_ids and i % n == k))
+    bar = _progress_bar(len(todo), progress, initial_done=stats.skipped)
+    start = time.perf_counter()
+
+    def add(planned, result):
+        record = record_of(planned.idx, planned.arch, planned.source, result,
+                           worker="ray" if result.status != "rejected" else _worker_name())
+        store.add(record)
+        stats.trained += 1
+        stats.failed += not result.ok
+        stats.compile_seconds += record.compile_seconds
+        stats.train_seconds += result.train_seconds
+        if on_record is not None:
+            on_record(record)
+        if bar is not None:
+            rate = stats.trained / max(1e-9, time.perf_counter() - start)
+            bar.set_postfix(failed=stats.failed, records_per_s=f"{rate:.2f}")
+            bar.update(1)
+
+    items = []
+    for planned in todo:
+        too_costly = shapes.is_valid(planned.arch) and _too_costly(planned.arch, a)
+        if too_costly:  # recorded, never trained (as in-process)
+            add(planned, TrainResult("rejected", too_costly, (), (), 0.0, 0.0))
+        else:
+            items.append((planned, planned.arch, list(range(a.seeds))))
+    try:
+        runner.run(dataset, a.schedule, a.seeds, items,
+                   on_result=lambda planned, arch, result: add(planned, result),
+                   data_seed=a.sample_seed)
     finally:
         if bar is not None:
             bar.close()

@@ -65,7 +65,16 @@ class Record:
 
 
 def arch_key(arch: Arch) -> str:
-    return ";".join(",".join(str(int(v)) for v in layer) for layer in arch.layers)
+    """A string naming `arch`'s layers (an exact Dropout rate is appended as ``@rate``)."""
+    return ";".join(",".join(str(int(v)) for v in layer)
+                    + ("" if layer.rate is None else f"@{layer.rate!r}") for layer in arch.layers)
+
+
+def layer_rows(arch: Arch) -> list[list]:
+    """`arch`'s layers as JSON rows: five integers, and a Dropout's exact rate as a sixth
+    value where p / 10 is not it (older files hold five values only; both load)."""
+    return [list(layer) + ([layer.rate] if layer.rate is not None else [])
+            for layer in arch.layers]
 
 
 class ArchsetStore:
@@ -136,7 +145,7 @@ class ArchsetStore:
         row = (
             record.idx,
             arch_key(record.arch),
-            json.dumps([list(layer) for layer in record.arch.layers]),
+            json.dumps(layer_rows(record.arch)),
             record.source,
             record.num_params,
             record.macs,

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ac_jax.arch.spec import Arch, LayerType
 from ac_jax.arch.torch_io import to_json
+from ac_jax.archset.store import layer_rows
 from ac_jax.child import onednn
 from ac_jax.child.model import ChildNet
 from ac_jax.child.trainer import (
@@ -108,7 +109,7 @@ def _jsonable(value):
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, Arch):
-        return [list(layer) for layer in value.layers]
+        return layer_rows(value)
     return value
 
 

@@ -186,7 +186,7 @@ def remove_layers(arch: Arch, keep: Sequence[int]) -> Arch | None:
     if not kept or kept[-1] != arch.layers[-1]:
         kept.append(arch.layers[-1])
     student = legalize(np.asarray(kept, np.int64), arch.input_shape, arch.num_classes)
-    return student if len(student.layers) == len(kept) else None
+    return _with_rates(student, kept) if len(student.layers) == len(kept) else None
 
 
 def shrink_layers(arch: Arch, actions: Sequence[int], factors: Sequence[float]) -> Arch | None:
@@ -196,9 +196,20 @@ def shrink_layers(arch: Arch, actions: Sequence[int], factors: Sequence[float]) 
     for layer, a, m in zip(arch.layers, actions, mask, strict=True):
         if m:
             layer = layer._replace(o=max(1, int(round(layer.o * factors[int(a)]))))
-        rows.append(tuple(layer))
-    student = legalize(np.asarray(rows, np.int64), arch.input_shape, arch.num_classes)
-    return student if len(student.layers) == len(rows) else None
+        rows.append(layer)
+    student = legalize(np.asarray([tuple(r) for r in rows], np.int64), arch.input_shape,
+                       arch.num_classes)
+    return _with_rates(student, rows) if len(student.layers) == len(rows) else None
+
+
+def _with_rates(student: Arch, layers: Sequence) -> Arch:
+    """`student` (legalised from integer rows, which hold a Dropout's rate in tenths) with the
+    exact dropout rates of `layers`, position by position."""
+    if not any(getattr(layer, "rate", None) is not None for layer in layers):
+        return student
+    return student.replace_layers([
+        s._replace(rate=layer.rate) if s.t == 6 and getattr(layer, "rate", None) is not None
+        else s for s, layer in zip(student.layers, layers, strict=True)])
 
 
 @dataclasses.dataclass

@@ -17,15 +17,16 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from ac_jax.arch.sampler import SamplerConfig, sample_batches, sample_neighbourhood
+from ac_jax.arch.sampler import SamplerConfig, sample_batches, sample_neighbourhood, sample_region
 from ac_jax.arch.spec import Arch
 from ac_jax.archset.generate import over_pooling_cap
-from ac_jax.archset.store import ArchsetStore, Record, arch_key, record_of
+from ac_jax.archset.store import ArchsetStore, Record, arch_key, layer_rows, record_of
 from ac_jax.baselines.common import BaselineResult
 from ac_jax.child.trainer import ChildTrainer, DeviceData, TrainResult, TrainSchedule
 
@@ -40,12 +41,17 @@ class RandomSearchConfig:
     # Candidates whose pooling layers read more window elements per image are recorded as
     # "rejected" untrained (see archset.generate.pooling_work); None: no cap.
     max_pooling_reads: int | None = None
+    # "edits": the neighbourhood share comes from `sample_neighbourhood` (the archset's mix);
+    # "region": from `sample_region`, the compression-region sampler ac_jax's region archset
+    # uses, under the budget (so a study can tell the sampler's gain from the search's).
+    neighbourhood_kind: str = "edits"
 
 
 def sample_under_budget(num: int, input_shape: Sequence[int], num_classes: int,
                         target_params: int, sampler: SamplerConfig = SamplerConfig(),
                         neighbourhood_of: Arch | None = None, neighbourhood_fraction: float = 0.0,
-                        seed: int = 1, max_rounds: int = 200) -> list[tuple[Arch, str]]:
+                        seed: int = 1, max_rounds: int = 200,
+                        neighbourhood_kind: str = "edits") -> list[tuple[Arch, str]]:
     """`num` distinct (architecture, source) pairs with at most `target_params` parameters.
 
     Interleaves the two sources like the archset plan. Raises `ValueError` when the sampler
@@ -63,8 +69,14 @@ def sample_under_budget(num: int, input_shape: Sequence[int], num_classes: int,
     neighbours: list[Arch] = []
     if any(is_neighbour):
         try:
-            neighbours = sample_neighbourhood(neighbourhood_of, 2 * num, seed, cfg)
+            if neighbourhood_kind == "region":
+                neighbours = sample_region(neighbourhood_of, 2 * num, seed, cfg)
+            else:
+                neighbours = sample_neighbourhood(neighbourhood_of, 2 * num, seed, cfg)
         except ValueError:  # the budget is below almost every edit of the input network
+            warnings.warn(f"random search: too few {neighbourhood_kind} neighbours of the input "
+                          f"within {target_params:,} parameters; every candidate comes from the "
+                          "Appendix 9 sampler", stacklevel=2)
             is_neighbour = [False] * num
     randoms: list[Arch] = []
     # Enough to fill every slot (if the neighbourhood runs dry), plus spares for duplicates.
@@ -112,6 +124,8 @@ def _search_meta(data: DeviceData, schedule: TrainSchedule, target_params: int,
         "neighbourhood_fraction": cfg.neighbourhood_fraction,
         "neighbourhood_of": None if neighbourhood_of is None else arch_key(neighbourhood_of),
         "sampler": dataclasses.asdict(sampler),
+        **({"neighbourhood_kind": cfg.neighbourhood_kind}
+           if cfg.neighbourhood_kind != "edits" else {}),  # older stores have no such key
     }
 
 
@@ -129,18 +143,22 @@ def random_search(data: DeviceData, schedule: TrainSchedule, target_params: int,
                   cfg: RandomSearchConfig = RandomSearchConfig(),
                   sampler: SamplerConfig = SamplerConfig(), *,
                   neighbourhood_of: Arch | None = None, seed: int | None = None,
-                  store: str | Path | None = None, progress: bool = False) -> BaselineResult:
+                  store: str | Path | None = None, progress: bool = False,
+                  runner=None) -> BaselineResult:
     """Trains `cfg.num_archs` sampled architectures (<= `target_params`); returns the best.
 
     `accuracy` and `search_accuracy` are the winner's proxy accuracy (mean over seeds); retrain
     it with the final schedule to compare with other methods. Failed trainings (divergence,
     errors) are recorded in `details` and never win. `store`: resumable record file (module doc).
+    `runner` (`ac_jax.distributed.RayRunner`) trains the candidates on a cluster first, each
+    record stored as it arrives; the pick is the same rule over the same records.
     """
     start = time.perf_counter()
     seed = cfg.sample_seed if seed is None else seed
     candidates = sample_under_budget(
         cfg.num_archs, data.input_shape, data.num_classes, target_params, sampler,
         neighbourhood_of, cfg.neighbourhood_fraction, seed, cfg.max_rounds,
+        cfg.neighbourhood_kind,
     )
     db = None
     done: dict[int, Record] = {}
@@ -174,7 +192,20 @@ def random_search(data: DeviceData, schedule: TrainSchedule, target_params: int,
         except Exception:  # `train` compiles again: records an out-of-memory, raises a bug
             pass
 
+    on_cluster: set = set()
     try:
+        if runner is not None and to_train:
+            def stored(idx, arch, result):
+                record = record_of(idx, arch, candidates[idx][1], result)
+                if db is not None:
+                    db.add(record)
+                done[idx] = record
+                bar.update(1)
+
+            runner.run(data, schedule, cfg.num_seeds,
+                       [(i, candidates[i][0], seeds) for i in to_train], on_result=stored)
+            on_cluster, to_train, next_compile = set(to_train), [], {}
+            bar.reset()  # the loop below counts every candidate again, in plan order
         for idx, (arch, source) in enumerate(candidates):
             record = done.get(idx)
             if record is None:
@@ -187,12 +218,12 @@ def random_search(data: DeviceData, schedule: TrainSchedule, target_params: int,
                 if db is not None:
                     db.add(record)
             else:
-                resumed += 1
+                resumed += idx not in on_cluster
             ok = record.status == "ok"
             acc = record.mean_accuracy if ok else float("nan")
             records.append({"num_params": arch.num_params, "accuracy": acc,
                             "status": record.status, "source": source,
-                            "layers": [list(layer) for layer in arch.layers]})
+                            "layers": layer_rows(arch)})
             if ok and (best is None or (acc, -arch.num_params) > (best[0], -best[1].num_params)):
                 best = (acc, arch)
                 bar.set_postfix(best=f"{acc:.3f}", resumed=resumed)

@@ -48,6 +48,11 @@ class CompressResult:
         return self.original.num_params / max(self.chosen.num_params, 1)
 
     @property
+    def pareto(self) -> list[Candidate]:
+        """The Pareto set (fewest parameters vs highest predicted accuracy), small to large."""
+        return sorted((self.candidates[int(i)] for i in self.front), key=lambda c: c.num_params)
+
+    @property
     def archs_trained(self) -> int:
         """Networks trained to reach this result beyond the surrogate's archset (refinement)."""
         return self.rounds[-1]["refined_records"] if self.rounds else 0
@@ -132,12 +137,23 @@ def compress_batch(
                                         shape, classes, timings)
     results = []
     with timed(timings, "Pareto set and pick"):
-        for arch, name, orig, cands in zip(archs, names, originals, per_network):
-            # decoder(encoder(x)) is x again: the search's starting point decodes to the input
-            exact = cands.contains_matrix(arch.to_matrix(surrogate.max_len), first_step_only=True)
+        starts = canonical_matrices(archs, surrogate.max_len)
+        for start_matrix, name, orig, cands in zip(starts, names, originals, per_network):
+            # The search's starting point decodes to the input (always, when anchored)
+            exact = cands.contains_matrix(start_matrix, first_step_only=True)
             seconds = time.perf_counter() - start
             results.append(_result(name, orig, cands, constraint, exact, seconds))
     return results
+
+
+def canonical_matrices(archs: Sequence[Arch], max_len: int) -> np.ndarray:
+    """``[N, T, 5]`` canonical forms of `archs`, as the search's candidates are written."""
+    from ac_jax.arch.batch import batch_canonicalize, batch_legalize
+
+    mats = np.stack([a.to_matrix(max_len) for a in archs])
+    shape, classes = archs[0].input_shape, archs[0].num_classes
+    legal, _ = batch_canonicalize(*batch_legalize(mats, shape, classes, max_len=max_len))
+    return legal
 
 
 def _result(name, orig, cands, constraint, exact, seconds) -> CompressResult:

@@ -47,7 +47,8 @@ def to_train(candidates: list, front: np.ndarray, top: int, max_params: int) -> 
     original's size). Those are what the next search would pick once the front's members are
     corrected, so they are where a wrong accuracy regressor does harm and where a trained record
     corrects it most."""
-    chosen = spread([candidates[i] for i in front], top)
+    # The original itself (the anchored search's step 0 is on the front) is not a candidate.
+    chosen = spread([candidates[i] for i in front if candidates[i].num_params < max_params], top)
     if len(chosen) < top:
         taken = {c.arch for c in chosen}
         others = sorted((c for c in candidates
@@ -55,6 +56,63 @@ def to_train(candidates: list, front: np.ndarray, top: int, max_params: int) -> 
                         key=lambda c: (-c.predicted_accuracy, c.num_params))
         chosen += others[: top - len(chosen)]
     return chosen
+
+
+def size_limit(original, constraint) -> int:
+    """The largest parameter count a pick may have under `constraint`."""
+    if constraint.max_params is not None:
+        return int(constraint.max_params)
+    if constraint.target_ratio is not None:
+        return int(original.num_params / constraint.target_ratio)
+    return int(original.num_params) - 1  # accuracy-floor picks: smaller than the original
+
+
+def acquire(candidates, surrogate, top: int, limit: int, kappa: float, exclude=()) -> list:
+    """The `top` candidates with the highest upper confidence bound ``mean + kappa * spread``
+    of predicted accuracy (the accuracy heads' mean and spread, `search.score_matrices_spread`;
+    a one-head surrogate ranks by its prediction) among those within `limit` parameters and not
+    in `exclude` (architectures already trained). Trained where the surrogate is either
+    promising or unsure under the size constraint, a record either confirms a pick or corrects
+    the surrogate where the next search would go wrong."""
+    from ac_jax.compress.candidates import CandidateList, columns
+    from ac_jax.compress.search import score_matrices_spread
+
+    if not len(candidates):
+        return []
+    (params,) = columns(candidates, "num_params")
+    if isinstance(candidates, CandidateList):
+        rows = candidates.rows
+    else:
+        rows = np.stack([c.arch.to_matrix(surrogate.max_len) for c in candidates])
+    mean, sd, _ = score_matrices_spread(surrogate, rows)
+    ucb = mean + kappa * sd
+    exclude = set(exclude)
+    chosen = []
+    for i in np.argsort(-ucb, kind="stable"):
+        if params[i] > limit:
+            continue
+        cand = candidates[int(i)]
+        if cand.arch in exclude:
+            continue
+        chosen.append(cand)
+        exclude.add(cand.arch)
+        if len(chosen) == top:
+            break
+    return chosen
+
+
+def archset_candidates(arrays: ArchsetArrays) -> list:
+    """The archset's records as `Candidate`s measured at their stored accuracy."""
+    from ac_jax.arch.spec import Arch
+    from ac_jax.compress.candidates import Candidate
+
+    out = []
+    for mat, length, acc, macs in zip(arrays.matrices, arrays.lengths, arrays.accuracy,
+                                      arrays.macs):
+        arch = Arch.from_matrix(mat[:length], arrays.input_shape, arrays.num_classes)
+        out.append(Candidate(arch, arch.num_params, int(macs), float(acc), float("nan"), -1,
+                             measured_accuracy=float(acc)))
+    return out
 
 
 def archset_config_of(surrogate, cfg):
@@ -83,15 +141,20 @@ def _archset_accuracy(arrays: ArchsetArrays, arch, max_len: int) -> float | None
 
 
 def measured_pick(trained: list, original, constraint):
-    """The pick among *trained* candidates, ranked by their measured proxy accuracy and judged
-    against the original's measured proxy accuracy (None when the original's is unknown, the
-    constraint is the paper's lambda mode, or no trained candidate satisfies it).
+    """The pick among *trained* candidates by the constraint's rule applied to their measured
+    proxy accuracies (under a size cap: the most accurate within it; for an accuracy floor: the
+    fewest parameters at least as accurate as the floor, which is set from the original's
+    measured accuracy). None when the constraint is the paper's lambda mode, when a floor needs
+    the original's accuracy and it is unknown, or when no trained candidate satisfies it.
 
     Refinement ends with the surrogate's predictions corrected only near what was trained, so a
     measured accuracy beats a prediction wherever there is one; the final search's pick is kept
     when no trained candidate qualifies.
     """
-    if original.measured_accuracy is None or constraint.lam is not None or not trained:
+    capped = constraint.max_params is not None or constraint.target_ratio is not None
+    if constraint.lam is not None or not trained:
+        return None
+    if original.measured_accuracy is None and not capped:  # the floor needs the original's
         return None
     as_measured = [dataclasses.replace(c, predicted_accuracy=c.measured_accuracy) for c in trained]
     anchor = dataclasses.replace(original, predicted_accuracy=original.measured_accuracy)
@@ -101,9 +164,13 @@ def measured_pick(trained: list, original, constraint):
     return trained[as_measured.index(best)]
 
 
+ACQUISITIONS = ("ucb", "pareto")
+
+
 def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int, work_dir,
            finetune_steps: int = 400, dataset=None, archset_path=None, log=print,
-           base_arrays: ArchsetArrays | None = None):
+           base_arrays: ArchsetArrays | None = None, acquisition: str = "ucb",
+           kappa: float = 1.0, runner=None):
     """Returns a new `CompressResult` after `rounds` rounds; `result.rounds` describes each.
 
     Candidates train on the training set minus the validation split and are judged on that
@@ -114,7 +181,20 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
     to the archset, fine-tunes the surrogate and searches again; the last search's candidates are
     trained too, and the final pick is the best *trained* candidate under the constraint
     (`measured_pick`), or the last search's pick when none qualifies.
+
+    `acquisition`: "pareto" (as above: spread along the Pareto set) or "ucb", active learning:
+    each round trains the `top` untrained candidates under the constraint's size limit with the
+    highest ``mean + kappa * spread`` (`acquire`), and the final pick is over every trained
+    record, the archset's included, by measured (validation) accuracy. Refined records are
+    never held out of fine-tuning. `runner` (`ac_jax.distributed.RayRunner`) trains each
+    round's batch on a cluster (records stored as they arrive).
     """
+    if acquisition not in ACQUISITIONS:
+        raise ValueError(f"acquisition must be one of {ACQUISITIONS}, got {acquisition!r}")
+    active = acquisition == "ucb" and constraint.lam is None
+    if acquisition == "ucb" and not active:
+        log("refine: the lambda mode picks the trajectory's last step; rounds use the Pareto "
+            "spread, not the acquisition")
     from ac_jax.archset.generate import archset_meta
     from ac_jax.child.trainer import ChildTrainer, to_device
     from ac_jax.cli import repo_path
@@ -129,7 +209,8 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
     dataset = dataset if dataset is not None else load(cfg.dataset, cfg.data_dir)
     dataset = protocol.search_view(dataset)
     a = cfg.archset
-    trainer = ChildTrainer(to_device(dataset, a.schedule, seed=a.sample_seed), a.schedule, a.seeds)
+    trainer = None if runner is not None else ChildTrainer(
+        to_device(dataset, a.schedule, seed=a.sample_seed), a.schedule, a.seeds)
     base = base_arrays if base_arrays is not None else load_arrays(
         archset_path or repo_path(a.path), max_len=surrogate.max_len)
     original = result.original.arch
@@ -138,13 +219,31 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
     measured: dict = {}  # arch -> Candidate with measured_accuracy (ok trainings only)
     original_accuracy = _archset_accuracy(base, original, surrogate.max_len)
 
+    tried: set = set()  # every network in refine.sqlite, whatever its training's status
+
     def train_all(chosen, label):
         """Trains (or finds in refine.sqlite) every candidate of `chosen`; a round's info."""
         nonlocal original_accuracy
         info = {"round": label, "trained": []}
         with ArchsetStore(work_dir / "refine.sqlite", meta) as store:
             done = {rec.arch: rec for rec in store.records()}
+            tried.update(done)
             next_id = REFINE_ID_BASE + len(store)
+            missing = list(dict.fromkeys(c.arch for c in chosen if c.arch not in done))
+            if runner is not None and missing:  # the round's batch on the cluster
+                log(f"refine round {label}: training {len(missing)} candidates on Ray")
+
+                def stored(key, arch, out):
+                    nonlocal next_id
+                    rec = record_of(next_id, arch, "refine", out)
+                    store.add(rec)
+                    done[arch] = rec
+                    tried.add(arch)
+                    next_id += 1
+
+                runner.run(dataset, a.schedule, a.seeds,
+                           [(arch, arch, list(range(a.seeds))) for arch in missing],
+                           on_result=stored, data_seed=a.sample_seed)
             for cand in chosen:
                 rec = done.get(cand.arch)
                 if rec is None:
@@ -152,6 +251,8 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
                     out = trainer.train(cand.arch, list(range(a.seeds)))
                     rec = record_of(next_id, cand.arch, "refine", out)
                     store.add(rec)
+                    done[cand.arch] = rec  # the same network twice in `chosen` trains once
+                    tried.add(cand.arch)
                     next_id += 1
                 is_original = cand.arch == original
                 if rec.status == "ok":
@@ -166,28 +267,51 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
             info["refined_records"] = len(store)  # distinct networks trained so far
         return info
 
+    limit = size_limit(original, constraint)
+    archset_trained = archset_candidates(base) if active else []
+    known = {c.arch for c in archset_trained}
+
+    def next_batch(result):
+        if not active:
+            return to_train(result.candidates, result.front, top, original.num_params)
+        with ArchsetStore(work_dir / "refine.sqlite", meta) as store:  # a resumed run's too
+            tried.update(rec.arch for rec in store.records())
+        return acquire(result.candidates, surrogate, top, limit, kappa, exclude=known | tried)
+
     for r in range(rounds):
-        chosen = to_train(result.candidates, result.front, top, original.num_params)
-        if r == 0 and original_accuracy is None:
+        chosen = next_batch(result)
+        capped = constraint.max_params is not None or constraint.target_ratio is not None
+        if r == 0 and original_accuracy is None and not (active and capped):
             # The pick is judged against the original's accuracy; one trained record of the
             # original anchors its prediction (the archset may hold nothing that big).
             chosen = [result.original] + chosen
         round_info = train_all(chosen, r + 1)
-        refined = load_arrays(work_dir / "refine.sqlite", max_len=surrogate.max_len)
+        if not chosen:  # nothing untrained under the size limit: nothing left to learn from
+            log(f"refine round {r + 1}: no untrained candidate within {limit:,} parameters")
+            round_info["chosen_params"] = result.chosen.num_params
+            history.append(round_info)
+            break
+        try:
+            refined = load_arrays(work_dir / "refine.sqlite", max_len=surrogate.max_len)
+        except ValueError:  # every training so far failed: no record to fine-tune on
+            round_info["chosen_params"] = result.chosen.num_params
+            history.append(round_info)
+            continue
         scfg = dataclasses.replace(surrogate.config, steps=finetune_steps,
                                    checkpoint_every=finetune_steps, eval_every=finetune_steps)
         run_dir = work_dir / f"surrogate_round{r + 1}"
+        own = np.concatenate([np.zeros(len(base.idx), bool), np.ones(len(refined.idx), bool)])
         train(scfg, concat_arrays(base, refined), run_dir, surrogate.meta["task"], progress=False,
-              init_variables=surrogate.variables, normaliser=surrogate.normaliser, log=log)
+              init_variables=surrogate.variables, normaliser=surrogate.normaliser, log=log,
+              always_train=own)
         surrogate = load_surrogate(run_dir)
         (result,) = compress_batch(surrogate, [original], [result.name], search_cfg, constraint)
         round_info["chosen_params"] = result.chosen.num_params
         history.append(round_info)
     if rounds:
-        final = train_all(to_train(result.candidates, result.front, top, original.num_params),
-                          "final")
+        final = train_all(next_batch(result), "final")
         anchor = dataclasses.replace(result.original, measured_accuracy=original_accuracy)
-        best = measured_pick(list(measured.values()), anchor, constraint)
+        best = measured_pick(list(measured.values()) + archset_trained, anchor, constraint)
         final["search_pick_params"] = result.chosen.num_params
         final["original_measured"] = original_accuracy
         final["pick"] = "trained" if best is not None else "search"

@@ -14,7 +14,11 @@ from ac_jax.config import Config
 #                  rounds (train candidates, fine-tune, search again; pick on measured accuracy)
 #   random_search  `budget` architectures sampled under the constraint, best validation accuracy
 #   n2n            N2N's two REINFORCE stages until `budget` networks are trained (teacher included)
+#   random_search_region  random search whose neighbourhood share comes from the compression-
+#                  region sampler (what ac_jax's region archset holds): not run by default; it
+#                  tells how much of a gain is the sampler's rather than the search's
 METHODS = ("ac_jax", "ac_jax_rounds", "random_search", "n2n")
+OPTIONAL_METHODS = ("random_search_region",)
 # Reference rows at the constraint's size, trained once from the trained original (not searches).
 REFERENCES = ("pruning", "kd")
 
@@ -36,9 +40,18 @@ class StudyConfig:
     refine_finetune_steps: int = 400
     surrogate_steps: int | None = None  # None: the config's surrogate schedule
     seed: int = 0  # repeat r uses search seed seed + r (archset subset, sampler, policy)
+    # ac_jax's own settings (issue 21). The issue-20 study ran the paper's plain decoding and
+    # Pareto-spread rounds (`LEGACY_AC_JAX`); a folder made so resumes only with those.
+    plain_decoding: bool = False  # True: the paper's decoding (step 0 = decoder(encoder(x)))
+    acquisition: str = "ucb"  # ac_jax_rounds: "ucb" (active learning) or "pareto"
+    # Archset files drawn from besides the config's (e.g. the compression-region supplement),
+    # and the share of ac_jax's subset drawn from their "region:" records (None: uniformly).
+    extra_archsets: tuple[str, ...] = ()
+    region_share: float | None = None
 
     def __post_init__(self):
-        unknown = set(self.methods) - set(METHODS) | set(self.references) - set(REFERENCES)
+        unknown = (set(self.methods) - set(METHODS) - set(OPTIONAL_METHODS)
+                   | set(self.references) - set(REFERENCES))
         if unknown:
             raise ValueError(f"unknown method(s) {sorted(unknown)}; methods: {', '.join(METHODS)}"
                              f"; references: {', '.join(REFERENCES)}")
@@ -49,6 +62,10 @@ class StudyConfig:
         if "ac_jax_rounds" in self.methods and (self.rounds < 1 or self.refine_top < 1):
             raise ValueError("ac_jax_rounds needs rounds >= 1 and refine_top >= 1 (the paper "
                              "mode is the `ac_jax` method)")
+        if self.acquisition not in ("ucb", "pareto"):
+            raise ValueError(f"acquisition must be 'ucb' or 'pareto', got {self.acquisition!r}")
+        if self.region_share is not None and not 0.0 <= self.region_share <= 1.0:
+            raise ValueError(f"region_share must be in [0, 1], got {self.region_share}")
         if self.surrogate_steps is not None and self.surrogate_steps < 1:
             raise ValueError("surrogate_steps must be positive")
         if "ac_jax_rounds" in self.methods and self.refine_trainings >= self.budget:
@@ -58,6 +75,16 @@ class StudyConfig:
     @property
     def refine_trainings(self) -> int:
         return refine_trainings(self.rounds, self.refine_top)
+
+    def ac_jax_settings(self) -> dict:
+        return {"plain_decoding": self.plain_decoding, "acquisition": self.acquisition,
+                "extra_archsets": [str(p) for p in self.extra_archsets],
+                "region_share": self.region_share}
+
+
+# What the issue-20 study ran (before anchored search and active refinement existed).
+LEGACY_AC_JAX = {"plain_decoding": True, "acquisition": "pareto", "extra_archsets": [],
+                 "region_share": None}
 
 
 def refine_trainings(rounds: int, top: int) -> int:

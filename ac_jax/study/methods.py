@@ -42,6 +42,15 @@ class Context:
     refine_finetune_steps: int = 400
     log: object = print
     progress: bool = True
+    extra_archsets: tuple = ()  # drawn from together with `archset_path` (ac_jax's subset)
+    region_share: float | None = None  # share of the subset from "region:" records
+    plain_decoding: bool = False  # the paper's decoding instead of the anchored one
+    acquisition: str = "ucb"  # ac_jax_rounds' refinement rule
+    runner: object = None  # an `ac_jax.distributed.RayRunner`: trainings on a cluster
+
+    @property
+    def archset_paths(self) -> list:
+        return [Path(self.archset_path), *map(Path, self.extra_archsets)]
 
 
 @dataclasses.dataclass
@@ -75,28 +84,30 @@ def _curve(records, ctx: Context) -> list:
 
 
 def run_random_search(ctx: Context, repeat: int, seed: int, budget: int,
-                      store_tag: str | None = None) -> MethodRun:
+                      store_tag: str | None = None, region: bool = False) -> MethodRun:
     from ac_jax.baselines.random_search import RandomSearchConfig, random_search
 
     a = ctx.cfg.archset
     start = time.perf_counter()
-    store = ctx.work / (f"random_search_r{repeat}.sqlite" if store_tag is None
-                        else f"amortised_random_search_{store_tag}.sqlite")
+    method = "random_search_region" if region else "random_search"
+    store = ctx.work / (f"{method}_r{repeat}.sqlite" if store_tag is None
+                        else f"amortised_{method}_{store_tag}.sqlite")
     num = budget
     for _ in range(5):  # candidates over the pooling cap are "rejected" untrained: draw more
         rs_cfg = RandomSearchConfig(num_archs=num, num_seeds=a.seeds,
                                     neighbourhood_fraction=a.neighbourhood_fraction,
-                                    sample_seed=seed, max_pooling_reads=a.max_pooling_reads)
+                                    sample_seed=seed, max_pooling_reads=a.max_pooling_reads,
+                                    neighbourhood_kind="region" if region else "edits")
         result = random_search(ctx.search, a.schedule, ctx.max_params, rs_cfg, a.sampler,
                                neighbourhood_of=ctx.original, store=store,
-                               progress=ctx.progress)
+                               progress=ctx.progress, runner=ctx.runner)
         with ArchsetStore(store, readonly=True) as db:
             records = [r for r in sorted(db.records(), key=lambda r: r.idx)
                        if r.status != "rejected"]
         if len(records) >= budget:
             break
         num += budget - len(records)
-    return MethodRun("random_search", repeat, seed, result.arch, result.search_accuracy,
+    return MethodRun(method, repeat, seed, result.arch, result.search_accuracy,
                      len(records), time.perf_counter() - start, _curve(records, ctx),
                      result.within_budget, result.notes)
 
@@ -127,16 +138,33 @@ def run_n2n(ctx: Context, repeat: int, seed: int, budget: int) -> MethodRun:
 # --------------------------------------------------------------------------------------------
 
 
-def archset_subset(path: Path, size: int, seed: int, max_len: int) -> tuple[ArchsetArrays, list]:
-    """`size` trained records of the archset drawn at random with `seed` (all of them when it
-    holds fewer): the surrogate's training data for one repeat, and those records in plan order.
-    "rejected" records were never trained and are not drawn; failed trainings are drawn (they
-    were spent) but, as in `load_arrays`, only successful ones become training data."""
-    with ArchsetStore(path, readonly=True) as db:
-        trained = [r for r in db.records() if r.status != "rejected"]
-    order = np.random.default_rng([seed, 0xAC]).permutation(len(trained))[:size]
-    chosen = sorted((trained[i] for i in order), key=lambda r: r.idx)
-    arrays = load_arrays(path, max_len=max_len)
+def archset_subset(path, size: int, seed: int, max_len: int,
+                   region_share: float | None = None) -> tuple[ArchsetArrays, list]:
+    """`size` trained records of the archset (one file or several, ids distinct) drawn at
+    random with `seed` (all of them when it holds fewer): the surrogate's training data for one
+    repeat, and those records in plan order. "rejected" records were never trained and are not
+    drawn; failed trainings are drawn (they were spent) but, as in `load_arrays`, only
+    successful ones become training data. `region_share`: that share of `size` is drawn from the
+    "region:" records (the compression-region sampler's), the rest from the others; None draws
+    from all alike."""
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    trained = []
+    for p in paths:
+        with ArchsetStore(p, readonly=True) as db:
+            trained += [r for r in db.records() if r.status != "rejected"]
+    rng = np.random.default_rng([seed, 0xAC])
+    if region_share is None:
+        chosen = [trained[i] for i in rng.permutation(len(trained))[:size]]
+    else:
+        region = [r for r in trained if r.source.startswith("region:")]
+        other = [r for r in trained if not r.source.startswith("region:")]
+        # The share from the region records; a shortfall on either side is filled from the other.
+        want = min(len(region), round(size * region_share))
+        want = max(want, size - len(other))
+        chosen = [region[i] for i in rng.permutation(len(region))[:want]]
+        chosen += [other[i] for i in rng.permutation(len(other))[: size - want]]
+    chosen = sorted(chosen, key=lambda r: r.idx)
+    arrays = load_arrays(paths, max_len=max_len)
     keep = np.isin(arrays.idx, [r.idx for r in chosen if r.status == "ok"])
     subset = dataclasses.replace(
         arrays, matrices=arrays.matrices[keep], lengths=arrays.lengths[keep],
@@ -157,7 +185,8 @@ def _surrogate(ctx: Context, arrays: ArchsetArrays, run_dir: Path, seed: int):
                                    checkpoint_every=ctx.surrogate_steps)
     task = {"dataset": ctx.cfg.dataset, "config": ctx.cfg.name,
             "input_shape": list(arrays.input_shape), "num_classes": arrays.num_classes,
-            "archsets": [str(ctx.archset_path)], "num_records": int(len(arrays.accuracy)),
+            "archsets": [str(p) for p in ctx.archset_paths],
+            "num_records": int(len(arrays.accuracy)),
             "subset_seed": seed}
     outcome = train(scfg, arrays, run_dir, task, progress=ctx.progress, log=ctx.log)
     return load_surrogate(run_dir), outcome
@@ -201,12 +230,15 @@ def run_ac_jax(ctx: Context, repeat: int, seed: int, budget: int, rounds: bool,
     start = time.perf_counter()
     extra = refine_trainings(ctx.rounds, ctx.refine_top) if rounds else 0
     max_len = surrogate_config(ctx.cfg).arch.max_len
-    arrays, records = archset_subset(ctx.archset_path, budget - extra, seed, max_len)
+    arrays, records = archset_subset(ctx.archset_paths, budget - extra, seed, max_len,
+                                     ctx.region_share)
     work = ctx.work / "work" / f"{method}_r{repeat}"
     surrogate, outcome = _surrogate(ctx, arrays, work / "surrogate", seed)
     if tag is not None:
         work = ctx.work / "work" / tag
     search_cfg = ctx.cfg.compress if ctx.cfg.compress is not None else SearchConfig()
+    if ctx.plain_decoding:  # the paper's decoding, unbounded walk (the issue-20 study's)
+        search_cfg = dataclasses.replace(search_cfg, anchored=False, trust_radius=None)
     constraint = Constraint(max_params=ctx.max_params)
     (result,) = compress_batch(surrogate, [ctx.original], [ctx.model_name], search_cfg,
                                constraint)
@@ -220,7 +252,8 @@ def run_ac_jax(ctx: Context, repeat: int, seed: int, budget: int, rounds: bool,
 
         result = refine(result, surrogate, ctx.cfg, search_cfg, constraint, ctx.rounds,
                         ctx.refine_top, work / "refine", ctx.refine_finetune_steps,
-                        dataset=ctx.dataset, base_arrays=arrays, log=ctx.log)
+                        dataset=ctx.dataset, base_arrays=arrays, log=ctx.log,
+                        acquisition=ctx.acquisition, runner=ctx.runner)
         with ArchsetStore(work / "refine" / result.name / "refine.sqlite", readonly=True) as db:
             refined = sorted(db.records(), key=lambda r: r.idx)
         curve += _curve(refined, ctx)
@@ -244,8 +277,9 @@ def run_ac_jax(ctx: Context, repeat: int, seed: int, budget: int, rounds: bool,
 
 
 def run_method(ctx: Context, method: str, repeat: int, seed: int, budget: int) -> MethodRun:
-    if method == "random_search":
-        return run_random_search(ctx, repeat, seed, budget)
+    if method in ("random_search", "random_search_region"):
+        return run_random_search(ctx, repeat, seed, budget,
+                                 region=method == "random_search_region")
     if method == "n2n":
         return run_n2n(ctx, repeat, seed, budget)
     if method in ("ac_jax", "ac_jax_rounds"):

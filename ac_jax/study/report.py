@@ -10,8 +10,21 @@ import warnings
 
 import numpy as np
 
+def titles(settings: dict | None) -> dict:
+    """Row names; ac_jax's say which decoding and refinement ran (None: the issue-20 study's,
+    the paper's decoding and Pareto-spread rounds)."""
+    legacy = settings is None or settings.get("plain_decoding", True)
+    out = dict(TITLES)
+    if not legacy:
+        out["ac_jax"] = "ac_jax (anchored search, no refinement)"
+    if settings is not None and settings.get("acquisition") == "ucb":
+        out["ac_jax_rounds"] = "ac_jax (active refinement)"
+    return out
+
+
 TITLES = {"ac_jax": "ac_jax (paper mode)", "ac_jax_rounds": "ac_jax (refinement rounds)",
-          "random_search": "random search", "n2n": "N2N (RL)"}
+          "random_search": "random search", "n2n": "N2N (RL)",
+          "random_search_region": "random search, region sampler"}
 
 
 def _machine() -> dict:
@@ -103,6 +116,7 @@ def relative_improvement(method_rows: list, random_rows: list) -> list[float]:
 
 
 def markdown(s: dict) -> str:
+    names = titles(s.get("ac_jax_settings"))
     o = s["original"]
     fs = s["final_schedule"]
     if o["test_accuracy"] is not None:
@@ -145,7 +159,7 @@ def markdown(s: dict) -> str:
         over = sum(not r["within_constraint"] for r in rows)
         failed = f" ({over} of {len(rows)}: no pick within the constraint)" if over else ""
         lines.append(
-            f"| {TITLES.get(method, method)}{failed} "
+            f"| {names.get(method, method)}{failed} "
             f"| {_pm([r['trained_archs'] for r in rows], 1, 0)} "
             f"| {_pm(params, 1, 0)} | {'—' if ratio is None else f'{ratio[0]:.1f}x'} "
             f"| {_pm([r['val_accuracy'] for r in rows])} "
@@ -165,8 +179,9 @@ def markdown(s: dict) -> str:
     return "\n".join(lines)
 
 
-def progress(runs: dict, budget: int, repeats: int) -> str:
+def progress(runs: dict, budget: int, repeats: int, settings: dict | None = None) -> str:
     """The searches finished so far (before the final schedule): a table written after each."""
+    names = titles(settings)
     lines = [f"# Study progress: {sum(map(len, runs.values()))} of "
              f"{len(runs) * repeats} searches done (budget {budget})", "",
              "| method | repeat | trained archs | params | val acc. (proxy) % | seconds |",
@@ -176,7 +191,7 @@ def progress(runs: dict, budget: int, repeats: int) -> str:
             val = "—" if d["val_accuracy"] is None else f"{100 * d['val_accuracy']:.2f}"
             params = "—" if not d["params"] else f"{d['params']:,}"
             flag = "" if d["within_constraint"] else " (over the constraint)"
-            lines.append(f"| {TITLES.get(method, method)} | {d['repeat']} | {d['trained_archs']} "
+            lines.append(f"| {names.get(method, method)} | {d['repeat']} | {d['trained_archs']} "
                          f"| {params}{flag} | {val} | {d['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -194,7 +209,7 @@ def best_so_far(curve: list, budget: int) -> np.ndarray:
     return np.asarray(out, np.float64)
 
 
-def plot_anytime(runs: dict, path, budget: int) -> None:
+def plot_anytime(runs: dict, path, budget: int, settings: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,7 +223,7 @@ def plot_anytime(runs: dict, path, budget: int) -> None:
             warnings.simplefilter("ignore", RuntimeWarning)
             mean = np.nanmean(curves, axis=0)
             lo, hi = np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
-        (line,) = ax.plot(x, mean, label=f"{TITLES.get(method, method)} ({len(curves)} repeats)")
+        (line,) = ax.plot(x, mean, label=f"{titles(settings).get(method, method)} ({len(curves)} repeats)")
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("architectures trained")
     ax.set_ylabel("best validation accuracy so far (within the constraint)")

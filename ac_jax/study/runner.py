@@ -30,7 +30,7 @@ from ac_jax.child.trainer import ChildTrainer, to_device
 from ac_jax.data import protocol
 from ac_jax.study import methods as methods_lib
 from ac_jax.study import report
-from ac_jax.study.config import StudyConfig
+from ac_jax.study.config import LEGACY_AC_JAX, StudyConfig
 
 
 def _write_json(path: Path, obj) -> None:
@@ -122,7 +122,7 @@ def _references(study: StudyConfig, ctx, finals: FinalTrainer, out: Path, log) -
 
 
 def run_study(study: StudyConfig, out: str | Path, dataset=None, progress: bool = True,
-              log=print) -> dict:
+              log=print, runner=None) -> dict:
     """Runs (or resumes) the whole study in `out`; returns the summary it writes."""
     from ac_jax.data import load
 
@@ -143,7 +143,8 @@ def run_study(study: StudyConfig, out: str | Path, dataset=None, progress: bool 
         model_name=Path(study.model).stem,
         archset_path=archset_path, work=out, surrogate_steps=study.surrogate_steps,
         rounds=study.rounds, refine_top=study.refine_top,
-        refine_finetune_steps=study.refine_finetune_steps, log=log, progress=progress)
+        refine_finetune_steps=study.refine_finetune_steps, log=log, progress=progress,
+        runner=runner, **_ac_jax_context(study))
     log(f"study: {study.model} ({original.num_params:,} parameters) -> at most {max_params:,} "
         f"({study.target_ratio:g}x); {study.budget} trained architectures per method and repeat; "
         f"{study.repeats} repeats; methods {', '.join(study.methods)}")
@@ -160,7 +161,9 @@ def run_study(study: StudyConfig, out: str | Path, dataset=None, progress: bool 
             d = _run_to_dict(run)
             _write_json(path, d)
             runs[method].append(d)
-            (out / "progress.md").write_text(report.progress(runs, study.budget, study.repeats),
+            (out / "progress.md").write_text(report.progress(
+                runs, study.budget, study.repeats,
+                None if study.ac_jax_settings() == LEGACY_AC_JAX else study.ac_jax_settings()),
                                              encoding="utf-8")
     finals = FinalTrainer(study, dataset, out)
     original_rec = finals.train(original, "original", log)
@@ -174,9 +177,11 @@ def run_study(study: StudyConfig, out: str | Path, dataset=None, progress: bool 
     references = _references(study, ctx, finals, out, log) if study.references else {}
     summary = report.summary(study, original, original_rec, max_params, runs, references,
                              finals.schedule)
+    if study.ac_jax_settings() != LEGACY_AC_JAX:
+        summary["ac_jax_settings"] = study.ac_jax_settings()
     _write_json(out / "summary.json", summary)
     (out / "summary.md").write_text(report.markdown(summary), encoding="utf-8")
-    report.plot_anytime(runs, out / "anytime.png", study.budget)
+    report.plot_anytime(runs, out / "anytime.png", study.budget, summary.get("ac_jax_settings"))
     return summary
 
 
@@ -191,6 +196,9 @@ def study_meta(study: StudyConfig) -> dict:
         "surrogate_steps": study.surrogate_steps, "proxy": dataclasses.asdict(a.schedule),
         "proxy_seeds": a.seeds, "final_schedule": dataclasses.asdict(study.final_schedule),
         "final_seeds": study.final_seeds, **protocol.SEARCH_META,
+        # Only when they are not the issue-20 study's, whose folders hold no such key.
+        **({"ac_jax": study.ac_jax_settings()}
+           if study.ac_jax_settings() != LEGACY_AC_JAX else {}),
     }))
 
 
@@ -207,6 +215,15 @@ def _check_study_meta(study: StudyConfig, out: Path) -> None:
                          "--out, or the same settings to resume it")
 
 
+def _ac_jax_context(study: StudyConfig) -> dict:
+    """ac_jax's own settings as `methods.Context` fields."""
+    from ac_jax.cli import repo_path
+
+    return {"extra_archsets": tuple(repo_path(p) for p in study.extra_archsets),
+            "region_share": study.region_share, "plain_decoding": study.plain_decoding,
+            "acquisition": study.acquisition}
+
+
 def _network(name: str, dataset) -> Arch:
     from ac_jax.arch.torch_io import load_arch
 
@@ -216,7 +233,7 @@ def _network(name: str, dataset) -> Arch:
 
 
 def run_amortised(study: StudyConfig, models: list[str], out: str | Path, dataset=None,
-                  progress: bool = True, log=print) -> dict:
+                  progress: bool = True, log=print, runner=None) -> dict:
     """The amortised case: one archset subset and one surrogate (repeat 0 of `ac_jax_rounds`)
     compress the study's network and each of `models`, each with its own refinement rounds;
     random search spends the full budget on every network. Needs the study's repeat 0 of both
@@ -246,7 +263,7 @@ def run_amortised(study: StudyConfig, models: list[str], out: str | Path, datase
             model_name=tag, archset_path=archset_path,
             work=out, surrogate_steps=study.surrogate_steps, rounds=study.rounds,
             refine_top=study.refine_top, refine_finetune_steps=study.refine_finetune_steps,
-            log=log, progress=progress)
+            log=log, progress=progress, runner=runner, **_ac_jax_context(study))
         row = {"model": name, "params": original.num_params, "max_params": max_params}
         for method in ("ac_jax_rounds", "random_search"):
             path = base[method] if name == study.model else \

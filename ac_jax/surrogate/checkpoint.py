@@ -59,11 +59,16 @@ _RESUME_KEYS = ("arch", "optimizer", "lr", "momentum", "batch_size", "param_targ
 
 
 def check_compatible(meta: dict, config: dict, task: dict, run_dir) -> None:
-    """Raises `SurrogateMismatchError` if resuming `run_dir` with `config`/`task` is unsafe."""
+    """Raises `SurrogateMismatchError` if resuming `run_dir` with `config`/`task` is unsafe.
+
+    Both configs are compared with their defaults filled in, so a run written before a field
+    existed (e.g. `SurrogateArch.ensemble`) resumes when the new field has its default."""
+    stored = json.loads(json.dumps(dataclasses.asdict(config_from_dict(meta["config"]))))
+    config = json.loads(json.dumps(dataclasses.asdict(config_from_dict(config))))
     for key in _RESUME_KEYS:
-        if meta["config"].get(key) != config.get(key):
+        if stored.get(key) != config.get(key):
             raise SurrogateMismatchError(
-                f"{run_dir} was trained with {key}={meta['config'].get(key)!r}, now "
+                f"{run_dir} was trained with {key}={stored.get(key)!r}, now "
                 f"{config.get(key)!r}; use another --out or delete the directory to restart"
             )
     for key in ("dataset", "input_shape", "num_classes"):

@@ -30,6 +30,13 @@ class SurrogateConfig:
     params_weight: float = 1.0  # lambda_2
     param_target: str = "log"
     holdout_fraction: float = 0.1
+    # Pairwise ranking loss on the accuracy heads (`train.ranking_loss`); 0 is the paper's.
+    rank_weight: float = 0.0
+    rank_margin: float = 0.02  # pairs closer than this (about the seed spread) are not ranked
+    rank_temperature: float = 0.05
+    # Training copies of each record with one no-op layer inserted (Appendix 10: the same
+    # network, so the same label); 0: none. Held-out records are never augmented.
+    noop_augment: int = 0
     seed: int = 0
     steps_per_call: int = 200  # steps run inside one compiled lax.scan between host syncs
     checkpoint_every: int = 2_000

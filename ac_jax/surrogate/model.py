@@ -32,6 +32,9 @@ class SurrogateArch:
     kernel_size: int = 3
     embed_dim: int = 64
     regressor_hidden: int = 128
+    # Accuracy heads (a deep ensemble from different initialisations, vmapped): their mean is
+    # the prediction, their spread the uncertainty an acquisition reads. 1 is the paper's.
+    ensemble: int = 1
 
     def __post_init__(self):
         if self.max_len % (2 ** len(self.widths)):
@@ -144,12 +147,24 @@ class Surrogate(nn.Module):
     def setup(self):
         self.encoder = Encoder(self.arch)
         self.decoder = Decoder(self.arch)
-        self.accuracy = Regressor(self.arch.regressor_hidden, sigmoid=True)
-        self.params_regressor = Regressor(self.arch.regressor_hidden, sigmoid=False)
+        hidden = self.arch.regressor_hidden
+        if self.arch.ensemble == 1:  # the paper's single head (and its parameter names)
+            self.accuracy = Regressor(hidden, sigmoid=True)
+        else:
+            heads = nn.vmap(Regressor, variable_axes={"params": 0}, split_rngs={"params": True},
+                            in_axes=None, axis_size=self.arch.ensemble)
+            self.accuracy = heads(hidden, sigmoid=True)
+        self.params_regressor = Regressor(hidden, sigmoid=False)
+
+    def accuracy_heads(self, y):
+        """Every accuracy head's prediction, ``[heads, B]``."""
+        acc = self.accuracy(y)
+        return acc[None] if self.arch.ensemble == 1 else acc
 
     def __call__(self, x, train: bool = False):
+        """(reconstruction, accuracy heads ``[heads, B]``, normalised params, embedding)."""
         y = self.encoder(x, train)
-        return self.decoder(y, train), self.accuracy(y), self.params_regressor(y), y
+        return self.decoder(y, train), self.accuracy_heads(y), self.params_regressor(y), y
 
     def encode(self, x):
         return self.encoder(x, False)
@@ -158,8 +173,14 @@ class Surrogate(nn.Module):
         return self.decoder(y, False)
 
     def predict(self, y):
-        """(accuracy, normalised parameter count) predicted from embeddings ``[B, embed_dim]``."""
-        return self.accuracy(y), self.params_regressor(y)
+        """(accuracy, normalised parameter count) predicted from embeddings ``[B, embed_dim]``
+        (the accuracy heads' mean)."""
+        return self.accuracy_heads(y).mean(axis=0), self.params_regressor(y)
+
+    def predict_spread(self, y):
+        """(mean accuracy, its spread over the heads (0 for one head), normalised params)."""
+        heads = self.accuracy_heads(y)
+        return heads.mean(axis=0), heads.std(axis=0), self.params_regressor(y)
 
 
 def count_params(params) -> int:

@@ -95,6 +95,45 @@ def make_split(arrays: ArchsetArrays, mask: np.ndarray, normaliser: Normaliser) 
     )
 
 
+# Layers that change nothing wherever they stand (Appendix 10): Dropout with rate 0, MaxPool and
+# AvgPool with kernel 1, stride 1 (channel fields are filled in by `legalize`).
+_NOOP_ROWS = ((6, 0, 0, 0, 0), (2, 1, 0, 1, 0), (7, 1, 0, 1, 0))
+
+
+def with_noop_copies(split: Split, copies: int, seed: int, input_shape, num_classes: int,
+                     normaliser: Normaliser) -> Split:
+    """`split` plus `copies` variants of each record with one no-op layer inserted at a random
+    position before the classifier (records already `max_len` long get none): the same
+    network, hence the same labels, written differently."""
+    from ac_jax.arch.legalize import canonicalize, legalize
+
+    if copies <= 0:
+        return split
+    rng = np.random.default_rng([seed, 0xA06])
+    max_len = split.matrices.shape[1]
+    mats, acc, nparams = [split.matrices], [split.accuracy], [split.num_params]
+    for _ in range(copies):
+        extra = []
+        for mat in split.matrices:
+            rows = mat[mat[:, 0] > 0]
+            if len(rows) >= max_len:
+                extra.append(mat)
+                continue
+            at = int(rng.integers(0, len(rows)))  # before row `at`; never after the classifier
+            noop = _NOOP_ROWS[int(rng.integers(0, len(_NOOP_ROWS)))]
+            arch = legalize(np.insert(rows, at, noop, axis=0), input_shape, num_classes, max_len)
+            original = legalize(rows, input_shape, num_classes, max_len)
+            if canonicalize(arch) != canonicalize(original):  # a guard on the premise
+                raise AssertionError(f"inserting {noop} changed the network {rows.tolist()}")
+            extra.append(arch.to_matrix(max_len))
+        mats.append(np.stack(extra))
+        acc.append(split.accuracy)
+        nparams.append(split.num_params)
+    mats, nparams = np.concatenate(mats), np.concatenate(nparams)
+    return Split(feats=encode_matrices(mats), matrices=mats, accuracy=np.concatenate(acc),
+                 params_target=normaliser.to_target(nparams).astype(np.float32), num_params=nparams)
+
+
 def make_optimizer(cfg: SurrogateConfig, steps_per_epoch: int) -> optax.GradientTransformation:
     period = int(cfg.decay_every_epochs * steps_per_epoch)
     if cfg.decay_every_epochs <= 0 or period >= 2**30:  # no decay
@@ -122,10 +161,31 @@ def joint_loss(model, params, batch_stats, batch, cfg: SurrogateConfig, train: b
     else:
         recon, acc, p, _ = model.apply(variables, x, False)
     loss_d = jnp.mean(jnp.sum(ROUNDING_UNIT_WEIGHTS * (recon - x) ** 2, axis=-1))
-    loss_a = jnp.mean(jnp.abs(acc - acc_true))
+    loss_a = jnp.mean(jnp.abs(acc - acc_true[None]))  # every head fits every record
     loss_p = jnp.mean(optax.huber_loss(p, p_true, delta=1.0))
     total = loss_d + cfg.accuracy_weight * loss_a + cfg.params_weight * loss_p
-    return total, ({"loss": total, "L_d": loss_d, "L_a": loss_a, "L_p": loss_p}, batch_stats)
+    parts = {"loss": total, "L_d": loss_d, "L_a": loss_a, "L_p": loss_p}
+    if cfg.rank_weight:
+        loss_r = ranking_loss(acc, acc_true, cfg.rank_margin, cfg.rank_temperature)
+        total = total + cfg.rank_weight * loss_r
+        parts.update(loss=total, L_r=loss_r)
+    return total, (parts, batch_stats)
+
+
+def ranking_loss(acc_heads, acc_true, margin: float, temperature: float):
+    """Pairwise logistic loss on the order of the batch's accuracies, per head.
+
+    For every ordered pair of records whose true accuracies differ by more than `margin`
+    (closer pairs are within seed noise: their order is not information), the loss is
+    ``softplus(-(a_i - a_j) / temperature)`` where record i is the more accurate one. The L1
+    loss alone is satisfied by predicting the mode of a bimodal target; this one is only
+    satisfied by the right order, which is what a compressor that picks by prediction needs.
+    """
+    diff_true = acc_true[:, None] - acc_true[None, :]  # [B, B]
+    wanted = (diff_true > margin).astype(acc_heads.dtype)
+    diff_pred = acc_heads[:, :, None] - acc_heads[:, None, :]  # [heads, B, B]
+    losses = jax.nn.softplus(-diff_pred / temperature) * wanted[None]
+    return losses.sum() / jnp.maximum(wanted.sum() * acc_heads.shape[0], 1.0)
 
 
 def state_from(variables: dict, tx, step: int = 0) -> dict:
@@ -266,11 +326,20 @@ def evaluate(model: Surrogate, variables: dict, split: Split, batch: int = 256) 
             x = np.concatenate([x, np.zeros((batch - n, *x.shape[1:]), x.dtype)])
         r, a, p, _ = apply(variables, x)
         recon.append(np.asarray(r)[:n])
-        acc.append(np.asarray(a)[:n])
+        acc.append(np.asarray(a)[:, :n])  # [heads, n]
         ptarget.append(np.asarray(p)[:n])
     decoded = decode_features(np.concatenate(recon))
     metrics = reconstruction_metrics(split.matrices, decoded)
-    metrics.update(regression_metrics(split, np.concatenate(acc), np.concatenate(ptarget)))
+    heads = np.concatenate(acc, axis=1)
+    metrics.update(regression_metrics(split, heads.mean(axis=0), np.concatenate(ptarget)))
+    if heads.shape[0] > 1:  # the ensemble's own spread, and whether it knows where it errs
+        from scipy.stats import spearmanr
+
+        spread = heads.std(axis=0)
+        error = np.abs(heads.mean(axis=0) - split.accuracy)
+        metrics["accuracy_spread_mean"] = float(spread.mean())
+        metrics["spread_error_spearman"] = (float(spearmanr(spread, error).statistic)
+                                            if len(split) > 2 else float("nan"))
     metrics["num"] = len(split)
     return metrics
 
@@ -301,19 +370,26 @@ def train(
     init_variables: dict | None = None,
     normaliser: Normaliser | None = None,
     log: Callable[[str], None] = print,
+    always_train: np.ndarray | None = None,
 ) -> TrainOutcome:
     """Trains (or resumes training of) a surrogate in `run_dir` for `cfg.steps` steps in total.
 
     `task` (dataset, input_shape, num_classes, archset description) is stored with the
     checkpoints; resuming with a different task or config raises `ckpt_io.SurrogateMismatchError`.
     `init_variables`/`normaliser` start from an existing surrogate (fine-tuning).
+    `always_train` (a mask over the records) keeps records out of the hold-out: refinement's
+    own trainings, which are the point of fine-tuning.
     """
     run_dir = Path(run_dir)
     held = holdout_mask(arrays.idx, cfg.holdout_fraction)
+    if always_train is not None:
+        held &= ~np.asarray(always_train, bool)
     if held.all() or not held.any() and cfg.holdout_fraction > 0:
-        # Tiny archsets: keep at least one record on each side.
+        # Tiny archsets: keep at least one record on each side (never an always-trained one).
+        candidates = np.flatnonzero(~np.asarray(always_train, bool)) if always_train is not None \
+            else np.arange(len(held))
         held = np.zeros(len(held), bool)
-        held[-1] = True
+        held[candidates[-1] if len(candidates) else -1] = True
     meta = ckpt_io.read_meta(run_dir)
     if meta is not None:
         ckpt_io.check_compatible(meta, _config_dict(cfg), task, run_dir)
@@ -322,12 +398,16 @@ def train(
         normaliser = Normaliser.fit(arrays.num_params[~held], cfg.param_target)
     train_split = make_split(arrays, ~held, normaliser)
     holdout_split = make_split(arrays, held, normaliser)
+    fit_split = with_noop_copies(train_split, cfg.noop_augment, cfg.seed, arrays.input_shape,
+                                 arrays.num_classes, normaliser)
 
     model = Surrogate(cfg.arch)
-    steps_per_epoch = max(1, len(train_split) // cfg.batch_size)
+    steps_per_epoch = max(1, len(fit_split) // cfg.batch_size)
     tx, initialise, chunk_program = _programs(*_program_key(cfg, steps_per_epoch))
     if init_variables is not None:  # fine-tuning: no fresh initialisation to compile and run
-        state = state_from(init_variables, tx)
+        # A copy: the training program donates its state, and the caller's surrogate (whose
+        # buffers these are) must stay usable after its fine-tuned successor is trained.
+        state = state_from(jax.tree.map(jnp.copy, init_variables), tx)
     else:
         state = initialise(jax.random.PRNGKey(cfg.seed))
     history = list(meta.get("history", [])) if meta else []
@@ -349,14 +429,14 @@ def train(
     if start_step:
         log(f"resuming {run_dir} from step {start_step}")
 
-    rows = padded_size(len(train_split))
-    num_train = jnp.asarray(len(train_split), jnp.int32)
+    rows = padded_size(len(fit_split))
+    num_train = jnp.asarray(len(fit_split), jnp.int32)
 
     def chunk(state, data, key):
         return chunk_program(state, data, key, num_train)
 
     data = tuple(jnp.asarray(_pad_rows(a, rows)) for a in (
-        train_split.feats, train_split.accuracy, train_split.params_target))
+        fit_split.feats, fit_split.accuracy, fit_split.params_target))
     key = jax.random.PRNGKey(cfg.seed + 1)
     bar = _bar(cfg.steps, start_step, progress)
     began = time.perf_counter()

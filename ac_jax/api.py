@@ -1,0 +1,89 @@
+"""The small public API (`import ac_jax`): load a network, compress it, check the result.
+
+    import ac_jax
+    arch = ac_jax.load_arch("conv7", input_shape=(28, 28, 1), num_classes=10)
+    surrogate = ac_jax.load_surrogate("surrogates/fashion_mnist")
+    result = ac_jax.compress(arch, surrogate, ac_jax.Constraint(target_ratio=8))
+    print(ac_jax.to_printout(result.chosen.arch))
+
+Everything here is a thin layer over the modules that do the work (`compress.pipeline`,
+`compress.refine`, `arch.torch_io`, `arch.from_torch`), so the command-line tools and this API
+give the same results for the same settings.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ac_jax.arch.spec import Arch
+from ac_jax.compress.candidates import Constraint
+from ac_jax.compress.pipeline import CompressResult
+from ac_jax.compress.search import SearchConfig
+
+
+def compress(networks: Arch | Sequence[Arch], surrogate, constraint: Constraint = Constraint(),
+             search: SearchConfig = SearchConfig(), names: Sequence[str] | None = None,
+             rounds: int = 0, refine_top: int = 6, work_dir="out/compress/refine",
+             config=None, acquisition: str = "ucb") -> CompressResult | list[CompressResult]:
+    """Compresses one network (returns a `CompressResult`) or many (a list, searched together
+    in one compiled program per 64 networks) with `surrogate` (a `TrainedSurrogate` or its
+    directory). Each result has `.chosen`, `.pareto`, `.original` and `.candidates`.
+
+    `rounds` > 0 refines by training candidates (active learning by default, `acquisition`;
+    needs the surrogate's dataset, read through `config`, default the surrogate's own config).
+    """
+    from ac_jax.compress import pipeline
+    from ac_jax.surrogate.checkpoint import TrainedSurrogate, load_surrogate
+
+    if not isinstance(surrogate, TrainedSurrogate):
+        surrogate = load_surrogate(surrogate)
+    single = isinstance(networks, Arch)
+    archs = [networks] if single else list(networks)
+    if not archs:
+        raise ValueError("no networks to compress")
+    names = list(names) if names is not None else [f"net{i}" for i in range(len(archs))]
+    results = []
+    for start in range(0, len(archs), pipeline.NETWORKS_PER_CALL):
+        chunk = slice(start, start + pipeline.NETWORKS_PER_CALL)
+        results += pipeline.compress_batch(surrogate, archs[chunk], names[chunk], search,
+                                           constraint)
+    if rounds:
+        from ac_jax.compress import refine
+
+        cfg = config if config is not None else _surrogate_config(surrogate)
+        results = [refine.refine(r, surrogate, cfg, search, constraint, rounds, refine_top,
+                                 work_dir, acquisition=acquisition) for r in results]
+    return results[0] if single else results
+
+
+def _surrogate_config(surrogate):
+    from ac_jax.config import get_config
+
+    name = (surrogate.meta or {}).get("task", {}).get("config") or ""
+    dataset, _, variant = name.partition("/")
+    if not dataset:
+        raise ValueError("the surrogate records no config; pass config=ac_jax.config.get_config(...)")
+    return get_config(dataset, variant or None)
+
+
+def verify(original: Arch, chosen: Arch, dataset, epochs: int | None = None, seeds: int = 2,
+           schedule=None, log=print) -> dict:
+    """Trains `original` and `chosen` with the same schedule, data order and seeds on the
+    training set minus the validation split and evaluates both on the test set once (a
+    Table-1 row: accuracies, parameters, delta, ratio). `dataset` is a `Dataset` or a name
+    (loaded with `ac_jax.data.load`); the schedule is the dataset config's final schedule, or
+    `epochs` of it, or `schedule` itself."""
+    import dataclasses
+
+    from ac_jax.compress import pipeline
+    from ac_jax.config import get_config
+    from ac_jax.data import load
+
+    if isinstance(dataset, str):
+        dataset = load(dataset)
+    if schedule is None:
+        schedule = get_config(dataset.name).final_schedule
+        if epochs is not None:
+            schedule = dataclasses.replace(schedule, epochs=epochs, lr_decay_epochs=tuple(
+                e for e in schedule.lr_decay_epochs if e < epochs))
+    return pipeline.verify(original, chosen, dataset, schedule, list(range(seeds)), log=log)
