@@ -346,7 +346,7 @@ def test_refinement_trains_candidates_and_searches_again(surrogate, tiny_archset
     round1 = [c.arch for c in refine.to_train(first.candidates, first.front, 2, arch.num_params)]
     result = refine.refine(first, surrogate, cfg, CFG, Constraint(), rounds=1, top=2,
                            work_dir=tmp_path, finetune_steps=50, dataset=load("synthetic"),
-                           archset_path=tiny_archset, log=lambda s: None)
+                           archset_path=tiny_archset, log=lambda s: None, acquisition="pareto")
     info, final = result.rounds
     # Round 1 trains the original (not in the archset) first, then what `to_train` chose.
     round1 = [arch] + round1
