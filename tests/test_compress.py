@@ -462,12 +462,6 @@ def test_first_per_network_keeps_first_occurrences_within_each_network():
 # ----------------------------------------------------------------------------- anchored search
 
 
-def _canonical_inputs(nets, max_len=16):
-    mats = np.stack([a.to_matrix(max_len) for a in nets])
-    legal, _ = batch_canonicalize(*batch_legalize(mats, SHAPE, CLASSES, max_len=max_len))
-    return legal
-
-
 @pytest.mark.parametrize("objective", ["embedding", "decoded"])
 def test_anchored_search_starts_at_the_input_network_exactly(surrogate, nets, objective):
     # By construction (x + decoder(y0) - decoder(y0) = x), whatever the decoder's error: the
@@ -476,7 +470,7 @@ def test_anchored_search_starts_at_the_input_network_exactly(surrogate, nets, ob
     feats = encode_matrices(np.stack([a.to_matrix(16) for a in nets]))
     out = search(surrogate, cfg, feats, cfg.lambdas, np.ones(len(nets)), np.full(len(nets), -1.0))
     start = np.asarray(out["candidates"])[:, :, 0]  # [N, L, T, 5]
-    want = _canonical_inputs(nets)
+    want = pipeline.canonical_matrices(nets, 16)
     for li in range(len(cfg.lambdas)):
         np.testing.assert_array_equal(start[:, li], want)
     results = pipeline.compress_batch(surrogate, nets, [str(i) for i in range(len(nets))], cfg)

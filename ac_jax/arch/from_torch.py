@@ -220,17 +220,12 @@ def _step_of(node, modules, functions) -> _Step:
             if kind not in PRINTABLE_MODULES:
                 raise UnsupportedModuleError(f"{kind} is outside the sequential CNN space")
             return _Step(_single_line(repr(mod)), where)
-        if node.op == "call_function":
-            rule = functions.get(node.target)
+        if node.op in ("call_function", "call_method"):
+            table, what = ((functions, _name(node.target)) if node.op == "call_function"
+                           else (_METHODS, f"tensor method .{node.target}()"))
+            rule = table.get(node.target)
             if rule is None:
-                raise UnsupportedModuleError(
-                    f"{_name(node.target)} is outside the sequential CNN space")
-            return _Step(rule(args, kwargs), where)
-        if node.op == "call_method":
-            rule = _METHODS.get(node.target)
-            if rule is None:
-                raise UnsupportedModuleError(
-                    f"tensor method .{node.target}() is outside the sequential CNN space")
+                raise UnsupportedModuleError(f"{what} is outside the sequential CNN space")
             return _Step(rule(args, kwargs), where)
     except UnsupportedModuleError as err:
         raise UnsupportedModuleError(f"{where}: {err}") from None

@@ -171,20 +171,25 @@ def sample_neighbourhood(
         attempts += 1
         if attempts > 1000 + 100 * num:
             raise ValueError(f"could not find {num} valid neighbours of the seed architecture")
-        raw = _mutate(rng, seed_arch, cfg)[None]
-        legal, lengths = batch_legalize(
-            raw, seed_arch.input_shape, seed_arch.num_classes, cfg.max_len, ranges
-        )
-        info = batch_analyze(legal, seed_arch.input_shape, seed_arch.num_classes)
+        arch, info = _legalized(_mutate(rng, seed_arch, cfg), seed_arch, cfg.max_len, ranges)
         if not (info.num_conv[0] > 0 and info.num_params[0] <= cfg.max_params):
             continue
         if info.macs[0] > cfg.max_macs:
             continue
-        arch = Arch.from_matrix(legal[0, : lengths[0]], seed_arch.input_shape, seed_arch.num_classes)
         if arch not in seen:
             seen.add(arch)
             out.append(arch)
     return out
+
+
+def _legalized(raw: np.ndarray, seed_arch: Arch, max_len: int, ranges: FieldRanges):
+    """An edit's raw ``[T, 5]`` matrix, legalised for `seed_arch`'s task: the `Arch` and its
+    `batch_analyze` record (one row) for the caller's acceptance rules."""
+    legal, lengths = batch_legalize(raw[None], seed_arch.input_shape, seed_arch.num_classes,
+                                    max_len, ranges)
+    info = batch_analyze(legal, seed_arch.input_shape, seed_arch.num_classes)
+    arch = Arch.from_matrix(legal[0, : lengths[0]], seed_arch.input_shape, seed_arch.num_classes)
+    return arch, info
 
 
 # Uniform width multipliers of the region sampler's first draws: from 1.19x (params ~1.4x) down
@@ -275,14 +280,11 @@ def sample_region(
         raw = next(raws, None)
         if raw is None:
             raw = _region_edit(rng, seed_arch, min_ratio)
-        legal, lengths = batch_legalize(
-            raw[None], seed_arch.input_shape, seed_arch.num_classes, cfg.max_len, ranges)
-        info = batch_analyze(legal, seed_arch.input_shape, seed_arch.num_classes)
+        arch, info = _legalized(raw, seed_arch, cfg.max_len, ranges)
         if not (info.valid[0] and info.num_conv[0] > 0):
             continue
         if not (low <= info.num_params[0] <= min(high, cfg.max_params)) or info.macs[0] > max_macs:
             continue
-        arch = Arch.from_matrix(legal[0, : lengths[0]], seed_arch.input_shape, seed_arch.num_classes)
         if arch not in seen:
             seen.add(arch)
             out.append(arch)

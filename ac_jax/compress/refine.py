@@ -219,7 +219,10 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
     measured: dict = {}  # arch -> Candidate with measured_accuracy (ok trainings only)
     original_accuracy = _archset_accuracy(base, original, surrogate.max_len)
 
-    tried: set = set()  # every network in refine.sqlite, whatever its training's status
+    # Every network in refine.sqlite whatever its training's status (a resumed run's too),
+    # kept up to date by `train_all`.
+    with ArchsetStore(work_dir / "refine.sqlite", meta) as store:
+        tried: set = {rec.arch for rec in store.records()}
 
     def train_all(chosen, label):
         """Trains (or finds in refine.sqlite) every candidate of `chosen`; a round's info."""
@@ -274,8 +277,6 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
     def next_batch(result):
         if not active:
             return to_train(result.candidates, result.front, top, original.num_params)
-        with ArchsetStore(work_dir / "refine.sqlite", meta) as store:  # a resumed run's too
-            tried.update(rec.arch for rec in store.records())
         return acquire(result.candidates, surrogate, top, limit, kappa, exclude=known | tried)
 
     for r in range(rounds):
