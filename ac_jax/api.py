@@ -7,7 +7,7 @@
     print(ac_jax.to_printout(result.chosen.arch))
 
 Everything here is a thin layer over the modules that do the work (`compress.pipeline`,
-`compress.refine`, `arch.torch_io`, `arch.from_torch`), so the command-line tools and this API
+`compress.refine`, `arch.load`, `arch.export`, `arch.from_torch`), so the command-line tools and this API
 give the same results for the same settings.
 """
 

@@ -60,7 +60,7 @@ def parse_param_count(text: str, teacher_params: int) -> int | None:
 
 def parse_target(text: str, teacher, input_shape, num_classes):
     """(target parameter count, target Arch or None) from --target; `ValueError` if bad."""
-    from ac_jax.arch.torch_io import load_arch
+    from ac_jax.arch.load import load_arch
 
     count = parse_param_count(text, teacher.num_params)
     arch = None
@@ -92,7 +92,7 @@ def _get(report: dict, dotted: str, path: Path):
 
 def read_report(path: str, input_shape, num_classes) -> dict:
     """The fields of the compressor's report.json that the table uses, checked."""
-    from ac_jax.arch.torch_io import parse_json
+    from ac_jax.arch.json_spec import parse_json
 
     p = Path(path)
     if not p.is_file():
@@ -250,7 +250,8 @@ def main(argv=None) -> int:
     cfg = cli.config_from_args(args)
     import jax
 
-    from ac_jax.arch.torch_io import load_arch, to_printout
+    from ac_jax.arch.load import load_arch
+    from ac_jax.arch.export import to_printout
     from ac_jax.baselines import budget as budget_lib
     from ac_jax.baselines import common
     from ac_jax.baselines.distill import distill
@@ -410,7 +411,7 @@ def main(argv=None) -> int:
         n2n_cfg = dataclasses.replace(budget.n2n, seed=args.seed)
         attempt("N2N (RL)", lambda: add(retrained(n2n(
             teacher_arch, search_data, budget.search_schedule, target_params, n2n_cfg,
-            progress=progress), "N2N winner")))
+            progress=progress, runner=cli.ray_runner(args)), "N2N winner")))
     for criterion in ("taylor", "l1"):
         if f"prune-{criterion}" in args.methods:
             def run_prune(criterion=criterion):

@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     began = time.perf_counter()
     cfg = cli.config_from_args(args)
-    from ac_jax.arch.torch_io import load_arch
+    from ac_jax.arch.load import load_arch
     from ac_jax.compress import pipeline
     from ac_jax.compress.candidates import Constraint
     from ac_jax.surrogate.checkpoint import CheckpointError, load_surrogate, read_meta
@@ -197,7 +197,7 @@ def main(argv=None) -> int:
 
 
 def print_result(result, paths, full: bool) -> None:
-    from ac_jax.arch.torch_io import to_printout
+    from ac_jax.arch.export import to_printout
     from ac_jax.compress.pipeline import table1_row
 
     o, c = result.original, result.chosen

@@ -29,7 +29,7 @@ from ac_jax.arch.spec import (
     relu,
     sigmoid,
 )
-from ac_jax.arch.torch_io import to_json
+from ac_jax.arch.json_spec import to_json
 from ac_jax.baselines import (
     DistillConfig,
     N2NConfig,
@@ -352,6 +352,66 @@ def test_n2n_learns_to_compress(data, monkeypatch):
     first = np.mean([r["reward"] for r in log if r["stage"] == "removal" and r["episode"] < 5])
     last = np.mean([r["reward"] for r in log if r["stage"] == "removal" and r["episode"] >= 20])
     assert last > first
+
+
+class _ArchDependentTrainer(_FakeTrainer):
+    """Accuracy a fixed function of the architecture, so the policies' moves depend on which
+    students were judged and in what order."""
+
+    def train(self, arch, seeds):
+        _FakeTrainer.trained.append(arch)
+        acc = 0.5 + 0.4 * ((arch.num_params * 2654435761) % 1000) / 1000
+        return TrainResult("ok", "", (acc,) * len(seeds), ((1.0,),) * len(seeds), 0.0, 0.0)
+
+
+class _ReversingRunner:
+    """Stands in for `distributed.RayRunner`: trains a batch in-process and hands the results
+    back last first (a cluster's completion order is not the submission order); with `stop_after`
+    it raises after that many results, as a killed driver would stop."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.batches, self.stop_after, self.done = [], stop_after, 0
+
+    def run(self, dataset, schedule, num_seeds, items, on_result, progress=None, data_seed=0):
+        items = list(items)
+        self.batches.append(len(items))
+        trainer = _ArchDependentTrainer(dataset, schedule, num_seeds)
+        for key, arch, seeds in reversed(items):
+            if self.stop_after is not None and self.done >= self.stop_after:
+                raise KeyboardInterrupt
+            on_result(key, arch, trainer.train(arch, seeds))
+            self.done += 1
+
+
+def test_n2n_on_a_runner_makes_the_in_process_moves_and_resumes(data, monkeypatch, tmp_path):
+    from ac_jax.archset.store import ArchsetStore
+
+    monkeypatch.setattr(n2n_lib, "ChildTrainer", _ArchDependentTrainer)
+    teacher = zoo.conv7((12, 12, 1), 4)
+    # A budget that ends a stage inside an episode (11 is not a multiple of the rollouts).
+    cfg = N2NConfig(stage1_episodes=6, stage2_episodes=6, rollouts=4, hidden=16, seed=TEST_SEED,
+                    max_trained=11)
+    target = teacher.num_params // 4
+
+    def run(name, runner):
+        meta = {"input_shape": [12, 12, 1], "num_classes": 4}
+        with ArchsetStore(tmp_path / f"{name}.sqlite", meta) as store:
+            result = n2n(teacher, data, SCHEDULE, target, cfg, teacher_accuracy=0.9,
+                         store=store, runner=runner)
+            return result, [(r.idx, r.arch) for r in sorted(store.records(), key=lambda r: r.idx)]
+
+    in_process, expected = run("in_process", None)
+    # A driver stopped mid-batch, then restarted: the records and moves of the in-process run,
+    # none trained twice.
+    with pytest.raises(KeyboardInterrupt):
+        run("runner", _ReversingRunner(stop_after=5))
+    _FakeTrainer.trained = []
+    runner = _ReversingRunner()
+    on_runner, records = run("runner", runner)
+    assert records == expected and on_runner.arch == in_process.arch
+    assert max(runner.batches) > 1  # episodes were batched
+    assert on_runner.details["resumed"] == 5
+    assert len(_FakeTrainer.trained) == len(expected) - 5
 
 
 # --------------------------------------------------------------------------------------------

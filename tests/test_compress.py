@@ -19,7 +19,8 @@ from ac_jax.arch import shapes, zoo
 from ac_jax.arch.batch import batch_canonicalize, batch_legalize
 from ac_jax.arch.legalize import canonicalize
 from ac_jax.arch.sampler import SamplerConfig, sample
-from ac_jax.arch.torch_io import parse_json, parse_printout
+from ac_jax.arch.json_spec import parse_json
+from ac_jax.arch.printout import parse_printout
 from ac_jax.compress import pipeline
 from ac_jax.compress.candidates import Candidate, Constraint, pareto_front, pick
 from ac_jax.compress.search import SearchConfig, compression_loss, search
@@ -298,7 +299,8 @@ def run_cli(*args, cwd=REPO, env=None):
 def test_cli_writes_report_printout_module_and_plot(tiny_surrogate_dir, tmp_path, nets):
     net_file = tmp_path / "nets" / "sampled.json"
     net_file.parent.mkdir()
-    from ac_jax.arch.torch_io import to_json, to_printout
+    from ac_jax.arch.json_spec import to_json
+    from ac_jax.arch.export import to_printout
 
     net_file.write_text(to_json(nets[2]))
     (tmp_path / "nets" / "tiny.txt").write_text(to_printout(nets[0]))
@@ -577,6 +579,7 @@ def test_active_refinement_picks_the_best_trained_record_under_the_cap(surrogate
         refined = [r for r in store.records() if r.status == "ok"]
         # no network trained twice, none that the archset already holds
         assert len({r.arch for r in store.records()}) == len(store)
+        num_refined = len(store)
     base = load_arrays(tiny_archset, max_len=16)
     archset = refine.archset_candidates(base)
     assert not {r.arch for r in refined} & {c.arch for c in archset}
@@ -584,6 +587,13 @@ def test_active_refinement_picks_the_best_trained_record_under_the_cap(surrogate
     pool += [(c.measured_accuracy, c.arch) for c in archset if c.num_params <= cap.max_params]
     assert result.chosen.measured_accuracy == max(acc for acc, _ in pool)
     assert result.chosen.num_params <= cap.max_params
+    # The proposals' ranking counts each trained network once, by its pre-training prediction.
+    fresh = [t for t in info["trained"] + final["trained"] if t["fresh"]]
+    assert len(fresh) == num_refined
+    ranking = pipeline.report_dict(result, surrogate, {})["proposal_ranking"]
+    assert ranking["count"] == sum(t["status"] == "ok" for t in fresh)
+    if ranking["count"] > 1:
+        assert -1 <= ranking["kendall_tau"] <= 1 and ranking["mae"] >= 0
 
 
 def test_fine_tuning_never_holds_out_the_refined_records(tiny_archset, tiny_surrogate_config,

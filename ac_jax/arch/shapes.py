@@ -10,6 +10,8 @@ count 0 (they are memory-bound and cheap next to the convolutions).
 from __future__ import annotations
 
 import dataclasses
+import numbers
+from collections.abc import Sequence
 
 from ac_jax.arch.spec import (
     CHANNEL_PRESERVING_TYPES,
@@ -141,3 +143,12 @@ def is_valid(arch: Arch) -> bool:
     except InvalidArchError:
         return False
     return True
+
+
+def checked_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+    """`input_shape` as an (H, W, C) tuple of positive ints, or a ValueError saying what it is."""
+    shape = tuple(input_shape)
+    ints = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in shape)
+    if len(shape) != 3 or not ints or min(shape) < 1:
+        raise ValueError(f"input_shape must be (H, W, C) of positive ints, got {input_shape!r}")
+    return tuple(int(v) for v in shape)

@@ -234,18 +234,21 @@ class _StudentJudge:
     """
 
     def __init__(self, teacher: Arch, data: DeviceData, schedule: TrainSchedule,
-                 cfg: N2NConfig, store=None):
+                 cfg: N2NConfig, store=None, runner=None):
         self.teacher = teacher
         self.teacher_params = teacher.num_params
         self.teacher_accuracy: float | None = None
         self.max_macs = None if cfg.max_macs_ratio is None else cfg.max_macs_ratio * teacher.macs
         self.cfg = cfg
-        self.trainer = ChildTrainer(data, schedule, cfg.num_seeds)
+        self.data, self.schedule = data, schedule
+        self.runner = runner
+        self._trainer: ChildTrainer | None = None
         self.trained: dict[Arch, _Evaluation] = {}
         self.store = store
         self.stored = {rec.arch: rec for rec in store.records()} if store is not None else {}
         self.spent = 0  # networks trained (or read back from the store), teacher included
         self.resumed = 0
+        self.prefetched: set[int] = set()  # store positions trained by `prefetch`, not yet judged
         self.limit: int | None = None  # the current stage's budget (`_reinforce`)
 
     def train(self, arch: Arch, source: str):
@@ -255,22 +258,64 @@ class _StudentJudge:
         if rec is None:
             if cfg.max_trained is not None and self.spent >= cfg.max_trained:
                 raise BudgetSpent
-            result = self.trainer.train(arch, list(range(cfg.num_seeds)))
-            rec = record_of(self.spent, arch, source, result)
-            if self.store is not None and not self.store.add(rec):
-                raise RuntimeError(f"{self.store.path} already holds a record at position "
-                                   f"{rec.idx}: the replay of this run diverged from the stored "
-                                   "one (another JAX version or backend?); use a fresh store")
-            self.stored[arch] = rec
+            if self._trainer is None:
+                self._trainer = ChildTrainer(self.data, self.schedule, cfg.num_seeds)
+            self._keep(record_of(self.spent, arch, source,
+                                 self._trainer.train(arch, list(range(cfg.num_seeds)))))
+            rec = self.stored[arch]
         else:
             if rec.idx != self.spent:  # the stored run trained its networks in another order
                 raise RuntimeError(f"replaying {self.store.path}: position {self.spent} trained "
                                    f"the network stored at {rec.idx}; this run diverged from the "
                                    "stored one (another JAX version or backend?); use a fresh "
                                    "store")
-            self.resumed += 1
+            if rec.idx in self.prefetched:  # trained by this run, on the runner
+                self.prefetched.discard(rec.idx)
+            else:
+                self.resumed += 1
         self.spent += 1
         return rec.status, (rec.mean_accuracy if rec.status == "ok" else None)
+
+    def _keep(self, rec) -> None:
+        if self.store is not None and not self.store.add(rec):
+            raise RuntimeError(f"{self.store.path} already holds a record at position "
+                               f"{rec.idx}: the replay of this run diverged from the stored "
+                               "one (another JAX version or backend?); use a fresh store")
+        self.stored[rec.arch] = rec
+
+    def _needs_training(self, student: Arch | None) -> bool:
+        """Whether `__call__` would train `student` (the checks it makes, in its order)."""
+        return not (student is None or student in self.trained
+                    or student.num_params >= self.teacher_params
+                    or (self.max_macs is not None and student.macs > self.max_macs))
+
+    def prefetch(self, students: list) -> None:
+        """Trains, as one batch on the runner, the students that judging `students` in order
+        would train, each under the store position the in-order judging gives it; judging them
+        afterwards then reads these records, so a run with a runner makes the moves an
+        in-process run makes (and a driver killed mid-batch resumes from what was stored)."""
+        if self.runner is None:
+            return
+        cfg, spent, seen, todo = self.cfg, self.spent, set(), []
+        for student in students:
+            if self.limit is not None and spent >= self.limit:
+                break
+            if not self._needs_training(student) or student in seen:
+                continue
+            seen.add(student)
+            if student not in self.stored:
+                if cfg.max_trained is not None and spent >= cfg.max_trained:
+                    break
+                todo.append((spent, student, list(range(cfg.num_seeds))))
+            spent += 1
+        if not todo:
+            return
+
+        def on_result(idx, arch, result):
+            self._keep(record_of(idx, arch, "n2n", result))
+            self.prefetched.add(idx)
+
+        self.runner.run(self.data, self.schedule, cfg.num_seeds, todo, on_result)
 
     def __call__(self, student: Arch | None) -> _Evaluation:
         cfg = self.cfg
@@ -331,7 +376,9 @@ def _reinforce(name: str, params, sample: Callable, logp: Callable, build: Calla
         actions = np.asarray(sample(params, jax.random.split(sub, cfg.rollouts)))
         rewards = []
         try:
-            evaluations = [judge(build(row)) for row in actions]
+            students = [build(row) for row in actions]
+            judge.prefetch(students)
+            evaluations = [judge(student) for student in students]
         except BudgetSpent:
             break  # the budget ran out inside this episode
         idle = idle + 1 if judge.spent == spent_before else 0
@@ -354,13 +401,14 @@ def _reinforce(name: str, params, sample: Callable, logp: Callable, build: Calla
 
 def n2n(teacher: Arch, data: DeviceData, schedule: TrainSchedule, target_params: int,
         cfg: N2NConfig = N2NConfig(), *, teacher_accuracy: float | None = None,
-        store=None, progress: bool = False) -> BaselineResult:
+        store=None, progress: bool = False, runner=None) -> BaselineResult:
     """Runs both N2N stages; see the module docstring for the reward and what is returned.
 
     `teacher_accuracy` is A_teacher under the same proxy (`schedule`, `cfg.num_seeds` seeds);
     it is measured if not given (one training, counted in `cfg.max_trained`). `store`: an open
     `ArchsetStore` recording every training, from which a restarted run resumes
-    (`_StudentJudge`). `details["order"]` lists the trained students' accuracies in training
+    (`_StudentJudge`). `runner` (`ac_jax.distributed.RayRunner`) trains each episode's new
+    students as one batch on a cluster; the policies then make the moves they make in-process. `details["order"]` lists the trained students' accuracies in training
     order (None: failed), for anytime curves.
     """
     if cfg.rollouts < 1 or cfg.stage1_episodes < 0 or cfg.stage2_episodes < 0:
@@ -371,7 +419,7 @@ def n2n(teacher: Arch, data: DeviceData, schedule: TrainSchedule, target_params:
         raise ValueError("an N2N budget needs at least 2 trainings (the teacher and a student)")
     start = time.perf_counter()
     key = prng_key(cfg.seed)
-    judge = _StudentJudge(teacher, data, schedule, cfg, store)
+    judge = _StudentJudge(teacher, data, schedule, cfg, store, runner)
     teacher_evaluated = 0
     if teacher_accuracy is None:
         status, teacher_accuracy = judge.train(teacher, "teacher")

@@ -40,7 +40,7 @@ class Candidate:
     measured_accuracy: float | None = None
 
     def to_dict(self) -> dict:
-        from ac_jax.arch.torch_io import to_json
+        from ac_jax.arch.json_spec import to_json
 
         return {
             "num_params": self.num_params,

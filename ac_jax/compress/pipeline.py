@@ -223,7 +223,8 @@ def table1_row(name: str, row: dict) -> str:
 
 
 def report_dict(result: CompressResult, surrogate: TrainedSurrogate, extra: dict) -> dict:
-    from ac_jax.arch.torch_io import to_json
+    from ac_jax.arch.json_spec import to_json
+    from ac_jax.compress.refine import proposal_ranking
 
     def cand(c: Candidate) -> dict:
         d = c.to_dict()
@@ -242,6 +243,8 @@ def report_dict(result: CompressResult, surrogate: TrainedSurrogate, extra: dict
         "pareto": [cand(result.candidates[i]) for i in result.front],
         "verify": result.verify,
         "rounds": result.rounds,
+        # Kendall tau / MAE of the surrogate on the candidates it proposed and refinement trained.
+        "proposal_ranking": proposal_ranking(result.rounds) if result.rounds else None,
         "surrogate": str(surrogate.path) if surrogate.path else None,
         "wall_seconds": result.seconds,
         **extra,
@@ -251,7 +254,7 @@ def report_dict(result: CompressResult, surrogate: TrainedSurrogate, extra: dict
 def write_outputs(
     result: CompressResult, surrogate: TrainedSurrogate, out_dir: str | Path, extra: dict
 ) -> dict[str, Path]:
-    from ac_jax.arch.torch_io import to_printout, to_torch_module_source
+    from ac_jax.arch.export import to_printout, to_torch_module_source
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -167,6 +167,27 @@ def measured_pick(trained: list, original, constraint):
 ACQUISITIONS = ("ucb", "pareto")
 
 
+def proposal_ranking(rounds: list) -> dict:
+    """How well the surrogate ranked the candidates the refinement trained, each judged by the
+    prediction made before it was trained (the round's surrogate had not seen it): Kendall tau
+    and mean absolute error of predicted vs measured proxy accuracy, over the distinct
+    proposals that trained (the original excluded)."""
+    from scipy.stats import kendalltau
+
+    first: dict = {}  # rounds written before `fresh` existed: each (size, accuracy) once
+    for info in rounds:
+        for t in info.get("trained", ()):
+            if t.get("fresh", True) and not t["original"] and t["status"] == "ok":
+                first.setdefault((t["num_params"], t["trained"]), t["predicted"])
+    pairs = [(predicted, trained) for (_, trained), predicted in first.items()]
+    if not pairs:
+        return {"count": 0, "kendall_tau": None, "mae": None}
+    predicted, trained = np.asarray(pairs, np.float64).T
+    tau = kendalltau(predicted, trained).statistic if len(pairs) > 1 else float("nan")
+    return {"count": len(pairs), "kendall_tau": None if np.isnan(tau) else float(tau),
+            "mae": float(np.abs(predicted - trained).mean())}
+
+
 def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int, work_dir,
            finetune_steps: int = 400, dataset=None, archset_path=None, log=print,
            base_arrays: ArchsetArrays | None = None, acquisition: str = "ucb",
@@ -233,6 +254,7 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
             tried.update(done)
             next_id = REFINE_ID_BASE + len(store)
             missing = list(dict.fromkeys(c.arch for c in chosen if c.arch not in done))
+            fresh = set(missing)  # trained by this call: their predictions are out of sample
             if runner is not None and missing:  # the round's batch on the cluster
                 log(f"refine round {label}: training {len(missing)} candidates on Ray")
 
@@ -266,7 +288,9 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
                             cand, measured_accuracy=rec.mean_accuracy))
                 info["trained"].append({"original": is_original, "num_params": cand.num_params,
                                         "predicted": cand.predicted_accuracy,
-                                        "trained": rec.mean_accuracy, "status": rec.status})
+                                        "trained": rec.mean_accuracy, "status": rec.status,
+                                        "fresh": cand.arch in fresh})
+                fresh.discard(cand.arch)  # listed twice: counted once
             info["refined_records"] = len(store)  # distinct networks trained so far
         return info
 

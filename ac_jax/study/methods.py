@@ -126,7 +126,7 @@ def run_n2n(ctx: Context, repeat: int, seed: int, budget: int) -> MethodRun:
             "budget": budget}
     with ArchsetStore(ctx.work / f"n2n_r{repeat}.sqlite", meta) as store:
         result = n2n(ctx.original, ctx.search, a.schedule, ctx.max_params, n2n_cfg, store=store,
-                     progress=ctx.progress)
+                     progress=ctx.progress, runner=ctx.runner)
         records = sorted(store.records(), key=lambda r: r.idx)
     return MethodRun("n2n", repeat, seed, result.arch, result.search_accuracy,
                      result.archs_evaluated, time.perf_counter() - start, _curve(records, ctx),
