@@ -107,11 +107,11 @@ def surrogate_path(cfg: Config) -> Path:
     return repo_path(f"surrogates/{cfg.dataset}")
 
 
-def search_config(cfg: Config, args: argparse.Namespace):
-    """The config's embedding-search settings with command-line overrides."""
+def search_config(args: argparse.Namespace):
+    """The embedding-search settings (`SearchConfig`'s defaults) with command-line overrides."""
     from ac_jax.compress.search import SearchConfig
 
-    base = cfg.compress if cfg.compress is not None else SearchConfig()
+    base = SearchConfig()
     changes = {"steps": args.steps, "step_size": args.step_size,
                "lambdas": tuple(args.lambdas) if args.lambdas else None,
                "objective": getattr(args, "objective", None)}

@@ -55,7 +55,6 @@ class Config:
     default_model: str = "conv7"
     archset: ArchsetConfig = ArchsetConfig()
     surrogate: Any = None  # ac_jax.surrogate.SurrogateConfig
-    compress: Any = None  # ac_jax.compress.CompressConfig
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

@@ -142,7 +142,7 @@ def main(argv=None) -> int:
         surrogate = load_surrogate(surrogate_dir)
     except CheckpointError as err:
         sys.exit(f"error: {err}{how_to_build}")
-    search_cfg = cli.search_config(cfg, args)
+    search_cfg = cli.search_config(args)
     constraint = Constraint(args.max_params, args.target_ratio, args.min_acc, args.lam, args.max_drop)
     labels = [_label(n) for n in names]
     results = []

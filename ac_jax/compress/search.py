@@ -130,7 +130,6 @@ def _search(model, variables, cfg: SearchConfig, input_shape, num_classes, feats
         dec0 = model.apply(variables, y0, method=Surrogate.decode)  # [N, T, 6]
         edits = decoded.reshape(*ys.shape[:3], *decoded.shape[1:]) - dec0[:, None, None]
         decoded = (feats[:, None, None] + edits).reshape(decoded.shape)
-    acc, ptarget = model.apply(variables, flat, method=Surrogate.predict)
     shape = ys.shape[:3]
     mats = decode_features(decoded, jnp)  # rounded here: the host gets small uint16 matrices
     # At most the decoder's T rows (legalize keeps the last one for the final Linear and
@@ -144,8 +143,6 @@ def _search(model, variables, cfg: SearchConfig, input_shape, num_classes, feats
         # Legal, canonical [N, L, S, T, 5] matrices (zero after `lengths` rows) and lengths.
         "candidates": legal.astype(jnp.uint16).reshape(*shape, *legal.shape[1:]),
         "lengths": lengths.reshape(shape),
-        "acc": acc.reshape(shape),
-        "ptarget": ptarget.reshape(shape),
     }
 
 

@@ -236,7 +236,7 @@ def run_ac_jax(ctx: Context, repeat: int, seed: int, budget: int, rounds: bool,
     surrogate, outcome = _surrogate(ctx, arrays, work / "surrogate", seed)
     if tag is not None:
         work = ctx.work / "work" / tag
-    search_cfg = ctx.cfg.compress if ctx.cfg.compress is not None else SearchConfig()
+    search_cfg = SearchConfig()
     if ctx.plain_decoding:  # the paper's decoding, unbounded walk (the issue-20 study's)
         search_cfg = dataclasses.replace(search_cfg, anchored=False, trust_radius=None)
     constraint = Constraint(max_params=ctx.max_params)
