@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
 from ac_jax.config import Config, get_config
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def enable_compilation_cache(path: str | os.PathLike | None = None) -> None:
-    """Persistent XLA cache: a restarted run reuses the programs it already compiled."""
-    import jax
-
-    path = path or os.environ.get("AC_JAX_COMPILE_CACHE", str(Path.home() / ".cache/ac_jax/xla"))
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
+from ac_jax.runtime import REPO_ROOT, enable_compilation_cache, repo_path  # noqa: F401 (bin/ uses them)
 
 def add_config_args(parser: argparse.ArgumentParser, default: str = "fashion_mnist") -> None:
     parser.add_argument(
@@ -87,19 +74,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not 0 <= k < n:
         raise argparse.ArgumentTypeError(f"shard K/N needs 0 <= K < N, got {text!r}")
     return k, n
-
-
-def repo_path(path: str | os.PathLike) -> Path:
-    """Relative paths in configs are relative to the repository root."""
-    path = Path(path)
-    return path if path.is_absolute() else REPO_ROOT / path
-
-
-def surrogate_config(cfg: Config):
-    """The config's surrogate settings (the paper's defaults when the config sets none)."""
-    from ac_jax.surrogate.config import SurrogateConfig
-
-    return cfg.surrogate if cfg.surrogate is not None else SurrogateConfig()
 
 
 def surrogate_path(cfg: Config) -> Path:

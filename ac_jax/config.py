@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any
 
 from ac_jax.arch.sampler import SamplerConfig
 from ac_jax.child.trainer import TrainSchedule
+from ac_jax.surrogate.config import SurrogateConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Config:
     )
     default_model: str = "conv7"
     archset: ArchsetConfig = ArchsetConfig()
-    surrogate: Any = None  # ac_jax.surrogate.SurrogateConfig
+    surrogate: SurrogateConfig = SurrogateConfig()  # the paper's settings unless a config sets them
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

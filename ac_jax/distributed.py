@@ -118,7 +118,7 @@ def _train_task(token: str, data_box: list, data_seed: int, schedule, num_seeds:
 
     from ac_jax.arch.json_spec import parse_json
     from ac_jax.child.trainer import ChildTrainer
-    from ac_jax.cli import enable_compilation_cache
+    from ac_jax.runtime import enable_compilation_cache
 
     trainer = _TRAINERS.get(token)
     if trainer is None:

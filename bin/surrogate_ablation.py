@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     from ac_jax.surrogate import ablation
 
     cfg = cli.config_from_args(args)
-    scfg = cli.surrogate_config(cfg)
+    scfg = cfg.surrogate
     if args.steps:
         scfg = dataclasses.replace(scfg, steps=args.steps)
     paths = args.archset or [str(cli.repo_path(cfg.archset.path))]

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     from ac_jax.surrogate import checkpoint, train
 
     cfg = cli.config_from_args(args)
-    scfg = cli.surrogate_config(cfg)
+    scfg = cfg.surrogate
     changes = {k: getattr(args, k) for k in ("steps", "optimizer", "lr", "batch_size", "seed")}
     scfg = dataclasses.replace(scfg, **{k: v for k, v in changes.items() if v is not None})
     paths = args.archset or [str(cli.repo_path(cfg.archset.path))]

@@ -218,7 +218,7 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
             "spread, not the acquisition")
     from ac_jax.archset.generate import archset_meta
     from ac_jax.child.trainer import ChildTrainer, to_device
-    from ac_jax.cli import repo_path
+    from ac_jax.runtime import repo_path
     from ac_jax.compress.pipeline import compress_batch
     from ac_jax.data import load, protocol
     from ac_jax.surrogate.checkpoint import load_surrogate

@@ -244,7 +244,7 @@ def _check_study_meta(study: StudyConfig, out: Path) -> None:
 
 def _ac_jax_context(study: StudyConfig) -> dict:
     """ac_jax's own settings as `methods.Context` fields."""
-    from ac_jax.cli import repo_path
+    from ac_jax.runtime import repo_path
 
     return {"extra_archsets": tuple(repo_path(p) for p in study.extra_archsets),
             "region_share": study.region_share, "plain_decoding": study.plain_decoding,
@@ -321,7 +321,7 @@ def run_amortised(study: StudyConfig, models: list[str], out: str | Path, datase
 
 
 def _shipped(cfg) -> Path:
-    from ac_jax.cli import repo_path
+    from ac_jax.runtime import repo_path
 
     return repo_path(cfg.archset.path)
 
