@@ -50,20 +50,25 @@ def compress(networks: Arch | Sequence[Arch], surrogate, constraint: Constraint 
     if rounds:
         from ac_jax.compress import refine
 
-        cfg = config if config is not None else _surrogate_config(surrogate)
+        cfg = _refine_config(surrogate, config)
         results = [refine.refine(r, surrogate, cfg, search, constraint, rounds, refine_top,
                                  work_dir, acquisition=acquisition) for r in results]
     return results[0] if single else results
 
 
-def _surrogate_config(surrogate):
-    from ac_jax.config import get_config
+def _refine_config(surrogate, config):
+    """The config refinement trains with: that of the surrogate's archset (`configs.for_surrogate`;
+    this front door, like `ac_jax.cli`, reads named configs, the library below never does)."""
+    import configs
 
-    name = (surrogate.meta or {}).get("task", {}).get("config") or ""
-    dataset, _, variant = name.partition("/")
-    if not dataset:
-        raise ValueError("the surrogate records no config; pass config=ac_jax.config.get_config(...)")
-    return get_config(dataset, variant or None)
+    if config is None:
+        name = (surrogate.meta or {}).get("task", {}).get("config") or ""
+        dataset, _, variant = name.partition("/")
+        if not dataset:
+            raise ValueError("the surrogate records no config; pass "
+                             "config=configs.get_config(...)")
+        config = configs.get_config(dataset, variant or None)
+    return configs.for_surrogate(surrogate, config)
 
 
 def verify(original: Arch, chosen: Arch, dataset, epochs: int | None = None, seeds: int = 2,
@@ -76,8 +81,8 @@ def verify(original: Arch, chosen: Arch, dataset, epochs: int | None = None, see
     import dataclasses
 
     from ac_jax.compress import pipeline
-    from ac_jax.config import get_config
     from ac_jax.data import load
+    from configs import get_config
 
     if isinstance(dataset, str):
         dataset = load(dataset)

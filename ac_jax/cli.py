@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import sys
 from pathlib import Path
 
-from ac_jax.config import Config, get_config
+from ac_jax.config import Config
 from ac_jax.runtime import REPO_ROOT, enable_compilation_cache, repo_path  # noqa: F401 (bin/ uses them)
+from configs import get_config
+
 
 def add_config_args(parser: argparse.ArgumentParser, default: str = "fashion_mnist") -> None:
     parser.add_argument(
@@ -17,6 +20,10 @@ def add_config_args(parser: argparse.ArgumentParser, default: str = "fashion_mni
     )
     parser.add_argument("--variant", default=None, help="config variant (see the config file)")
     parser.add_argument("--data-dir", default=None, help="folder holding the dataset files")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a config field by its dotted path, e.g. --set "
+                             "surrogate.steps=2000 --set archset.schedule.epochs=2 (repeatable; "
+                             "the value is a Python literal of the field's type)")
 
 
 def add_ray_args(parser: argparse.ArgumentParser) -> None:
@@ -50,20 +57,73 @@ def ray_runner(args: argparse.Namespace):
 def config_from_args(args: argparse.Namespace) -> Config:
     try:
         cfg = get_config(args.config, args.variant)
+        if args.data_dir is not None:
+            cfg = cfg.replace(data_dir=args.data_dir)
+        for assignment in getattr(args, "set", None) or ():
+            cfg = override(cfg, assignment)
     except ValueError as err:
         sys.exit(f"error: {err}")
-    if args.data_dir is not None:
-        cfg = cfg.replace(data_dir=args.data_dir)
+    return cfg
+
+
+def _literal(text: str, current):
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if isinstance(current, str) or current is None:
+            return text  # a bare word for a string field
+        raise ValueError(f"cannot read {text!r} as a value") from None
+    if isinstance(value, list):
+        value = tuple(value)
+    if current is None or value is None:
+        return value
+    if isinstance(current, bool) or isinstance(value, bool):
+        ok = isinstance(current, bool) and isinstance(value, bool)
+    elif isinstance(current, float):
+        ok = isinstance(value, (int, float))
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, type(current))
+    if not ok:
+        raise ValueError(f"{text!r} is of type {type(value).__name__}; the field holds "
+                         f"{type(current).__name__} values (now {current!r})")
+    return value
+
+
+def override(obj, assignment: str):
+    """`obj` (a frozen dataclass tree, e.g. a `Config`) with the field at a dotted path
+    replaced: ``override(cfg, "surrogate.steps=2000")``. The one override mechanism behind
+    ``--set`` and the scripts' named flags; a wrong path or type is a ValueError naming it."""
+    path, sep, text = assignment.partition("=")
+    if not sep or not path.strip():
+        raise ValueError(f"--set wants FIELD=VALUE, got {assignment!r}")
+    return _replaced(obj, path.strip().split("."), text.strip(), path.strip())
+
+
+def _replaced(obj, names: list, text: str, path: str):
+    if not dataclasses.is_dataclass(obj):
+        raise ValueError(f"{path}: {type(obj).__name__} has no fields")
+    fields = [f.name for f in dataclasses.fields(obj)]
+    if names[0] not in fields:
+        raise ValueError(f"{path}: no field {names[0]!r} in {type(obj).__name__} "
+                         f"(fields: {', '.join(fields)})")
+    current = getattr(obj, names[0])
+    value = _literal(text, current) if len(names) == 1 else _replaced(current, names[1:], text, path)
+    return dataclasses.replace(obj, **{names[0]: value})
+
+
+def with_flags(cfg: Config, values: dict) -> Config:
+    """`cfg` with each dotted field of `values` set (`override`), skipping None: a script's
+    named flags (``--epochs`` -> ``archset.schedule.epochs``) go through ``--set``'s mechanism."""
+    for path, value in values.items():
+        if value is not None:
+            cfg = override(cfg, f"{path}={value!r}")
     return cfg
 
 
 def replace_schedule(cfg: Config, **changes) -> Config:
     """Returns `cfg` with archset schedule fields changed (None values are ignored)."""
-    changes = {k: v for k, v in changes.items() if v is not None}
-    if not changes:
-        return cfg
-    schedule = dataclasses.replace(cfg.archset.schedule, **changes)
-    return cfg.replace(archset=dataclasses.replace(cfg.archset, schedule=schedule))
+    return with_flags(cfg, {f"archset.schedule.{k}": v for k, v in changes.items()})
 
 
 def parse_shard(text: str) -> tuple[int, int]:

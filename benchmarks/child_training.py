@@ -57,7 +57,7 @@ def benchmark_archs(models: list[str], num_sampled: int, sample_seed: int, varia
     """[(name, Arch)]: zoo CONV-7 and/or the first `num_sampled` sampled architectures (with the
     sampler caps of the Fashion-MNIST config `variant`)."""
     from ac_jax.arch import sampler, zoo
-    from ac_jax.config import get_config
+    from configs import get_config
 
     archs = []
     if "conv7" in models:
@@ -222,7 +222,7 @@ def archset_archs_per_hour(train_seconds: float, compile_seconds: float, measure
     is vmapped, so this is conservative where a bigger vmap fills the device better). Reported
     twice: compilation exposed, and hidden behind training (archset generation compiles the next
     architecture in a background thread)."""
-    from ac_jax.config import get_config
+    from configs import get_config
 
     a = get_config("fashion_mnist", variant).archset
     images = a.schedule.train_subset or 60_000

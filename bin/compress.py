@@ -158,10 +158,12 @@ def main(argv=None) -> int:
     if bar is not None:
         bar.close()
     if args.rounds:
+        import configs
         from ac_jax.compress import refine
 
+        proxy_cfg = configs.for_surrogate(surrogate, cfg)  # the archset's schedule and seeds
         for i, result in enumerate(results):
-            results[i] = refine.refine(result, surrogate, cfg, search_cfg, constraint, args.rounds,
+            results[i] = refine.refine(result, surrogate, proxy_cfg, search_cfg, constraint, args.rounds,
                                        args.refine_top, Path(args.out or "out/compress") / "refine",
                                        acquisition=args.acquisition, kappa=args.kappa,
                                        runner=cli.ray_runner(args))

@@ -339,7 +339,7 @@ def test_cli_rejects_a_malformed_model(tiny_surrogate_dir, tmp_path):
 def test_refinement_trains_candidates_and_searches_again(surrogate, tiny_archset, tmp_path):
     from ac_jax.archset.store import ArchsetStore
     from ac_jax.compress import refine
-    from ac_jax.config import get_config
+    from configs import get_config
     from ac_jax.data import load
 
     cfg = get_config("tiny")
@@ -415,17 +415,16 @@ def test_refinement_fills_a_small_front_with_the_best_predicted_smaller_candidat
 def test_refinement_trains_like_the_archset_the_surrogate_was_trained_on():
     from types import SimpleNamespace
 
-    from ac_jax.compress import refine
-    from ac_jax.config import get_config
+    from configs import for_surrogate, get_config
 
     default = get_config("fashion_mnist")  # what bin/compress.py starts with
     shipped = SimpleNamespace(meta={"task": {"config": "fashion_mnist/cpu"}})
-    own = refine.archset_config_of(shipped, default.replace(data_dir="/data"))
+    own = for_surrogate(shipped, default.replace(data_dir="/data"))
     cpu = get_config("fashion_mnist", "cpu").archset
     assert own.archset.path == cpu.path and own.archset.schedule == cpu.schedule
     assert own.archset.seeds == cpu.seeds and own.data_dir == "/data"
     unnamed = SimpleNamespace(meta={"task": {"dataset": "synthetic"}})
-    assert refine.archset_config_of(unnamed, default) is default
+    assert for_surrogate(unnamed, default) is default
 
 
 def test_measured_pick_prefers_trained_accuracy_over_prediction():
@@ -560,7 +559,7 @@ def test_active_refinement_picks_the_best_trained_record_under_the_cap(surrogate
                                                                        tmp_path):
     from ac_jax.archset.store import ArchsetStore, load_arrays
     from ac_jax.compress import refine
-    from ac_jax.config import get_config
+    from configs import get_config
     from ac_jax.data import load
 
     cfg = get_config("tiny")
@@ -619,7 +618,7 @@ def test_active_refinement_never_retrains_a_failed_candidate(surrogate, tiny_arc
     from ac_jax.archset.store import ArchsetStore
     from ac_jax.child import trainer as trainer_lib
     from ac_jax.compress import refine
-    from ac_jax.config import get_config
+    from configs import get_config
     from ac_jax.data import load
 
     calls = []

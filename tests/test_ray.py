@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 from ac_jax import distributed  # noqa: E402
 from ac_jax.archset import generate  # noqa: E402
 from ac_jax.archset.store import ArchsetStore  # noqa: E402
-from ac_jax.config import get_config  # noqa: E402
+from configs import get_config  # noqa: E402
 from ac_jax.data import load  # noqa: E402
 
 

@@ -115,24 +115,6 @@ def archset_candidates(arrays: ArchsetArrays) -> list:
     return out
 
 
-def archset_config_of(surrogate, cfg):
-    """The config whose archset the surrogate was trained on (``task.config`` in its metadata,
-    e.g. ``fashion_mnist/cpu``), else `cfg`. Refined records join that archset, so they must be
-    trained with its proxy schedule and seeds and stored next to its records, whatever config
-    variant the compression itself was started with."""
-    from ac_jax.config import get_config
-
-    name = (surrogate.meta or {}).get("task", {}).get("config") or ""
-    dataset, _, variant = name.partition("/")
-    if not dataset or not variant:
-        return cfg
-    try:
-        own = get_config(dataset, variant)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError):
-        return cfg
-    return own.replace(data_dir=cfg.data_dir)
-
-
 def _archset_accuracy(arrays: ArchsetArrays, arch, max_len: int) -> float | None:
     """The archset's accuracy of `arch` (None: no record of it)."""
     row = arch.to_matrix(max_len)
@@ -194,8 +176,10 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
            kappa: float = 1.0, runner=None):
     """Returns a new `CompressResult` after `rounds` rounds; `result.rounds` describes each.
 
-    Candidates train on the training set minus the validation split and are judged on that
-    split (`protocol.search_view`), like the archset's records. The archset the surrogate is
+    `cfg` is the config the surrogate's archset was made with (`configs.for_surrogate`): the
+    candidates train with its proxy schedule and seeds, on the training set minus the
+    validation split, judged on that split (`protocol.search_view`), like the archset's
+    records, so they can join it. The archset the surrogate is
     fine-tuned on is `base_arrays`, else the file `archset_path`, else the config's archset.
 
     Round r trains `top` candidates of the current search (round 1 also the original), adds them
@@ -226,7 +210,6 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
 
     work_dir = Path(work_dir) / result.name
     work_dir.mkdir(parents=True, exist_ok=True)
-    cfg = archset_config_of(surrogate, cfg)
     dataset = dataset if dataset is not None else load(cfg.dataset, cfg.data_dir)
     dataset = protocol.search_view(dataset)
     a = cfg.archset
