@@ -58,6 +58,7 @@ SCHEDULE = TrainSchedule(epochs=1, batch_size=32, lr=0.01, eval_batch_size=128)
 REPO = Path(__file__).resolve().parent.parent
 # The package exports functions named like their modules (n2n, random_search...).
 n2n_lib = importlib.import_module("ac_jax.baselines.n2n")
+harness = importlib.import_module("ac_jax.baselines.harness")
 pruning_lib = importlib.import_module("ac_jax.baselines.pruning")
 
 
@@ -288,9 +289,9 @@ def test_random_archs_flag(bin_baselines, tmp_path):
     folder = tmp_path / "surrogate"
     folder.mkdir()
     (folder / "surrogate.json").write_text(json.dumps({"task": {"num_records": 157}}))
-    assert bin_baselines.archset_spend({"surrogate": str(folder), "archs_trained": 3}) == 160
+    assert harness.archset_spend({"surrogate": str(folder), "archs_trained": 3}) == 160
     with pytest.raises(ValueError, match="surrogate.json"):
-        bin_baselines.archset_spend({"surrogate": str(tmp_path / "missing")})
+        harness.archset_spend({"surrogate": str(tmp_path / "missing")})
 
 
 def test_n2n_reward_formula():
@@ -419,9 +420,9 @@ def test_n2n_on_a_runner_makes_the_in_process_moves_and_resumes(data, monkeypatc
 # --------------------------------------------------------------------------------------------
 
 
-def test_target_parsing(bin_baselines, tmp_path):
+def test_target_parsing(tmp_path):
     teacher = zoo.tinycnn()
-    parse = bin_baselines.parse_param_count
+    parse = harness.parse_param_count
     assert parse("70000", 10) == 70_000 and parse("70_000", 10) == 70_000
     assert parse("70k", 10) == 70_000 and parse("1.2M", 10) == 1_200_000
     assert parse("3x", 1876) == 625 and parse("conv7.json", 10) is None
@@ -430,17 +431,17 @@ def test_target_parsing(bin_baselines, tmp_path):
     student = width_scaled_to(teacher, 600)
     path = tmp_path / "student.json"
     path.write_text(to_json(student))
-    assert bin_baselines.parse_target(str(path), teacher, (12, 12, 1), 4) == (
+    assert harness.parse_target(str(path), teacher, (12, 12, 1), 4) == (
         student.num_params, student)
     with pytest.raises(ValueError, match="not smaller than the teacher"):
-        bin_baselines.parse_target("5000", teacher, (12, 12, 1), 4)
+        harness.parse_target("5000", teacher, (12, 12, 1), 4)
     with pytest.raises(ValueError, match="at least one parameter"):
-        bin_baselines.parse_target("0", teacher, (12, 12, 1), 4)
+        harness.parse_target("0", teacher, (12, 12, 1), 4)
     with pytest.raises(ValueError, match="no such file"):
-        bin_baselines.parse_target(str(tmp_path / "missing.json"), teacher, (12, 12, 1), 4)
+        harness.parse_target(str(tmp_path / "missing.json"), teacher, (12, 12, 1), 4)
 
 
-def test_report_reading(bin_baselines, tmp_path):
+def test_report_reading(tmp_path):
     student = width_scaled_to(zoo.tinycnn(), 600)
     report = {
         "original": {"num_params": 1876},
@@ -451,26 +452,26 @@ def test_report_reading(bin_baselines, tmp_path):
     }
     path = tmp_path / "report.json"
     path.write_text(json.dumps(report))
-    read = bin_baselines.read_report(str(path), (12, 12, 1), 4)
+    read = harness.read_report(str(path), (12, 12, 1), 4)
     assert read["arch"] == student and read["compressed_accuracy"] == 0.93
     report["verify"] = None
     path.write_text(json.dumps(report))
-    assert bin_baselines.read_report(str(path), (12, 12, 1), 4)["compressed_accuracy"] is None
+    assert harness.read_report(str(path), (12, 12, 1), 4)["compressed_accuracy"] is None
     del report["archs_trained"]  # optional
     path.write_text(json.dumps(report))
-    assert bin_baselines.read_report(str(path), (12, 12, 1), 4)["archs_trained"] is None
+    assert harness.read_report(str(path), (12, 12, 1), 4)["archs_trained"] is None
     report["chosen"]["num_params"] = "many"
     path.write_text(json.dumps(report))
     with pytest.raises(ValueError, match="chosen.num_params"):
-        bin_baselines.read_report(str(path), (12, 12, 1), 4)
+        harness.read_report(str(path), (12, 12, 1), 4)
     report["chosen"]["num_params"] = student.num_params
     del report["chosen"]["spec"]
     path.write_text(json.dumps(report))
     with pytest.raises(ValueError, match="chosen.spec"):
-        bin_baselines.read_report(str(path), (12, 12, 1), 4)
+        harness.read_report(str(path), (12, 12, 1), 4)
     path.write_text("not json")
     with pytest.raises(ValueError, match="not a JSON report"):
-        bin_baselines.read_report(str(path), (12, 12, 1), 4)
+        harness.read_report(str(path), (12, 12, 1), 4)
 
 
 def test_cli_rejects_bad_input(bin_baselines, capsys):
