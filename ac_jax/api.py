@@ -24,13 +24,16 @@ from ac_jax.compress.search import SearchConfig
 def compress(networks: Arch | Sequence[Arch], surrogate, constraint: Constraint = Constraint(),
              search: SearchConfig = SearchConfig(), names: Sequence[str] | None = None,
              rounds: int = 0, refine_top: int = 6, work_dir="out/compress/refine",
-             config=None, acquisition: str = "ucb") -> CompressResult | list[CompressResult]:
+             config=None, acquisition: str = "ucb", kappa: float = 1.0, runner=None,
+             batch: int | None = None, on_batch=None) -> CompressResult | list[CompressResult]:
     """Compresses one network (returns a `CompressResult`) or many (a list, searched together
-    in one compiled program per 64 networks) with `surrogate` (a `TrainedSurrogate` or its
-    directory). Each result has `.chosen`, `.pareto`, `.original` and `.candidates`.
+    in one compiled program per `batch` networks, default 64) with `surrogate` (a
+    `TrainedSurrogate` or its directory). Each result has `.chosen`, `.pareto`, `.original`
+    and `.candidates`. `on_batch(n)` is called after each batch of n networks (a progress bar).
 
-    `rounds` > 0 refines by training candidates (active learning by default, `acquisition`;
-    needs the surrogate's dataset, read through `config`, default the surrogate's own config).
+    `rounds` > 0 refines by training candidates (active learning by default, `acquisition`,
+    `kappa`; on a cluster with `runner`, a `distributed.RayRunner`); it needs the surrogate's
+    dataset and archset schedule, read through `config` (default: the surrogate's own config).
     """
     from ac_jax.compress import pipeline
     from ac_jax.surrogate.checkpoint import TrainedSurrogate, load_surrogate
@@ -42,17 +45,21 @@ def compress(networks: Arch | Sequence[Arch], surrogate, constraint: Constraint 
     if not archs:
         raise ValueError("no networks to compress")
     names = list(names) if names is not None else [f"net{i}" for i in range(len(archs))]
+    batch = batch or pipeline.NETWORKS_PER_CALL
     results = []
-    for start in range(0, len(archs), pipeline.NETWORKS_PER_CALL):
-        chunk = slice(start, start + pipeline.NETWORKS_PER_CALL)
+    for start in range(0, len(archs), batch):
+        chunk = slice(start, start + batch)
         results += pipeline.compress_batch(surrogate, archs[chunk], names[chunk], search,
                                            constraint)
+        if on_batch is not None:
+            on_batch(len(archs[chunk]))
     if rounds:
         from ac_jax.compress import refine
 
         cfg = _refine_config(surrogate, config)
         results = [refine.refine(r, surrogate, cfg, search, constraint, rounds, refine_top,
-                                 work_dir, acquisition=acquisition) for r in results]
+                                 work_dir, acquisition=acquisition, kappa=kappa, runner=runner)
+                   for r in results]
     return results[0] if single else results
 
 
