@@ -224,7 +224,7 @@ def test_candidate_list_finds_matrices_by_step():
 
 
 def test_scoring_integer_matrices_equals_scoring_their_encoding(surrogate, nets):
-    from ac_jax.compress.search import score, score_matrices
+    from ac_jax.compress.scoring import score, score_matrices
 
     # Legal canonical matrices like the search's (the nets themselves) and arbitrary in-range
     # fields, 37 rows: more than one padded batch of 16 and a ragged last one.
@@ -536,7 +536,7 @@ def test_reconstruction_rates_measure_the_start_of_both_decodings(tiny_surrogate
 
 def test_acquisition_takes_the_highest_bound_under_the_size_limit(surrogate, nets):
     from ac_jax.compress import refine
-    from ac_jax.compress.search import score_matrices_spread
+    from ac_jax.compress.scoring import score_matrices_spread
 
     (result,) = pipeline.compress_batch(surrogate, nets[:1], ["n"], CFG)
     cands = result.candidates

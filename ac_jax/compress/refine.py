@@ -69,13 +69,13 @@ def size_limit(original, constraint) -> int:
 
 def acquire(candidates, surrogate, top: int, limit: int, kappa: float, exclude=()) -> list:
     """The `top` candidates with the highest upper confidence bound ``mean + kappa * spread``
-    of predicted accuracy (the accuracy heads' mean and spread, `search.score_matrices_spread`;
+    of predicted accuracy (the accuracy heads' mean and spread, `scoring.score_matrices_spread`;
     a one-head surrogate ranks by its prediction) among those within `limit` parameters and not
     in `exclude` (architectures already trained). Trained where the surrogate is either
     promising or unsure under the size constraint, a record either confirms a pick or corrects
     the surrogate where the next search would go wrong."""
     from ac_jax.compress.candidates import CandidateList, columns
-    from ac_jax.compress.search import score_matrices_spread
+    from ac_jax.compress.scoring import score_matrices_spread
 
     if not len(candidates):
         return []
