@@ -3,11 +3,9 @@ parsed, checked against PyTorch's own rules and the shapes, and the no-op layers
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import math
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ac_jax.arch import shapes
@@ -26,189 +24,24 @@ from ac_jax.arch.spec import (
     sigmoid,
 )
 
+from ac_jax.arch.printout_tree import (  # noqa: F401 (PrintoutError: re-exported)
+    Node,
+    PrintoutError,
+    as_int,
+    bind,
+    error_at,
+    leaves,
+    parse_tree,
+    require,
+    square,
+    unsupported,
+)
+
 # PyTorch's BatchNorm defaults, as the paper's printouts show them.
 _BN_EPS = 1e-05
 _BN_MOMENTUM = 0.1
-_CONTAINERS = frozenset({"Sequential", "ModuleList"})
 _MAX_INFERRED_SIZE = 1024
 
-
-class PrintoutError(ValueError):
-    """A printout we cannot read; the message names the 1-based line and the layer text."""
-
-
-# `(key): ` and ModuleList's `N x ` repeat prefix are optional; `rest` starts at the parenthesis.
-_LINE_RE = re.compile(
-    r"^(?:\((?P<key>[^()]*)\):\s*)?(?:(?P<count>\d+) x )?"
-    r"(?P<name>[A-Za-z_]\w*)\s*(?P<rest>\(.*)$"
-)
-
-
-@dataclasses.dataclass
-class _Node:
-    """One printed module: a leaf (``args`` is its argument text) or a container (``args`` None)."""
-
-    line: int
-    text: str  # the line without its `(key): ` / `N x ` prefix, for error messages
-    name: str
-    key: str | None
-    count: int
-    args: str | None
-    children: list[_Node] = dataclasses.field(default_factory=list)
-
-
-def _error(line: int, text: str, message: str) -> PrintoutError:
-    return PrintoutError(f"line {line}: '{text}': {message}")
-
-
-def _unsupported(node: _Node | _Item, reason: str | None = None) -> PrintoutError:
-    message = f"line {node.line}: unsupported layer '{node.text}'"
-    return PrintoutError(message + (f": {reason}" if reason else ""))
-
-
-def _closes_at_end(rest: str) -> bool:
-    """Whether the parenthesis opening `rest` closes exactly at its last character."""
-    depth = 0
-    for index, char in enumerate(rest):
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if depth == 0:
-            return index == len(rest) - 1
-    return False
-
-
-def _parse_line(number: int, stripped: str) -> _Node:
-    match = _LINE_RE.match(stripped)
-    if match is None:
-        raise PrintoutError(f"line {number}: cannot read '{stripped}' as a module")
-    rest = match["rest"]
-    text = stripped[match.start("name") :]
-    count = int(match["count"] or 1)
-    if rest == "(":
-        return _Node(number, text, match["name"], match["key"], count, None)
-    if not _closes_at_end(rest):
-        raise PrintoutError(f"line {number}: unbalanced parentheses in '{stripped}'")
-    return _Node(number, text, match["name"], match["key"], count, rest[1:-1])
-
-
-def _parse_tree(text: str) -> list[_Node]:
-    """Top-level modules of a printout, with their children nested (indentation is ignored)."""
-    roots: list[_Node] = []
-    stack: list[_Node] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        stripped = raw.strip()
-        if not stripped:
-            continue
-        if stripped == ")":
-            if not stack:
-                raise PrintoutError(f"line {number}: ')' closes nothing")
-            stack.pop()
-            continue
-        node = _parse_line(number, stripped)
-        (stack[-1].children if stack else roots).append(node)
-        if node.args is None:
-            stack.append(node)
-    if stack:
-        raise PrintoutError(f"line {stack[-1].line}: '{stack[-1].text}' is never closed")
-    return roots
-
-
-def _leaves(nodes: Sequence[_Node], depth: int = 0) -> Iterator[_Node]:
-    """Leaf modules in printed order; the model's own class and Sequential/ModuleList are opened."""
-    for node in nodes:
-        # The model's class (unkeyed, top level) may have any name; nested blocks of other
-        # classes have their own forward (residual additions, branches) that a printout hides.
-        transparent = node.name in _CONTAINERS or (depth == 0 and node.key is None)
-        for _ in range(node.count):
-            if node.args is None:
-                if not transparent:
-                    raise _unsupported(
-                        node,
-                        "residual/custom blocks are unsupported (only Sequential and ModuleList "
-                        "containers are flattened)",
-                    )
-                yield from _leaves(node.children, depth + 1)
-            elif transparent and not node.args.strip() and node.name not in _PARSERS:
-                continue  # an empty container, e.g. `(features): Sequential()`
-            else:
-                yield node
-
-
-# ---- arguments -------------------------------------------------------------------------------
-
-
-def _split_args(text: str) -> list[str]:
-    """Splits at the commas outside parentheses/brackets."""
-    parts, depth, current = [], 0, []
-    for char in text:
-        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            parts.append("".join(current).strip())
-            current = []
-        else:
-            current.append(char)
-    last = "".join(current).strip()
-    if last or parts:
-        parts.append(last)
-    return parts
-
-
-def _value(node: _Node, text: str) -> Any:
-    """A Python literal, or a bare word (PyTorch prints `padding=same`, `padding_mode=zeros`)."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        if re.fullmatch(r"[A-Za-z_]\w*", text):
-            return text
-        raise _unsupported(node, f"cannot read the value {text!r}") from None
-
-
-def _bind(
-    node: _Node, params: Sequence[str], defaults: dict[str, Any], kwonly: Sequence[str] = ()
-) -> dict[str, Any]:
-    """Binds the printed arguments like the PyTorch constructor would; unknown ones are errors."""
-    values = dict(defaults)
-    given: set[str] = set()
-    keyword_seen = False
-    for index, part in enumerate(_split_args(node.args or "")):
-        match = re.fullmatch(r"([A-Za-z_]\w*)\s*=\s*(.+)", part, re.S)
-        if match:
-            name, raw, keyword_seen = match[1], match[2], True
-            if name not in params and name not in kwonly:
-                raise _unsupported(node, f"unknown argument {name!r}")
-        elif keyword_seen:
-            raise _unsupported(node, f"positional argument {part!r} after a keyword argument")
-        elif index < len(params):
-            name, raw = params[index], part
-        else:
-            raise _unsupported(node, "too many arguments")
-        if not raw or name in given:
-            raise _unsupported(node, f"empty or repeated argument {name!r}")
-        given.add(name)
-        values[name] = _value(node, raw)
-    missing = [p for p in params if p not in values]
-    if missing:
-        raise _unsupported(node, f"missing argument(s) {', '.join(missing)}")
-    return values
-
-
-def _int(node: _Node, value: Any, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _unsupported(node, f"{field} must be an integer, got {value!r}")
-    return value
-
-
-def _square(node: _Node, value: Any, field: str) -> int:
-    """An int, or a tuple of equal ints (PyTorch prints `kernel_size=(3, 3)`)."""
-    if isinstance(value, tuple):
-        if len(value) not in (1, 2) or len(set(value)) != 1:
-            raise _unsupported(node, f"non-square {field}={value} (only square ones are supported)")
-        value = value[0]
-    return _int(node, value, field)
-
-
-def _require(node: _Node, ok: bool, reason: str) -> None:
-    if not ok:
-        raise _unsupported(node, reason)
 
 
 # ---- one module -> one item ------------------------------------------------------------------
@@ -225,136 +58,136 @@ class _Item:
     declared: int | None = None  # in_channels / num_features / in_features
 
     def error(self, message: str) -> PrintoutError:
-        return _error(self.line, self.text, message)
+        return error_at(self.line, self.text, message)
 
 
-def _item(node: _Node, kind: str, layer: Layer | None = None, declared: int | None = None):
+def _item(node: Node, kind: str, layer: Layer | None = None, declared: int | None = None):
     return _Item(node.line, node.text, kind, layer, declared)
 
 
-def _parse_conv(node: _Node) -> _Item:
+def _parse_conv(node: Node) -> _Item:
     params = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation")
     params += ("groups", "bias", "padding_mode")
     defaults = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "bias": True}
-    a = _bind(node, params, defaults | {"padding_mode": "zeros"})
-    kernel = _square(node, a["kernel_size"], "kernel_size")
-    stride = _square(node, a["stride"], "stride")
-    _require(node, _square(node, a["dilation"], "dilation") == 1, "dilation != 1")
-    _require(node, _int(node, a["groups"], "groups") == 1, f"groups={a['groups']} (only 1)")
-    _require(node, a["bias"] is True, "bias=False (our Conv2d always has a bias)")
-    _require(node, a["padding_mode"] == "zeros", f"padding_mode={a['padding_mode']} (only zeros)")
+    a = bind(node, params, defaults | {"padding_mode": "zeros"})
+    kernel = square(node, a["kernel_size"], "kernel_size")
+    stride = square(node, a["stride"], "stride")
+    require(node, square(node, a["dilation"], "dilation") == 1, "dilation != 1")
+    require(node, as_int(node, a["groups"], "groups") == 1, f"groups={a['groups']} (only 1)")
+    require(node, a["bias"] is True, "bias=False (our Conv2d always has a bias)")
+    require(node, a["padding_mode"] == "zeros", f"padding_mode={a['padding_mode']} (only zeros)")
     if a["padding"] == "same":
         # PyTorch pads k - 1 in total, split evenly only for odd k; it needs stride 1 anyway.
-        _require(node, kernel % 2 == 1 and stride == 1, "padding=same needs odd kernel, stride 1")
+        require(node, kernel % 2 == 1 and stride == 1, "padding=same needs odd kernel, stride 1")
         padding = kernel // 2
     elif a["padding"] == "valid":
         padding = 0
     else:
-        padding = _square(node, a["padding"], "padding")
+        padding = square(node, a["padding"], "padding")
     _check_geometry(node, kernel, stride, padding)
-    out = _int(node, a["out_channels"], "out_channels")
-    declared = _int(node, a["in_channels"], "in_channels")
+    out = as_int(node, a["out_channels"], "out_channels")
+    declared = as_int(node, a["in_channels"], "in_channels")
     return _item(node, "conv", conv(kernel, out, stride, padding), declared)
 
 
-def _check_geometry(node: _Node, kernel: int, stride: int, padding: int) -> None:
+def _check_geometry(node: Node, kernel: int, stride: int, padding: int) -> None:
     # Checked here so that input-size inference never meets a zero stride.
     ok = kernel >= 1 and stride >= 1 and padding >= 0
-    _require(node, ok, "kernel_size and stride must be >= 1, padding >= 0")
+    require(node, ok, "kernel_size and stride must be >= 1, padding >= 0")
 
 
-def _pool_geometry(node: _Node, a: dict[str, Any]) -> tuple[int, int, int]:
-    kernel = _square(node, a["kernel_size"], "kernel_size")
-    stride = kernel if a["stride"] is None else _square(node, a["stride"], "stride")
-    padding = _square(node, a["padding"], "padding")
+def _pool_geometry(node: Node, a: dict[str, Any]) -> tuple[int, int, int]:
+    kernel = square(node, a["kernel_size"], "kernel_size")
+    stride = kernel if a["stride"] is None else square(node, a["stride"], "stride")
+    padding = square(node, a["padding"], "padding")
     _check_geometry(node, kernel, stride, padding)
-    _require(node, padding <= kernel // 2, "pooling padding must be at most kernel_size // 2")
+    require(node, padding <= kernel // 2, "pooling padding must be at most kernel_size // 2")
     return kernel, stride, padding
 
 
-def _parse_maxpool(node: _Node) -> _Item:
+def _parse_maxpool(node: Node) -> _Item:
     params = ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode")
     defaults = {"stride": None, "padding": 0, "dilation": 1}
-    a = _bind(node, params, defaults | {"return_indices": False, "ceil_mode": False})
+    a = bind(node, params, defaults | {"return_indices": False, "ceil_mode": False})
     geometry = _pool_geometry(node, a)
-    _require(node, _square(node, a["dilation"], "dilation") == 1, "dilation != 1")
-    _require(node, a["ceil_mode"] is False, "ceil_mode=True (only floor mode)")
-    _require(node, a["return_indices"] is False, "return_indices=True")
+    require(node, square(node, a["dilation"], "dilation") == 1, "dilation != 1")
+    require(node, a["ceil_mode"] is False, "ceil_mode=True (only floor mode)")
+    require(node, a["return_indices"] is False, "return_indices=True")
     return _item(node, "pool", maxpool(*geometry))
 
 
-def _parse_avgpool(node: _Node) -> _Item:
+def _parse_avgpool(node: Node) -> _Item:
     params = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
     params += ("divisor_override",)
     defaults = {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True}
-    a = _bind(node, params, defaults | {"divisor_override": None})
+    a = bind(node, params, defaults | {"divisor_override": None})
     geometry = _pool_geometry(node, a)
-    _require(node, a["ceil_mode"] is False, "ceil_mode=True (only floor mode)")
-    _require(node, a["count_include_pad"] is True, "count_include_pad=False")
-    _require(node, a["divisor_override"] is None, "divisor_override")
+    require(node, a["ceil_mode"] is False, "ceil_mode=True (only floor mode)")
+    require(node, a["count_include_pad"] is True, "count_include_pad=False")
+    require(node, a["divisor_override"] is None, "divisor_override")
     return _item(node, "pool", avgpool(*geometry))
 
 
-def _parse_batchnorm(node: _Node) -> _Item:
+def _parse_batchnorm(node: Node) -> _Item:
     params = ("num_features", "eps", "momentum", "affine", "track_running_stats")
     defaults = {"eps": _BN_EPS, "momentum": _BN_MOMENTUM, "affine": True}
     defaults |= {"track_running_stats": True, "bias": True}
-    a = _bind(node, params, defaults, kwonly=("bias",))
-    _require(node, a["affine"] is True, "affine=False (our BatchNorm is affine)")
-    _require(node, a["bias"] is True, "bias=False (our BatchNorm has a bias)")
+    a = bind(node, params, defaults, kwonly=("bias",))
+    require(node, a["affine"] is True, "affine=False (our BatchNorm is affine)")
+    require(node, a["bias"] is True, "bias=False (our BatchNorm has a bias)")
     # These change what the layer computes but are not in the representation: refuse, not drop.
-    _require(node, a["eps"] == _BN_EPS, f"eps={a['eps']} (only the default 1e-05)")
-    _require(node, a["momentum"] == _BN_MOMENTUM, f"momentum={a['momentum']} (only 0.1)")
-    _require(node, a["track_running_stats"] is True, "track_running_stats=False")
+    require(node, a["eps"] == _BN_EPS, f"eps={a['eps']} (only the default 1e-05)")
+    require(node, a["momentum"] == _BN_MOMENTUM, f"momentum={a['momentum']} (only 0.1)")
+    require(node, a["track_running_stats"] is True, "track_running_stats=False")
     kind = "bn2d" if node.name == "BatchNorm2d" else "bn1d"
-    return _item(node, kind, batchnorm(), _int(node, a["num_features"], "num_features"))
+    return _item(node, kind, batchnorm(), as_int(node, a["num_features"], "num_features"))
 
 
-def _parse_linear(node: _Node) -> _Item:
-    a = _bind(node, ("in_features", "out_features", "bias"), {"bias": True})
-    _require(node, a["bias"] is True, "bias=False (our Linear always has a bias)")
-    out = _int(node, a["out_features"], "out_features")
-    return _item(node, "linear", linear(out), _int(node, a["in_features"], "in_features"))
+def _parse_linear(node: Node) -> _Item:
+    a = bind(node, ("in_features", "out_features", "bias"), {"bias": True})
+    require(node, a["bias"] is True, "bias=False (our Linear always has a bias)")
+    out = as_int(node, a["out_features"], "out_features")
+    return _item(node, "linear", linear(out), as_int(node, a["in_features"], "in_features"))
 
 
-def _parse_relu(node: _Node) -> _Item:
-    a = _bind(node, ("inplace",), {"inplace": False})
+def _parse_relu(node: Node) -> _Item:
+    a = bind(node, ("inplace",), {"inplace": False})
     # Old PyTorch (the paper's printouts) wrote `ReLU(inplace)` for inplace=True.
-    _require(node, a["inplace"] in (True, False, "inplace"), f"inplace={a['inplace']!r}")
+    require(node, a["inplace"] in (True, False, "inplace"), f"inplace={a['inplace']!r}")
     return _item(node, "elementwise", relu())
 
 
-def _parse_sigmoid(node: _Node) -> _Item:
-    _bind(node, (), {})
+def _parse_sigmoid(node: Node) -> _Item:
+    bind(node, (), {})
     return _item(node, "elementwise", sigmoid())
 
 
-def _parse_dropout(node: _Node) -> _Item:
-    a = _bind(node, ("p", "inplace"), {"p": 0.5, "inplace": False})
+def _parse_dropout(node: Node) -> _Item:
+    a = bind(node, ("p", "inplace"), {"p": 0.5, "inplace": False})
     rate = a["p"]
-    _require(node, isinstance(rate, (int, float)) and not isinstance(rate, bool), f"p={rate!r}")
+    require(node, isinstance(rate, (int, float)) and not isinstance(rate, bool), f"p={rate!r}")
     try:
         layer = dropout(rate)
     except ValueError:
-        raise _unsupported(node, f"dropout rate must be in [0, 1), got {rate!r}") from None
+        raise unsupported(node, f"dropout rate must be in [0, 1), got {rate!r}") from None
     return _item(node, "elementwise", layer)
 
 
-def _parse_flatten(node: _Node) -> _Item:
-    a = _bind(node, ("start_dim", "end_dim"), {"start_dim": 1, "end_dim": -1})
+def _parse_flatten(node: Node) -> _Item:
+    a = bind(node, ("start_dim", "end_dim"), {"start_dim": 1, "end_dim": -1})
     dims = (a["start_dim"], a["end_dim"])
-    _require(node, dims == (1, -1), "only Flatten(start_dim=1, end_dim=-1)")
+    require(node, dims == (1, -1), "only Flatten(start_dim=1, end_dim=-1)")
     return _item(node, "flatten")
 
 
-def _parse_identity(node: _Node) -> _Item:
-    _bind(node, (), {})
+def _parse_identity(node: Node) -> _Item:
+    bind(node, (), {})
     return _item(node, "identity")
 
 
-def _parse_softmax(node: _Node) -> _Item:
-    a = _bind(node, ("dim",), {"dim": None})
-    _require(node, a["dim"] in (None, 1, -1), f"dim={a['dim']} (only over the classes)")
+def _parse_softmax(node: Node) -> _Item:
+    a = bind(node, ("dim",), {"dim": None})
+    require(node, a["dim"] in (None, 1, -1), f"dim={a['dim']} (only over the classes)")
     return _item(node, "softmax")
 
 
@@ -375,10 +208,10 @@ _PARSERS = {
 }
 
 
-def _parse_module(node: _Node) -> _Item:
+def _parse_module(node: Node) -> _Item:
     parser = _PARSERS.get(node.name)
     if parser is None:
-        raise _unsupported(node)
+        raise unsupported(node)
     return parser(node)
 
 
@@ -392,7 +225,7 @@ def _drop_no_ops(items: list[_Item]) -> list[_Item]:
     items = [item for item in items if item.kind != "identity"]
     for index, item in enumerate(items):
         if item.kind == "softmax" and index != len(items) - 1:
-            raise _unsupported(item, "Softmax/LogSoftmax is only accepted as the last module")
+            raise unsupported(item, "Softmax/LogSoftmax is only accepted as the last module")
     if items and items[-1].kind == "softmax":
         items = items[:-1]
     flat, seen_linear, kept = False, False, []
@@ -505,7 +338,7 @@ def parse_printout(text: str, input_shape: Sequence[int] | None = None) -> Arch:
     last Linear's out_features.
     """
     shape = None if input_shape is None else shapes.checked_input_shape(input_shape)
-    items = [_parse_module(node) for node in _leaves(_parse_tree(text))]
+    items = [_parse_module(node) for node in leaves(parse_tree(text), frozenset(_PARSERS))]
     items = _drop_no_ops(items)
     if not items:
         raise PrintoutError("the printout has no layers")
