@@ -27,24 +27,30 @@ the model produced by our approach"), or, if none is that small, the one with th
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
-from typing import Callable, Sequence
+from typing import Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from ac_jax.arch.legalize import legalize
-from ac_jax.arch.spec import Arch, LayerType
+from ac_jax.arch.spec import Arch
 from ac_jax.archset.store import record_of
 from ac_jax.baselines.common import BaselineResult, prng_key
+from ac_jax.baselines.n2n_policies import (  # noqa: F401 (remove/shrink_layers: re-exported)
+    RemovalPolicy,
+    ShrinkPolicy,
+    encode_layers,
+    remove_layers,
+    removal_fns,
+    shrink_layers,
+    shrink_scan,
+    shrinkable_mask,
+)
 from ac_jax.child.trainer import ChildTrainer, DeviceData, TrainSchedule
 
-NUM_LAYER_TYPES = 9  # 0 (end) .. 8 (Linear)
 DEFAULT_FACTORS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 
@@ -76,140 +82,6 @@ def n2n_reward(student_params: int, teacher_params: int, student_accuracy: float
     """``C (2 - C) * A_student / A_teacher`` with ``C = 1 - params_student / params_teacher``."""
     c = 1.0 - student_params / teacher_params
     return c * (2.0 - c) * student_accuracy / teacher_accuracy
-
-
-def encode_layers(arch: Arch) -> np.ndarray:
-    """``[T, 14]`` float features per layer: one-hot type, k/10, s/10, p/10, log2(o+1)/13,
-    relative position (the policies' input; scales keep every feature near [0, 1])."""
-    rows = []
-    n = len(arch.layers)
-    for i, (t, k, o, s, p) in enumerate(arch.layers):
-        onehot = np.zeros(NUM_LAYER_TYPES, np.float32)
-        onehot[t] = 1.0
-        rows.append(np.concatenate([onehot, np.asarray(
-            [k / 10, s / 10, p / 10, math.log2(o + 1) / 13, i / max(n - 1, 1)], np.float32)]))
-    return np.stack(rows)
-
-
-# --------------------------------------------------------------------------------------------
-# Policies
-# --------------------------------------------------------------------------------------------
-
-
-class RemovalPolicy(nn.Module):
-    """Bidirectional LSTM over the layers -> keep logit per layer."""
-
-    hidden: int = 32
-
-    @nn.compact
-    def __call__(self, enc: jax.Array) -> jax.Array:  # [T, F] -> [T]
-        h = nn.Bidirectional(
-            nn.RNN(nn.OptimizedLSTMCell(self.hidden)), nn.RNN(nn.OptimizedLSTMCell(self.hidden))
-        )(enc[None])
-        return nn.Dense(1)(h)[0, :, 0]
-
-
-class ShrinkPolicy(nn.Module):
-    """One step of the autoregressive shrinkage LSTM: (carry, [layer, previous action]) ->
-    (carry, logits over the width factors)."""
-
-    hidden: int = 32
-    num_actions: int = 10
-
-    def setup(self):
-        self.cell = nn.OptimizedLSTMCell(self.hidden)
-        self.head = nn.Dense(self.num_actions)
-
-    def __call__(self, carry, x):
-        carry, h = self.cell(carry, x)
-        return carry, self.head(h)
-
-
-def _removal_fns(policy: RemovalPolicy, enc: jax.Array, free: np.ndarray):
-    """Jitted sample(params, keys [R]) -> keep [R, T] and logp(params, keep [R, T]) -> [R]."""
-    free = jnp.asarray(free)
-
-    @jax.jit
-    def sample(params, keys):
-        p = jax.nn.sigmoid(policy.apply(params, enc))
-        draws = jax.vmap(lambda k: jax.random.bernoulli(k, p))(keys)
-        return jnp.where(free, draws, True).astype(jnp.int32)
-
-    def logp(params, keep):
-        logits = policy.apply(params, enc)
-        per_layer = jnp.where(keep == 1, jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits))
-        return (per_layer * free).sum(axis=-1)
-
-    return sample, logp
-
-
-def _shrink_scan(policy: ShrinkPolicy, params, enc, shrinkable, key, given=None):
-    """Runs the shrinkage LSTM over the layers; samples (key) or scores (given) the actions.
-
-    Layers that cannot shrink get action `num_actions - 1`, log-probability 0 and a zero
-    previous-action input for the next step.
-    """
-    n = policy.num_actions
-    carry0 = (jnp.zeros(policy.hidden), jnp.zeros(policy.hidden))
-
-    def body(carry, t):
-        lstm, prev = carry
-        lstm, logits = policy.apply(params, lstm, jnp.concatenate([enc[t], prev]))
-        if given is None:
-            action = jax.random.categorical(jax.random.fold_in(key, t), logits)
-        else:
-            action = given[t]
-        logp = jnp.where(shrinkable[t], jax.nn.log_softmax(logits)[action], 0.0)
-        action = jnp.where(shrinkable[t], action, n - 1)
-        prev = jax.nn.one_hot(action, n) * shrinkable[t]
-        return (lstm, prev), (action, logp)
-
-    _, (actions, logps) = jax.lax.scan(body, (carry0, jnp.zeros(n)), jnp.arange(enc.shape[0]))
-    return actions, logps.sum()
-
-
-# --------------------------------------------------------------------------------------------
-# Students
-# --------------------------------------------------------------------------------------------
-
-
-def _shrinkable(arch: Arch) -> np.ndarray:
-    last = len(arch.layers) - 1
-    return np.asarray([(layer.t == LayerType.CONV or layer.t == LayerType.LINEAR) and i != last
-                       for i, layer in enumerate(arch.layers)])
-
-
-def remove_layers(arch: Arch, keep: Sequence[int]) -> Arch | None:
-    """The student keeping the layers where `keep` is 1 (the classifier always), or None if
-    `legalize` had to drop one of them (the sequence is not a network)."""
-    kept = [layer for layer, k in zip(arch.layers, keep, strict=True) if k]
-    if not kept or kept[-1] != arch.layers[-1]:
-        kept.append(arch.layers[-1])
-    student = legalize(np.asarray(kept, np.int64), arch.input_shape, arch.num_classes)
-    return _with_rates(student, kept) if len(student.layers) == len(kept) else None
-
-
-def shrink_layers(arch: Arch, actions: Sequence[int], factors: Sequence[float]) -> Arch | None:
-    """Conv and hidden Linear widths times ``factors[action]`` (at least 1), legalised."""
-    mask = _shrinkable(arch)
-    rows = []
-    for layer, a, m in zip(arch.layers, actions, mask, strict=True):
-        if m:
-            layer = layer._replace(o=max(1, int(round(layer.o * factors[int(a)]))))
-        rows.append(layer)
-    student = legalize(np.asarray([tuple(r) for r in rows], np.int64), arch.input_shape,
-                       arch.num_classes)
-    return _with_rates(student, rows) if len(student.layers) == len(rows) else None
-
-
-def _with_rates(student: Arch, layers: Sequence) -> Arch:
-    """`student` (legalised from integer rows, which hold a Dropout's rate in tenths) with the
-    exact dropout rates of `layers`, position by position."""
-    if not any(getattr(layer, "rate", None) is not None for layer in layers):
-        return student
-    return student.replace_layers([
-        s._replace(rate=layer.rate) if s.t == 6 and getattr(layer, "rate", None) is not None
-        else s for s, layer in zip(student.layers, layers, strict=True)])
 
 
 @dataclasses.dataclass
@@ -439,7 +311,7 @@ def n2n(teacher: Arch, data: DeviceData, schedule: TrainSchedule, target_params:
     free[-1] = False  # the classifier stays
     key, init_key, run_key = jax.random.split(key, 3)
     params1 = jax.jit(removal.init)(init_key, enc1)  # op-by-op init is slow
-    sample1, logp1 = _removal_fns(removal, enc1, free)
+    sample1, logp1 = removal_fns(removal, enc1, free)
     best1 = _reinforce("removal", params1, sample1, logp1,
                        lambda keep: remove_layers(teacher, keep), judge, cfg,
                        cfg.stage1_episodes, run_key, progress, log, stage1_until)
@@ -449,18 +321,18 @@ def n2n(teacher: Arch, data: DeviceData, schedule: TrainSchedule, target_params:
     factors = tuple(cfg.shrink_factors)
     shrink = ShrinkPolicy(cfg.hidden, len(factors))
     enc2 = jnp.asarray(encode_layers(stage2_input))
-    shrinkable = jnp.asarray(_shrinkable(stage2_input))
+    shrinkable = jnp.asarray(shrinkable_mask(stage2_input))
     key, init_key, run_key = jax.random.split(key, 3)
     carry0 = (jnp.zeros(cfg.hidden), jnp.zeros(cfg.hidden))
     params2 = jax.jit(shrink.init)(init_key, carry0, jnp.zeros(enc2.shape[1] + len(factors)))
 
     @jax.jit
     def sample2(params, keys):
-        return jax.vmap(lambda k: _shrink_scan(shrink, params, enc2, shrinkable, k)[0])(keys)
+        return jax.vmap(lambda k: shrink_scan(shrink, params, enc2, shrinkable, k)[0])(keys)
 
     def logp2(params, actions):
         return jax.vmap(
-            lambda a: _shrink_scan(shrink, params, enc2, shrinkable, None, given=a)[1]
+            lambda a: shrink_scan(shrink, params, enc2, shrinkable, None, given=a)[1]
         )(actions)
 
     _reinforce("shrinkage", params2, sample2, logp2,
