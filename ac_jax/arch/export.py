@@ -31,30 +31,40 @@ def _rate_text(rate: float) -> str:
     return short if float(short) == rate else repr(rate)
 
 
+# Per layer type: (how the paper's Appendix 10 printout spells it, the `torch.nn` constructor
+# with PyTorch's default bias / affine). Fields: c input channels (or features), o, k, s, p,
+# n flattened input features, d "2d" / "1d", r a dropout rate, bn BatchNorm's printed defaults.
+_SPELLINGS = {
+    LayerType.CONV: ("Conv2d({c}, {o}, kernel_size=({k}, {k}), stride=({s}, {s}), "
+                     "padding=({p}, {p}))",
+                     "nn.Conv2d({c}, {o}, kernel_size={k}, stride={s}, padding={p})"),
+    LayerType.MAXPOOL: ("MaxPool2d(kernel_size={k}, stride={s}, padding={p}, dilation=1, "
+                        "ceil_mode=False)", "nn.MaxPool2d(kernel_size={k}, stride={s}, padding={p})"),
+    LayerType.AVGPOOL: ("AvgPool2d(kernel_size={k}, stride={s}, padding={p})",
+                        "nn.AvgPool2d(kernel_size={k}, stride={s}, padding={p})"),
+    LayerType.BATCHNORM: ("BatchNorm{d}({c}, {bn})", "nn.BatchNorm{d}({c})"),
+    LayerType.RELU: ("ReLU()", "nn.ReLU()"),
+    LayerType.SIGMOID: ("Sigmoid()", "nn.Sigmoid()"),
+    LayerType.DROPOUT: ("Dropout (p={r})", "nn.Dropout(p={r})"),
+    LayerType.LINEAR: ("Linear(in_features={n}, out_features={o}, bias=True)",
+                       "nn.Linear({n}, {o})"),
+}
+
+
+def _spell(layer: Layer, in_shape: shapes.Shape, torch_source: bool) -> str:
+    spellings = _SPELLINGS.get(layer.t)
+    if spellings is None:
+        raise InvalidArchError(f"cannot {'export' if torch_source else 'print'} layer "
+                               f"{list(layer)}")
+    rate = _rate_text(layer.dropout_rate) if layer.t == LayerType.DROPOUT else ""
+    return spellings[torch_source].format(
+        c=in_shape[-1], o=layer.o, k=layer.k, s=layer.s, p=layer.p, n=math.prod(in_shape),
+        d="2d" if len(in_shape) == 3 else "1d", r=rate, bn=_BN_REPR_TAIL)
+
+
 def _layer_repr(layer: Layer, in_shape: shapes.Shape) -> str:
     """One layer as PyTorch prints it (the paper's Appendix 10 spelling)."""
-    t, k, s, p = layer.t, layer.k, layer.s, layer.p
-    if t == LayerType.CONV:
-        return (
-            f"Conv2d({in_shape[2]}, {layer.o}, kernel_size=({k}, {k}), stride=({s}, {s}), "
-            f"padding=({p}, {p}))"
-        )
-    if t == LayerType.MAXPOOL:
-        return f"MaxPool2d(kernel_size={k}, stride={s}, padding={p}, dilation=1, ceil_mode=False)"
-    if t == LayerType.AVGPOOL:
-        return f"AvgPool2d(kernel_size={k}, stride={s}, padding={p})"
-    if t == LayerType.BATCHNORM:
-        dim = "2d" if len(in_shape) == 3 else "1d"
-        return f"BatchNorm{dim}({in_shape[-1]}, {_BN_REPR_TAIL})"
-    if t == LayerType.RELU:
-        return "ReLU()"
-    if t == LayerType.SIGMOID:
-        return "Sigmoid()"
-    if t == LayerType.DROPOUT:
-        return f"Dropout (p={_rate_text(layer.dropout_rate)})"
-    if t == LayerType.LINEAR:
-        return f"Linear(in_features={math.prod(in_shape)}, out_features={layer.o}, bias=True)"
-    raise InvalidArchError(f"cannot print layer {list(layer)}")
+    return _spell(layer, in_shape, torch_source=False)
 
 
 def _sections(arch: Arch) -> list[tuple[str, list[tuple[Layer, shapes.Shape]]]]:
@@ -82,24 +92,7 @@ def to_printout(arch: Arch, class_name: str = "Model") -> str:
 
 def _torch_expr(layer: Layer, in_shape: shapes.Shape) -> str:
     """The `torch.nn` constructor call for one layer (default bias / affine)."""
-    t, k, s, p = layer.t, layer.k, layer.s, layer.p
-    if t == LayerType.CONV:
-        return f"nn.Conv2d({in_shape[2]}, {layer.o}, kernel_size={k}, stride={s}, padding={p})"
-    if t == LayerType.MAXPOOL:
-        return f"nn.MaxPool2d(kernel_size={k}, stride={s}, padding={p})"
-    if t == LayerType.AVGPOOL:
-        return f"nn.AvgPool2d(kernel_size={k}, stride={s}, padding={p})"
-    if t == LayerType.BATCHNORM:
-        return f"nn.BatchNorm{'2d' if len(in_shape) == 3 else '1d'}({in_shape[-1]})"
-    if t == LayerType.RELU:
-        return "nn.ReLU()"
-    if t == LayerType.SIGMOID:
-        return "nn.Sigmoid()"
-    if t == LayerType.DROPOUT:
-        return f"nn.Dropout(p={_rate_text(layer.dropout_rate)})"
-    if t == LayerType.LINEAR:
-        return f"nn.Linear({math.prod(in_shape)}, {layer.o})"
-    raise InvalidArchError(f"cannot export layer {list(layer)}")
+    return _spell(layer, in_shape, torch_source=True)
 
 
 _MODULE_TEMPLATE = '''\

@@ -76,6 +76,23 @@ _TFDS_HINT = (
     "copy DIR here and pass it as --data-dir."
 )
 
+def _cifar_spec(classes: int) -> DatasetSpec:
+    """CIFAR-10 or CIFAR-100: the same layout, names differing by the class count."""
+    folder, archive = (getattr(formats, f"CIFAR{classes}_{part}") for part in ("FOLDER", "ARCHIVE"))
+    return DatasetSpec(
+        name=f"cifar{classes}", title=f"CIFAR-{classes}", num_classes=classes, augment=True,
+        tfds_name=f"cifar{classes}", subfolders=(folder,),
+        required=tuple(getattr(formats, f"CIFAR{classes}_TRAIN")
+                       + getattr(formats, f"CIFAR{classes}_TEST")),
+        read=getattr(formats, f"read_cifar{classes}"), archive=archive,
+        how_to_get=(
+            f"Download https://www.cs.toronto.edu/~kriz/{archive} and extract it into "
+            f"--data-dir (`tar xzf {archive} -C DATA_DIR`, giving DATA_DIR/{folder}/), or just "
+            "put the .tar.gz there."
+        ),
+    )
+
+
 _SPECS = [
     DatasetSpec(
         name="fashion_mnist", title="Fashion-MNIST", num_classes=10, augment=False,
@@ -88,28 +105,8 @@ _SPECS = [
             "https://github.com/zalandoresearch/fashion-mnist (data/fashion/) into --data-dir."
         ),
     ),
-    DatasetSpec(
-        name="cifar10", title="CIFAR-10", num_classes=10, augment=True, tfds_name="cifar10",
-        subfolders=(formats.CIFAR10_FOLDER,),
-        required=tuple(formats.CIFAR10_TRAIN + formats.CIFAR10_TEST),
-        read=formats.read_cifar10, archive=formats.CIFAR10_ARCHIVE,
-        how_to_get=(
-            "Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it into "
-            "--data-dir (`tar xzf cifar-10-python.tar.gz -C DATA_DIR`, giving "
-            f"DATA_DIR/{formats.CIFAR10_FOLDER}/), or just put the .tar.gz there."
-        ),
-    ),
-    DatasetSpec(
-        name="cifar100", title="CIFAR-100", num_classes=100, augment=True, tfds_name="cifar100",
-        subfolders=(formats.CIFAR100_FOLDER,),
-        required=tuple(formats.CIFAR100_TRAIN + formats.CIFAR100_TEST),
-        read=formats.read_cifar100, archive=formats.CIFAR100_ARCHIVE,
-        how_to_get=(
-            "Download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and extract it into "
-            "--data-dir (`tar xzf cifar-100-python.tar.gz -C DATA_DIR`, giving "
-            f"DATA_DIR/{formats.CIFAR100_FOLDER}/), or just put the .tar.gz there."
-        ),
-    ),
+    _cifar_spec(10),
+    _cifar_spec(100),
     DatasetSpec(
         name="svhn", title="SVHN", num_classes=10, augment=False, tfds_name="svhn_cropped",
         subfolders=("svhn",), required=tuple(formats.SVHN_FILES), read=formats.read_svhn,
