@@ -26,17 +26,24 @@ def add_config_args(parser: argparse.ArgumentParser, default: str = "fashion_mni
                              "the value is a Python literal of the field's type)")
 
 
+# The cluster flags every training script shares: (flag, argparse keywords).
+RAY_FLAGS = (
+    ("--ray", {"metavar": "ADDRESS", "help": "train on Ray: 'local' starts an instance sized to "
+               "this machine; an address ('auto', 'HOST:6379') joins a cluster started with ray "
+               "start"}),
+    ("--cpus-per-task", {"type": float, "default": 1.0,
+                         "help": "CPUs each training task declares (default 1)"}),
+    ("--gpus-per-task", {"type": float, "default": 0.0,
+                         "help": "GPU share each training task declares, e.g. 0.25: four per GPU"}),
+    ("--max-in-flight", {"type": int,
+                         "help": "tasks submitted at once (default: twice the cluster's slots)"}),
+)
+
+
 def add_ray_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("cluster (optional extra: pip install -e '.[ray]')")
-    g.add_argument("--ray", metavar="ADDRESS",
-                   help="train on Ray: 'local' starts an instance sized to this machine; an "
-                        "address ('auto', 'HOST:6379') joins a cluster started with ray start")
-    g.add_argument("--cpus-per-task", type=float, default=1.0,
-                   help="CPUs each training task declares (default 1)")
-    g.add_argument("--gpus-per-task", type=float, default=0.0,
-                   help="GPU share each training task declares, e.g. 0.25: four per GPU")
-    g.add_argument("--max-in-flight", type=int,
-                   help="tasks submitted at once (default: twice the cluster's task slots)")
+    group = parser.add_argument_group("cluster (optional extra: pip install -e '.[ray]')")
+    for flag, keywords in RAY_FLAGS:
+        group.add_argument(flag, **keywords)
 
 
 def ray_runner(args: argparse.Namespace):
