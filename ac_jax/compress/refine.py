@@ -149,27 +149,6 @@ def measured_pick(trained: list, original, constraint):
 ACQUISITIONS = ("ucb", "pareto")
 
 
-def proposal_ranking(rounds: list) -> dict:
-    """How well the surrogate ranked the candidates the refinement trained, each judged by the
-    prediction made before it was trained (the round's surrogate had not seen it): Kendall tau
-    and mean absolute error of predicted vs measured proxy accuracy, over the distinct
-    proposals that trained (the original excluded)."""
-    from scipy.stats import kendalltau
-
-    first: dict = {}  # rounds written before `fresh` existed: each (size, accuracy) once
-    for info in rounds:
-        for t in info.get("trained", ()):
-            if t.get("fresh", True) and not t["original"] and t["status"] == "ok":
-                first.setdefault((t["num_params"], t["trained"]), t["predicted"])
-    pairs = [(predicted, trained) for (_, trained), predicted in first.items()]
-    if not pairs:
-        return {"count": 0, "kendall_tau": None, "mae": None}
-    predicted, trained = np.asarray(pairs, np.float64).T
-    tau = kendalltau(predicted, trained).statistic if len(pairs) > 1 else float("nan")
-    return {"count": len(pairs), "kendall_tau": None if np.isnan(tau) else float(tau),
-            "mae": float(np.abs(predicted - trained).mean())}
-
-
 def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int, work_dir,
            finetune_steps: int = 400, dataset=None, archset_path=None, log=print,
            base_arrays: ArchsetArrays | None = None, acquisition: str = "ucb",

@@ -88,7 +88,7 @@ def summary(study, original, original_rec, max_params: int, runs: dict, referenc
 def _surrogate_ranking(details: dict) -> dict:
     """An ac_jax run's surrogate: Kendall tau on its held-out archset records, and on the
     candidates its refinement proposed and trained (`refine.proposal_ranking`)."""
-    from ac_jax.compress.refine import proposal_ranking
+    from ac_jax.compress.pipeline import proposal_ranking
 
     held = details["surrogate_holdout"]
     proposals = proposal_ranking(details.get("rounds") or [])
