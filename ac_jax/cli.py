@@ -77,9 +77,15 @@ def _literal(text: str, current):
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        if isinstance(current, str) or current is None:
+        if isinstance(current, str):
             return text  # a bare word for a string field
         raise ValueError(f"cannot read {text!r} as a value") from None
+    return _checked(value, current)
+
+
+def _checked(value, current):
+    """`value` for a field now holding `current`: lists become tuples, ints widen to floats,
+    other types must match (a field holding None takes any value)."""
     if isinstance(value, list):
         value = tuple(value)
     if current is None or value is None:
@@ -92,7 +98,7 @@ def _literal(text: str, current):
     else:
         ok = isinstance(value, type(current))
     if not ok:
-        raise ValueError(f"{text!r} is of type {type(value).__name__}; the field holds "
+        raise ValueError(f"{value!r} is of type {type(value).__name__}; the field holds "
                          f"{type(current).__name__} values (now {current!r})")
     return value
 
@@ -107,7 +113,7 @@ def override(obj, assignment: str):
     return _replaced(obj, path.strip().split("."), text.strip(), path.strip())
 
 
-def _replaced(obj, names: list, text: str, path: str):
+def _replaced(obj, names: list, text, path: str, parsed: bool = False):
     if not dataclasses.is_dataclass(obj):
         raise ValueError(f"{path}: {type(obj).__name__} has no fields")
     fields = [f.name for f in dataclasses.fields(obj)]
@@ -115,16 +121,23 @@ def _replaced(obj, names: list, text: str, path: str):
         raise ValueError(f"{path}: no field {names[0]!r} in {type(obj).__name__} "
                          f"(fields: {', '.join(fields)})")
     current = getattr(obj, names[0])
-    value = _literal(text, current) if len(names) == 1 else _replaced(current, names[1:], text, path)
+    if len(names) > 1:
+        value = _replaced(current, names[1:], text, path, parsed)
+    else:
+        value = _checked(text, current) if parsed else _literal(text, current)
     return dataclasses.replace(obj, **{names[0]: value})
 
 
 def with_flags(cfg: Config, values: dict) -> Config:
-    """`cfg` with each dotted field of `values` set (`override`), skipping None: a script's
-    named flags (``--epochs`` -> ``archset.schedule.epochs``) go through ``--set``'s mechanism."""
+    """`cfg` with each dotted field of `values` set to that (already typed) value, skipping None:
+    a script's named flags (``--epochs`` -> ``archset.schedule.epochs``) go through the path
+    walk and the type check of ``--set`` (`override`); a bad one exits with its message."""
     for path, value in values.items():
         if value is not None:
-            cfg = override(cfg, f"{path}={value!r}")
+            try:
+                cfg = _replaced(cfg, path.split("."), value, path, parsed=True)
+            except ValueError as err:
+                sys.exit(f"error: {err}")
     return cfg
 
 

@@ -98,7 +98,10 @@ def main(argv=None) -> int:
     if not args.no_compile_cache:
         cli.enable_compilation_cache()
     try:
-        summary = harness.run(task, out_dir, progress=not args.quiet, runner=cli.ray_runner(args))
+        # The cluster serves random search and N2N only: no connection for the other methods.
+        searches = {"random", "n2n"} & set(task.methods)
+        summary = harness.run(task, out_dir, progress=not args.quiet,
+                              runner=cli.ray_runner(args) if searches else None)
     except ValueError as err:  # e.g. a subset larger than the dataset
         sys.exit(f"error: {err}")
     print(summary["table"])

@@ -70,6 +70,11 @@ def test_set_overrides_config_fields_by_path_and_checks_types():
         override(cfg, "surrogate.steps")
     with pytest.raises(ValueError, match="has no fields"):
         override(cfg, "surrogate.steps.more=1")
+    with pytest.raises(ValueError, match="cannot read"):  # an Optional int field, now None
+        override(cfg, "archset.max_pooling_reads=4k")
+    assert override(cfg, "archset.max_pooling_reads=4000").archset.max_pooling_reads == 4000
+    with pytest.raises(SystemExit, match="error: .*holds float"):  # a script's flag, typed
+        with_flags(cfg, {"archset.schedule.lr": "fast"})
 
 
 def _module_name(path: Path) -> str:

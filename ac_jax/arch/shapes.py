@@ -64,9 +64,8 @@ def layer_info(index: int, layer: Layer, in_shape: Shape) -> LayerInfo:
         if field not in kind.fields and getattr(layer, field) != 0:
             raise InvalidArchError(f"{where}: field {field} must be 0 for this type")
     k, o, s, p = layer.k, layer.o, layer.s, layer.p
-    if kind.sets_width and o < 1:
-        unit = "output channel" if kind.spatial else "output feature"
-        raise InvalidArchError(f"{where}: needs at least 1 {unit}")
+    if kind.sets_width and not kind.spatial and o < 1:
+        raise InvalidArchError(f"{where}: needs at least 1 output feature")
     c, n = in_shape[-1], math.prod(in_shape)
     out_shape = in_shape
     if kind.spatial:
@@ -79,6 +78,8 @@ def layer_info(index: int, layer: Layer, in_shape: Shape) -> LayerInfo:
         if out_h < 1 or out_w < 1:
             raise InvalidArchError(f"{where}: output collapses ({h}x{w} input, kernel {k}, "
                                    f"padding {p})")
+        if kind.sets_width and o < 1:  # after the geometry, as PyTorch's own checks run
+            raise InvalidArchError(f"{where}: needs at least 1 output channel")
         out_shape = (out_h, out_w, o if kind.sets_width else c)
     elif kind.flattens:
         out_shape = (o,)

@@ -229,12 +229,17 @@ def proposal_ranking(rounds: list) -> dict:
     proposals that trained (the original excluded)."""
     from scipy.stats import kendalltau
 
-    first: dict = {}  # rounds written before `fresh` existed: each (size, accuracy) once
+    pairs, legacy = [], {}
     for info in rounds:
         for t in info.get("trained", ()):
-            if t.get("fresh", True) and not t["original"] and t["status"] == "ok":
-                first.setdefault((t["num_params"], t["trained"]), t["predicted"])
-    pairs = [(predicted, trained) for (_, trained), predicted in first.items()]
+            if t["original"] or t["status"] != "ok":
+                continue
+            if "fresh" in t:
+                if t["fresh"]:
+                    pairs.append((t["predicted"], t["trained"]))
+            else:  # rounds written before `fresh` existed: each (size, accuracy) once
+                legacy.setdefault((t["num_params"], t["trained"]), t["predicted"])
+    pairs += [(predicted, trained) for (_, trained), predicted in legacy.items()]
     if not pairs:
         return {"count": 0, "kendall_tau": None, "mae": None}
     predicted, trained = np.asarray(pairs, np.float64).T
