@@ -7,7 +7,7 @@
     print(ac_jax.to_printout(result.chosen.arch))
 
 Everything here is a thin layer over the modules that do the work (`compress.pipeline`,
-`compress.refine`, `arch.torch_io`, `arch.from_torch`), so the command-line tools and this API
+`compress.refine`, `arch.load`, `arch.export`, `arch.from_torch`), so the command-line tools and this API
 give the same results for the same settings.
 """
 
@@ -24,13 +24,16 @@ from ac_jax.compress.search import SearchConfig
 def compress(networks: Arch | Sequence[Arch], surrogate, constraint: Constraint = Constraint(),
              search: SearchConfig = SearchConfig(), names: Sequence[str] | None = None,
              rounds: int = 0, refine_top: int = 6, work_dir="out/compress/refine",
-             config=None, acquisition: str = "ucb") -> CompressResult | list[CompressResult]:
+             config=None, acquisition: str = "ucb", kappa: float = 1.0, runner=None,
+             batch: int | None = None, on_batch=None) -> CompressResult | list[CompressResult]:
     """Compresses one network (returns a `CompressResult`) or many (a list, searched together
-    in one compiled program per 64 networks) with `surrogate` (a `TrainedSurrogate` or its
-    directory). Each result has `.chosen`, `.pareto`, `.original` and `.candidates`.
+    in one compiled program per `batch` networks, default 64) with `surrogate` (a
+    `TrainedSurrogate` or its directory). Each result has `.chosen`, `.pareto`, `.original`
+    and `.candidates`. `on_batch(n)` is called after each batch of n networks (a progress bar).
 
-    `rounds` > 0 refines by training candidates (active learning by default, `acquisition`;
-    needs the surrogate's dataset, read through `config`, default the surrogate's own config).
+    `rounds` > 0 refines by training candidates (active learning by default, `acquisition`,
+    `kappa`; on a cluster with `runner`, a `distributed.RayRunner`); it needs the surrogate's
+    dataset and archset schedule, read through `config` (default: the surrogate's own config).
     """
     from ac_jax.compress import pipeline
     from ac_jax.surrogate.checkpoint import TrainedSurrogate, load_surrogate
@@ -42,28 +45,37 @@ def compress(networks: Arch | Sequence[Arch], surrogate, constraint: Constraint 
     if not archs:
         raise ValueError("no networks to compress")
     names = list(names) if names is not None else [f"net{i}" for i in range(len(archs))]
+    batch = batch or pipeline.NETWORKS_PER_CALL
     results = []
-    for start in range(0, len(archs), pipeline.NETWORKS_PER_CALL):
-        chunk = slice(start, start + pipeline.NETWORKS_PER_CALL)
+    for start in range(0, len(archs), batch):
+        chunk = slice(start, start + batch)
         results += pipeline.compress_batch(surrogate, archs[chunk], names[chunk], search,
                                            constraint)
+        if on_batch is not None:
+            on_batch(len(archs[chunk]))
     if rounds:
         from ac_jax.compress import refine
 
-        cfg = config if config is not None else _surrogate_config(surrogate)
+        cfg = _refine_config(surrogate, config)
         results = [refine.refine(r, surrogate, cfg, search, constraint, rounds, refine_top,
-                                 work_dir, acquisition=acquisition) for r in results]
+                                 work_dir, acquisition=acquisition, kappa=kappa, runner=runner)
+                   for r in results]
     return results[0] if single else results
 
 
-def _surrogate_config(surrogate):
-    from ac_jax.config import get_config
+def _refine_config(surrogate, config):
+    """The config refinement trains with: that of the surrogate's archset (`configs.for_surrogate`;
+    this front door, like `ac_jax.cli`, reads named configs, the library below never does)."""
+    import configs
 
-    name = (surrogate.meta or {}).get("task", {}).get("config") or ""
-    dataset, _, variant = name.partition("/")
-    if not dataset:
-        raise ValueError("the surrogate records no config; pass config=ac_jax.config.get_config(...)")
-    return get_config(dataset, variant or None)
+    if config is None:
+        name = (surrogate.meta or {}).get("task", {}).get("config") or ""
+        dataset, _, variant = name.partition("/")
+        if not dataset:
+            raise ValueError("the surrogate records no config; pass "
+                             "config=configs.get_config(...)")
+        config = configs.get_config(dataset, variant or None)
+    return configs.for_surrogate(surrogate, config)
 
 
 def verify(original: Arch, chosen: Arch, dataset, epochs: int | None = None, seeds: int = 2,
@@ -76,8 +88,8 @@ def verify(original: Arch, chosen: Arch, dataset, epochs: int | None = None, see
     import dataclasses
 
     from ac_jax.compress import pipeline
-    from ac_jax.config import get_config
     from ac_jax.data import load
+    from configs import get_config
 
     if isinstance(dataset, str):
         dataset = load(dataset)

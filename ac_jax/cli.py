@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
-from ac_jax.config import Config, get_config
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def enable_compilation_cache(path: str | os.PathLike | None = None) -> None:
-    """Persistent XLA cache: a restarted run reuses the programs it already compiled."""
-    import jax
-
-    path = path or os.environ.get("AC_JAX_COMPILE_CACHE", str(Path.home() / ".cache/ac_jax/xla"))
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+from ac_jax.config import Config
+from ac_jax.runtime import REPO_ROOT, enable_compilation_cache, repo_path  # noqa: F401 (bin/ uses them)
+from configs import get_config
 
 
 def add_config_args(parser: argparse.ArgumentParser, default: str = "fashion_mnist") -> None:
@@ -30,19 +20,30 @@ def add_config_args(parser: argparse.ArgumentParser, default: str = "fashion_mni
     )
     parser.add_argument("--variant", default=None, help="config variant (see the config file)")
     parser.add_argument("--data-dir", default=None, help="folder holding the dataset files")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a config field by its dotted path, e.g. --set "
+                             "surrogate.steps=2000 --set archset.schedule.epochs=2 (repeatable; "
+                             "the value is a Python literal of the field's type)")
+
+
+# The cluster flags every training script shares: (flag, argparse keywords).
+RAY_FLAGS = (
+    ("--ray", {"metavar": "ADDRESS", "help": "train on Ray: 'local' starts an instance sized to "
+               "this machine; an address ('auto', 'HOST:6379') joins a cluster started with ray "
+               "start"}),
+    ("--cpus-per-task", {"type": float, "default": 1.0,
+                         "help": "CPUs each training task declares (default 1)"}),
+    ("--gpus-per-task", {"type": float, "default": 0.0,
+                         "help": "GPU share each training task declares, e.g. 0.25: four per GPU"}),
+    ("--max-in-flight", {"type": int,
+                         "help": "tasks submitted at once (default: twice the cluster's slots)"}),
+)
 
 
 def add_ray_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("cluster (optional extra: pip install -e '.[ray]')")
-    g.add_argument("--ray", metavar="ADDRESS",
-                   help="train on Ray: 'local' starts an instance sized to this machine; an "
-                        "address ('auto', 'HOST:6379') joins a cluster started with ray start")
-    g.add_argument("--cpus-per-task", type=float, default=1.0,
-                   help="CPUs each training task declares (default 1)")
-    g.add_argument("--gpus-per-task", type=float, default=0.0,
-                   help="GPU share each training task declares, e.g. 0.25: four per GPU")
-    g.add_argument("--max-in-flight", type=int,
-                   help="tasks submitted at once (default: twice the cluster's task slots)")
+    group = parser.add_argument_group("cluster (optional extra: pip install -e '.[ray]')")
+    for flag, keywords in RAY_FLAGS:
+        group.add_argument(flag, **keywords)
 
 
 def ray_runner(args: argparse.Namespace):
@@ -63,20 +64,86 @@ def ray_runner(args: argparse.Namespace):
 def config_from_args(args: argparse.Namespace) -> Config:
     try:
         cfg = get_config(args.config, args.variant)
+        if args.data_dir is not None:
+            cfg = cfg.replace(data_dir=args.data_dir)
+        for assignment in getattr(args, "set", None) or ():
+            cfg = override(cfg, assignment)
     except ValueError as err:
         sys.exit(f"error: {err}")
-    if args.data_dir is not None:
-        cfg = cfg.replace(data_dir=args.data_dir)
+    return cfg
+
+
+def _literal(text: str, current):
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if isinstance(current, str):
+            return text  # a bare word for a string field
+        raise ValueError(f"cannot read {text!r} as a value") from None
+    return _checked(value, current)
+
+
+def _checked(value, current):
+    """`value` for a field now holding `current`: lists become tuples, ints widen to floats,
+    other types must match (a field holding None takes any value)."""
+    if isinstance(value, list):
+        value = tuple(value)
+    if current is None or value is None:
+        return value
+    if isinstance(current, bool) or isinstance(value, bool):
+        ok = isinstance(current, bool) and isinstance(value, bool)
+    elif isinstance(current, float):
+        ok = isinstance(value, (int, float))
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, type(current))
+    if not ok:
+        raise ValueError(f"{value!r} is of type {type(value).__name__}; the field holds "
+                         f"{type(current).__name__} values (now {current!r})")
+    return value
+
+
+def override(obj, assignment: str):
+    """`obj` (a frozen dataclass tree, e.g. a `Config`) with the field at a dotted path
+    replaced: ``override(cfg, "surrogate.steps=2000")``. The one override mechanism behind
+    ``--set`` and the scripts' named flags; a wrong path or type is a ValueError naming it."""
+    path, sep, text = assignment.partition("=")
+    if not sep or not path.strip():
+        raise ValueError(f"--set wants FIELD=VALUE, got {assignment!r}")
+    return _replaced(obj, path.strip().split("."), text.strip(), path.strip())
+
+
+def _replaced(obj, names: list, text, path: str, parsed: bool = False):
+    if not dataclasses.is_dataclass(obj):
+        raise ValueError(f"{path}: {type(obj).__name__} has no fields")
+    fields = [f.name for f in dataclasses.fields(obj)]
+    if names[0] not in fields:
+        raise ValueError(f"{path}: no field {names[0]!r} in {type(obj).__name__} "
+                         f"(fields: {', '.join(fields)})")
+    current = getattr(obj, names[0])
+    if len(names) > 1:
+        value = _replaced(current, names[1:], text, path, parsed)
+    else:
+        value = _checked(text, current) if parsed else _literal(text, current)
+    return dataclasses.replace(obj, **{names[0]: value})
+
+
+def with_flags(cfg: Config, values: dict) -> Config:
+    """`cfg` with each dotted field of `values` set to that (already typed) value, skipping None:
+    a script's named flags (``--epochs`` -> ``archset.schedule.epochs``) go through the path
+    walk and the type check of ``--set`` (`override`); a bad one exits with its message."""
+    for path, value in values.items():
+        if value is not None:
+            try:
+                cfg = _replaced(cfg, path.split("."), value, path, parsed=True)
+            except ValueError as err:
+                sys.exit(f"error: {err}")
     return cfg
 
 
 def replace_schedule(cfg: Config, **changes) -> Config:
     """Returns `cfg` with archset schedule fields changed (None values are ignored)."""
-    changes = {k: v for k, v in changes.items() if v is not None}
-    if not changes:
-        return cfg
-    schedule = dataclasses.replace(cfg.archset.schedule, **changes)
-    return cfg.replace(archset=dataclasses.replace(cfg.archset, schedule=schedule))
+    return with_flags(cfg, {f"archset.schedule.{k}": v for k, v in changes.items()})
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -89,29 +156,16 @@ def parse_shard(text: str) -> tuple[int, int]:
     return k, n
 
 
-def repo_path(path: str | os.PathLike) -> Path:
-    """Relative paths in configs are relative to the repository root."""
-    path = Path(path)
-    return path if path.is_absolute() else REPO_ROOT / path
-
-
-def surrogate_config(cfg: Config):
-    """The config's surrogate settings (the paper's defaults when the config sets none)."""
-    from ac_jax.surrogate.config import SurrogateConfig
-
-    return cfg.surrogate if cfg.surrogate is not None else SurrogateConfig()
-
-
 def surrogate_path(cfg: Config) -> Path:
     """Where bin/compress.py looks for the trained surrogate of the config's dataset."""
     return repo_path(f"surrogates/{cfg.dataset}")
 
 
-def search_config(cfg: Config, args: argparse.Namespace):
-    """The config's embedding-search settings with command-line overrides."""
+def search_config(args: argparse.Namespace):
+    """The embedding-search settings (`SearchConfig`'s defaults) with command-line overrides."""
     from ac_jax.compress.search import SearchConfig
 
-    base = cfg.compress if cfg.compress is not None else SearchConfig()
+    base = SearchConfig()
     changes = {"steps": args.steps, "step_size": args.step_size,
                "lambdas": tuple(args.lambdas) if args.lambdas else None,
                "objective": getattr(args, "objective", None)}

@@ -1,13 +1,13 @@
-"""The experiment configuration: one frozen dataclass tree; `configs/<name>.py` build instances."""
+"""The experiment configuration: one frozen dataclass tree. `configs/<name>.py` build instances;
+scripts load one (`configs.get_config`) and pass it in."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from typing import Any
 
 from ac_jax.arch.sampler import SamplerConfig
 from ac_jax.child.trainer import TrainSchedule
+from ac_jax.surrogate.config import SurrogateConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,22 +54,7 @@ class Config:
     )
     default_model: str = "conv7"
     archset: ArchsetConfig = ArchsetConfig()
-    surrogate: Any = None  # ac_jax.surrogate.SurrogateConfig
-    compress: Any = None  # ac_jax.compress.CompressConfig
+    surrogate: SurrogateConfig = SurrogateConfig()  # the paper's settings unless a config sets them
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
-
-
-def get_config(name: str, variant: str | None = None) -> Config:
-    """Loads ``configs/<name>.py`` and calls its ``get_config(variant)``."""
-    module_name = name.replace("-", "_")
-    try:
-        module = importlib.import_module(f"configs.{module_name}")
-    except ModuleNotFoundError as err:
-        if err.name != f"configs.{module_name}":
-            raise
-        from configs import available
-
-        raise ValueError(f"no config {name!r}; available: {', '.join(available())}") from None
-    return module.get_config(variant) if variant is not None else module.get_config()

@@ -116,9 +116,9 @@ def _train_task(token: str, data_box: list, data_seed: int, schedule, num_seeds:
     whose compiled programs then serve that worker's later tasks."""
     import ray
 
-    from ac_jax.arch.torch_io import parse_json
+    from ac_jax.arch.json_spec import parse_json
     from ac_jax.child.trainer import ChildTrainer
-    from ac_jax.cli import enable_compilation_cache
+    from ac_jax.runtime import enable_compilation_cache
 
     trainer = _TRAINERS.get(token)
     if trainer is None:
@@ -159,7 +159,7 @@ class RayRunner:
         worker dies is retried `max_retries` times, then recorded as "crashed" (host out of
         memory: "oom"), so one architecture cannot stop every restart of a run."""
         ray = require_ray()
-        from ac_jax.arch.torch_io import to_json
+        from ac_jax.arch.json_spec import to_json
 
         items = list(items)
         stats, start = RayStats(), time.perf_counter()

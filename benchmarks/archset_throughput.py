@@ -52,7 +52,7 @@ def _import_tree(config: dict):
     from ac_jax import cli
 
     cli.enable_compilation_cache(config["cache"])
-    from ac_jax.config import get_config
+    from configs import get_config
 
     return get_config(config["dataset"], config["variant"])
 

@@ -5,7 +5,7 @@ Same architectures (CONV-7 and a few networks from the Appendix 9 sampler with t
 `cpu` variant's caps), same batch size (64), same optimiser (Adam, lr 0.01, cross-entropy), same
 preprocessing (x / 255 - 0.5), one epoch on a stratified Fashion-MNIST training subset, several
 seeds. ac_jax trains all seeds at once (`ChildTrainer`, `jax.vmap` over seeds); PyTorch trains them
-one after another in an ordinary eager loop built from `torch_io.to_torch_module_source(arch)`.
+one after another in an ordinary eager loop built from `export.to_torch_module_source(arch)`.
 
 Every (architecture, framework) measurement runs in its own subprocess (`common.spawn`), one at a
 time, so the frameworks never share a process or fight over threads (each uses its default thread
@@ -57,7 +57,7 @@ def benchmark_archs(models: list[str], num_sampled: int, sample_seed: int, varia
     """[(name, Arch)]: zoo CONV-7 and/or the first `num_sampled` sampled architectures (with the
     sampler caps of the Fashion-MNIST config `variant`)."""
     from ac_jax.arch import sampler, zoo
-    from ac_jax.config import get_config
+    from configs import get_config
 
     archs = []
     if "conv7" in models:
@@ -123,7 +123,7 @@ def run_torch(arch, args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from ac_jax.arch.torch_io import to_torch_module_source
+    from ac_jax.arch.export import to_torch_module_source
 
     namespace: dict = {"__name__": "child_module"}
     exec(to_torch_module_source(arch), namespace)
@@ -187,7 +187,7 @@ def run_torch(arch, args) -> dict:
 
 def worker(config: dict) -> dict:
     """One (architecture, framework) measurement, in a subprocess started by `measure`."""
-    from ac_jax.arch.torch_io import parse_json
+    from ac_jax.arch.json_spec import parse_json
 
     run = run_jax if config["mode"] == "jax" else run_torch
     return run(parse_json(config["arch"]), SimpleNamespace(**config))
@@ -200,7 +200,7 @@ def worker(config: dict) -> dict:
 
 def measure(arch, framework: str, args) -> dict:
     """Runs one (architecture, framework) measurement in a fresh subprocess."""
-    from ac_jax.arch.torch_io import to_json
+    from ac_jax.arch.json_spec import to_json
 
     config = {"arch": to_json(arch), "seeds": args.seeds, "train_subset": args.train_subset,
               "test_subset": args.test_subset, "repeats": args.repeats,
@@ -222,7 +222,7 @@ def archset_archs_per_hour(train_seconds: float, compile_seconds: float, measure
     is vmapped, so this is conservative where a bigger vmap fills the device better). Reported
     twice: compilation exposed, and hidden behind training (archset generation compiles the next
     architecture in a background thread)."""
-    from ac_jax.config import get_config
+    from configs import get_config
 
     a = get_config("fashion_mnist", variant).archset
     images = a.schedule.train_subset or 60_000

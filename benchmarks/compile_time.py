@@ -67,7 +67,7 @@ def _trainer(config: dict, cache_dir: str | None):
     if cache_dir is None:
         jax.config.update("jax_compilation_cache_dir", None)
     else:
-        from ac_jax.cli import enable_compilation_cache
+        from ac_jax.runtime import enable_compilation_cache
 
         enable_compilation_cache(cache_dir)
     from ac_jax.child.trainer import ChildTrainer, TrainSchedule, to_device

@@ -113,7 +113,7 @@ def _arch(model: str, dataset_name: str, dataset):
     if not model.startswith("plan:"):
         return zoo.get(model, dataset.input_shape, dataset.num_classes)
     from ac_jax.archset import generate
-    from ac_jax.config import get_config
+    from configs import get_config
 
     _, index, *variant = model.split(":")
     cfg = get_config(dataset_name, variant[0] if variant else "cpu")

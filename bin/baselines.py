@@ -22,123 +22,14 @@ architectures as the ac_jax result spent. Random search records each trained can
 """
 
 import argparse
-import dataclasses
-import json
-import math
-import re
 import sys
-import time
-import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ac_jax import cli  # noqa: E402
 
-METHODS = ("random", "n2n", "prune-taylor", "prune-l1", "distill")
-_SUFFIXES = {"": 1, "k": 1_000, "m": 1_000_000}
-
-
-# --------------------------------------------------------------------------------------------
-# Inputs
-# --------------------------------------------------------------------------------------------
-
-
-def parse_param_count(text: str, teacher_params: int) -> int | None:
-    """A parameter count from "70000", "70_000", "70k", "1.2M" or "10x"; None if not a count."""
-    s = text.strip().lower().replace("_", "").replace(",", "")
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(x|k|m|)", s)
-    if match is None:
-        return None
-    value, suffix = float(match.group(1)), match.group(2)
-    if suffix == "x":
-        if value <= 1:
-            raise ValueError(f"a compression ratio must be above 1, got {text!r}")
-        return int(teacher_params // value)
-    return int(round(value * _SUFFIXES[suffix]))
-
-
-def parse_target(text: str, teacher, input_shape, num_classes):
-    """(target parameter count, target Arch or None) from --target; `ValueError` if bad."""
-    from ac_jax.arch.torch_io import load_arch
-
-    count = parse_param_count(text, teacher.num_params)
-    arch = None
-    if count is None:
-        arch = load_arch(text, input_shape, num_classes)
-        count = arch.num_params
-    return check_target(count, teacher), arch
-
-
-def check_target(count: int, teacher) -> int:
-    if count < 1:
-        raise ValueError(f"the target must have at least one parameter, got {count}")
-    if count >= teacher.num_params:
-        raise ValueError(
-            f"the target ({count:,} parameters) is not smaller than the teacher "
-            f"({teacher.num_params:,}): nothing to compress"
-        )
-    return count
-
-
-def _get(report: dict, dotted: str, path: Path):
-    value = report
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise ValueError(f"{path}: the report has no {dotted!r}")
-        value = value[part]
-    return value
-
-
-def read_report(path: str, input_shape, num_classes) -> dict:
-    """The fields of the compressor's report.json that the table uses, checked."""
-    from ac_jax.arch.torch_io import parse_json
-
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"no such report file: {p}")
-    try:
-        report = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{p}: not a JSON report ({err})") from None
-    if not isinstance(report, dict):
-        raise ValueError(f"{p}: a report is a JSON object")
-    out = {
-        "original_params": _get(report, "original.num_params", p),
-        "chosen_params": _get(report, "chosen.num_params", p),
-        "wall_seconds": _get(report, "wall_seconds", p),
-        # Optional: the architectures the compressor trained (archset excluded); "—" if absent.
-        "archs_trained": report.get("archs_trained"),
-    }
-    for key, field in (("original_params", "original.num_params"),
-                       ("chosen_params", "chosen.num_params")):
-        if isinstance(out[key], bool) or not isinstance(out[key], int) or out[key] < 1:
-            raise ValueError(f"{p}: {field} must be a positive integer, got {out[key]!r}")
-    trained = out["archs_trained"]
-    if trained is not None and (isinstance(trained, bool) or not isinstance(trained, int)
-                                or trained < 0):
-        raise ValueError(f"{p}: archs_trained must be a non-negative integer, got {trained!r}")
-    seconds = out["wall_seconds"]
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-        raise ValueError(f"{p}: wall_seconds must be a non-negative number, got {seconds!r}")
-    spec = _get(report, "chosen.spec", p)
-    try:
-        arch = parse_json(spec)
-    except ValueError as err:
-        raise ValueError(f"{p}: chosen.spec is not a valid architecture: {err}") from None
-    if arch.input_shape != tuple(input_shape) or arch.num_classes != num_classes:
-        raise ValueError(
-            f"{p}: the chosen architecture is for input {arch.input_shape} / {arch.num_classes} "
-            f"classes, the dataset has {tuple(input_shape)} / {num_classes}"
-        )
-    out["arch"] = arch
-    out["surrogate"] = report.get("surrogate")
-    verify = report.get("verify")
-    if verify is not None and not isinstance(verify, dict):
-        raise ValueError(f"{p}: verify must be an object or null")
-    out["original_accuracy"] = verify.get("original_accuracy") if verify else None
-    out["compressed_accuracy"] = verify.get("compressed_accuracy") if verify else None
-    return out
+from ac_jax.baselines.harness import METHODS  # noqa: E402
 
 
 def parse_random_archs(text: str) -> int | str:
@@ -154,17 +45,6 @@ def parse_random_archs(text: str) -> int | str:
     return value
 
 
-def archset_spend(report: dict) -> int:
-    """Architectures the ac_jax result cost: its surrogate's archset plus any refinement runs."""
-    folder = report.get("surrogate")
-    meta_path = Path(folder) / "surrogate.json" if folder else None
-    if meta_path is None or not meta_path.is_file():
-        raise ValueError("--random-archs archset needs the --ac-report's surrogate folder "
-                         f"(its surrogate.json); the report names {folder!r}")
-    records = json.loads(meta_path.read_text(encoding="utf-8"))["task"]["num_records"]
-    return int(records) + int(report.get("archs_trained") or 0)
-
-
 def parse_methods(text: str) -> list[str]:
     names = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
@@ -173,50 +53,6 @@ def parse_methods(text: str) -> list[str]:
             f"unknown method(s) {unknown or text!r}; choose from {', '.join(METHODS)}"
         )
     return names
-
-
-# --------------------------------------------------------------------------------------------
-# Table
-# --------------------------------------------------------------------------------------------
-
-
-def _fmt_acc(acc):
-    if acc is None or (isinstance(acc, float) and math.isnan(acc)):
-        return "—"
-    return f"{100 * acc:.2f}%"
-
-
-def _fmt_params(n):
-    return "—" if not n else f"{n:,}"
-
-
-def _fmt_time(seconds):
-    if seconds is None:
-        return "—"
-    return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.1f} min"
-
-
-def markdown_table(rows: list[dict], header: list[str]) -> str:
-    lines = header + [
-        "",
-        "| Method | Acc. | #Params | Compression | Wall time | Archs evaluated | Notes |",
-        "|---|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in rows:
-        ratio = f"{r['compression']:.1f}x" if r.get("compression") else "—"
-        flag = "" if r.get("within_budget", True) else " (over budget)"
-        evaluated = r.get("archs_evaluated")
-        lines.append(
-            f"| {r['method']} | {_fmt_acc(r['accuracy'])} | {_fmt_params(r['num_params'])}{flag} "
-            f"| {ratio} | {_fmt_time(r.get('wall_seconds'))} "
-            f"| {'—' if evaluated is None else evaluated} | {r.get('notes', '')} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------------------------
-# Main
-# --------------------------------------------------------------------------------------------
 
 
 def main(argv=None) -> int:
@@ -246,228 +82,31 @@ def main(argv=None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     cli.add_ray_args(parser)
     args = parser.parse_args(argv)
-
     cfg = cli.config_from_args(args)
-    import jax
 
-    from ac_jax.arch.torch_io import load_arch, to_printout
-    from ac_jax.baselines import budget as budget_lib
-    from ac_jax.baselines import common
-    from ac_jax.baselines.distill import distill
-    from ac_jax.baselines.n2n import n2n
-    from ac_jax.baselines.pruning import prune
-    from ac_jax.baselines.random_search import random_search
-    from ac_jax.child.trainer import to_device
-    from ac_jax.data import DatasetNotFoundError, load, protocol
+    from ac_jax.baselines import harness
+    from ac_jax.data import DatasetNotFoundError, load
 
-    budget_name = args.budget
-    if budget_name is None:
-        on_cpu = jax.default_backend() == "cpu"
-        budget_name = "tiny" if cfg.dataset == "synthetic" else ("cpu" if on_cpu else "gpu")
-    budget = budget_lib.get_budget(budget_name, cfg)
-    progress = not args.quiet
     try:
         dataset = load(cfg.dataset, cfg.data_dir)
+        task = harness.resolve(cfg, dataset, args.model, args.target, args.ac_report, args.budget,
+                               args.random_archs, args.methods, args.seed, args.distill_student)
     except (DatasetNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
-    shape, classes = dataset.input_shape, dataset.num_classes
-    try:
-        teacher_arch = load_arch(args.model or cfg.default_model, shape, classes)
-        report = read_report(args.ac_report, shape, classes) if args.ac_report else None
-        if args.target:
-            target_params, target_arch = parse_target(args.target, teacher_arch, shape, classes)
-        elif report is not None:
-            target_arch = report["arch"]
-            target_params = check_target(target_arch.num_params, teacher_arch)
-        else:
-            raise ValueError("give --target (an architecture file or a parameter count) or "
-                             "--ac-report")
-        if args.distill_student == "target" and target_arch is None:
-            raise ValueError("--distill-student target needs --target to be an architecture")
-        if args.random_archs is not None:
-            num = (archset_spend(report) if args.random_archs == "archset" and report
-                   else args.random_archs)
-            if num == "archset":
-                raise ValueError("--random-archs archset needs --ac-report")
-            budget = dataclasses.replace(budget, random_search=dataclasses.replace(
-                budget.random_search, num_archs=num))
-    except ValueError as err:
-        sys.exit(f"error: {err}")
-    budget = dataclasses.replace(budget, random_search=dataclasses.replace(
-        budget.random_search, max_pooling_reads=cfg.archset.max_pooling_reads))
-    if report is not None and report["original_params"] != teacher_arch.num_params:
-        print(f"warning: the report's original network has {report['original_params']:,} "
-              f"parameters, the teacher here {teacher_arch.num_params:,}", file=sys.stderr)
     out_dir = Path(args.out) if args.out else cli.repo_path(
-        f"results/baselines/{cfg.name.replace('/', '_')}_{budget.name}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+        f"results/baselines/{cfg.name.replace('/', '_')}_{task.budget.name}")
     if not args.no_compile_cache:
         cli.enable_compilation_cache()
-
     try:
-        # Validation for choosing, test for reporting (ac_jax.data.protocol): the searches and
-        # the pruning repeats choose on the validation split; every reported accuracy is on test.
-        full = protocol.final_view(dataset).subset(budget.train_subset, budget.test_subset)
-        final_data = to_device(full, budget.final_schedule)
-        val = protocol.search_view(dataset)
-        choose_data = to_device(val.subset(budget.train_subset, budget.test_subset),
-                                budget.final_schedule)
-        search_data = to_device(val.subset(budget.search_train_subset or budget.train_subset,
-                                           budget.test_subset), budget.search_schedule)
-    except ValueError as err:
+        # The cluster serves random search and N2N only: no connection for the other methods.
+        searches = {"random", "n2n"} & set(task.methods)
+        summary = harness.run(task, out_dir, progress=not args.quiet,
+                              runner=cli.ray_runner(args) if searches else None)
+    except ValueError as err:  # e.g. a subset larger than the dataset
         sys.exit(f"error: {err}")
-    teacher_params = teacher_arch.num_params
-    final, seeds = budget.final_schedule, budget.final_seeds
-    rows: list[dict] = []
-    failures = 0
-    log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
-
-    def add(result):
-        row = result.to_dict(teacher_params)
-        rows.append(row)
-        log(f"  {row['method']}: accuracy {_fmt_acc(row['accuracy'])}, "
-            f"{row['num_params']:,} params, {_fmt_time(row['wall_seconds'])}")
-
-    def retrained(result, desc):
-        """The search winner retrained with the final schedule (accuracy comparable)."""
-        start = time.perf_counter()
-        mean, accs = common.retrain(result.arch, final_data, final, seeds, progress=progress,
-                                    desc=desc)
-        result.accuracy = mean
-        result.wall_seconds += time.perf_counter() - start
-        result.details["final_seed_accuracies"] = accs
-        result.notes += f"; retrained {final.epochs} epoch(s)"
-        return result
-
-    def attempt(name, fn):
-        nonlocal failures
-        log(f"[{name}]")
-        try:
-            fn()
-        except Exception as err:  # one failing baseline must not lose the others' rows
-            failures += 1
-            traceback.print_exc()
-            rows.append({"method": name, "accuracy": None, "num_params": None,
-                         "compression": None, "wall_seconds": None, "archs_evaluated": None,
-                         "notes": f"failed: {type(err).__name__}: {err}"})
-
-    log(f"teacher {args.model or cfg.default_model}: {teacher_params:,} parameters; target "
-        f"{target_params:,} ({teacher_params / target_params:.1f}x); budget {budget.name}; "
-        f"{len(full.train_y)} train / {len(full.test_y)} test images")
-    wall_start = time.perf_counter()
-    teacher = None
-
-    def run_teacher():
-        nonlocal teacher
-        teacher = common.train_network(teacher_arch, final_data, final, seeds[0],
-                                       progress=progress, desc="teacher")
-        if teacher.diverged:
-            raise RuntimeError("the teacher's training loss became non-finite")
-        rows.append({"method": "teacher (input network)", "accuracy": teacher.accuracy,
-                     "num_params": teacher_params, "compression": 1.0,
-                     "wall_seconds": teacher.train_seconds, "archs_evaluated": 1,
-                     "notes": f"{final.epochs} epoch(s), seed {seeds[0]}; reused by pruning "
-                              "and distillation (not in their wall time)",
-                     "spec": None})
-
-    attempt("teacher (input network)", run_teacher)
-
-    if report is not None:
-        acc = report["compressed_accuracy"]
-        rows.append({
-            "method": "ac_jax (its report)", "accuracy": acc,
-            "num_params": report["chosen_params"],
-            "compression": report["original_params"] / report["chosen_params"],
-            "wall_seconds": report["wall_seconds"], "archs_evaluated": report["archs_trained"],
-            "notes": (f"accuracy from the report's own verification (its teacher: "
-                      f"{_fmt_acc(report['original_accuracy'])}), not this harness's schedule"
-                      if acc is not None else "the report has no verification run")
-                     + "; wall time as reported (archset and surrogate training not included)",
-            "original_accuracy": report["original_accuracy"],
-        })
-    ac_arch = target_arch if target_arch is not None else (report or {}).get("arch")
-    if ac_arch is not None:
-        def run_target():
-            start = time.perf_counter()
-            mean, accs = common.retrain(ac_arch, final_data, final, seeds,
-                                        progress=progress, desc="ac_jax arch")
-            add(common.BaselineResult(
-                "ac_jax architecture, retrained here", mean, ac_arch.num_params,
-                ac_arch, time.perf_counter() - start, 1,
-                notes=f"{final.epochs} epoch(s) from scratch, like the search winners",
-                details={"seed_accuracies": accs}))
-
-        attempt("ac_jax architecture, retrained here", run_target)
-
-    if "random" in args.methods:
-        attempt("random search", lambda: add(retrained(random_search(
-            search_data, budget.search_schedule, target_params, budget.random_search,
-            cfg.archset.sampler, neighbourhood_of=teacher_arch, seed=args.seed + 1,
-            store=out_dir / "random_search.sqlite", progress=progress,
-            runner=cli.ray_runner(args)),
-            "random search winner")))
-    if "n2n" in args.methods:
-        n2n_cfg = dataclasses.replace(budget.n2n, seed=args.seed)
-        attempt("N2N (RL)", lambda: add(retrained(n2n(
-            teacher_arch, search_data, budget.search_schedule, target_params, n2n_cfg,
-            progress=progress), "N2N winner")))
-    for criterion in ("taylor", "l1"):
-        if f"prune-{criterion}" in args.methods:
-            def run_prune(criterion=criterion):
-                if teacher is None:
-                    raise RuntimeError("no trained teacher (its training failed)")
-                add(prune(teacher, choose_data, final, target_params,
-                          dataclasses.replace(budget.pruning, criterion=criterion), args.seed,
-                          report_data=final_data, progress=progress))
-
-            attempt(f"pruning ({criterion})", run_prune)
-    if "distill" in args.methods:
-        def run_distill():
-            if teacher is None:
-                raise RuntimeError("no trained teacher (its training failed)")
-            student = (target_arch if args.distill_student == "target"
-                       else common.width_scaled_to(teacher_arch, target_params))
-            results = distill(teacher, student, final_data, final,
-                              dataclasses.replace(budget.distill, seeds=seeds),
-                              progress=progress)
-            for result in results.values():
-                result.notes = f"{args.distill_student} student; " + result.notes
-                add(result)
-
-        attempt("distillation", run_distill)
-
-    header = [
-        f"# Baselines: {cfg.name}, teacher {args.model or cfg.default_model}, budget {budget.name}",
-        "",
-        f"- teacher: {teacher_params:,} parameters; target: at most {target_params:,} "
-        f"({teacher_params / target_params:.1f}x)",
-        f"- data: {len(full.train_y):,} train / {len(full.test_y):,} test images "
-        f"(searches train on {search_data.train_x.shape[0]:,})",
-        f"- final schedule: {final.epochs} epoch(s), batch {final.batch_size}, lr {final.lr:g} "
-        f"({final.optimizer}), seeds {list(seeds)}; search proxy: "
-        f"{budget.search_schedule.epochs} epoch(s)",
-        "- Acc.: test accuracy after the final schedule (search winners retrained with it); "
-        "every choice (search winners, pruning repeats) read the validation split carved from "
-        "the training set; wall time excludes the shared teacher",
-        f"- total wall time: {_fmt_time(time.perf_counter() - wall_start)}",
-    ]
-    table = markdown_table(rows, header)
-    (out_dir / "baselines.md").write_text(table, encoding="utf-8")
-    summary = {
-        "config": cfg.name,
-        "model": args.model or cfg.default_model,
-        "teacher_params": teacher_params,
-        "target_params": target_params,
-        "budget": dataclasses.asdict(budget),
-        "rows": rows,
-        "wall_seconds": time.perf_counter() - wall_start,
-        "teacher_printout": to_printout(teacher_arch),
-    }
-    (out_dir / "baselines.json").write_text(json.dumps(summary, indent=2, default=str) + "\n",
-                                            encoding="utf-8")
-    print(table)
+    print(summary["table"])
     print(f"wrote {out_dir / 'baselines.md'} and {out_dir / 'baselines.json'}", file=sys.stderr)
-    return 1 if failures else 0
+    return 1 if summary["failures"] else 0
 
 
 if __name__ == "__main__":

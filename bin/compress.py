@@ -106,7 +106,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     began = time.perf_counter()
     cfg = cli.config_from_args(args)
-    from ac_jax.arch.torch_io import load_arch
+    from ac_jax import api
+    from ac_jax.arch.load import load_arch
     from ac_jax.compress import pipeline
     from ac_jax.compress.candidates import Constraint
     from ac_jax.surrogate.checkpoint import CheckpointError, load_surrogate, read_meta
@@ -142,29 +143,21 @@ def main(argv=None) -> int:
         surrogate = load_surrogate(surrogate_dir)
     except CheckpointError as err:
         sys.exit(f"error: {err}{how_to_build}")
-    search_cfg = cli.search_config(cfg, args)
+    search_cfg = cli.search_config(args)
     constraint = Constraint(args.max_params, args.target_ratio, args.min_acc, args.lam, args.max_drop)
     labels = [_label(n) for n in names]
-    results = []
     bar = None if args.quiet else cli.progress(len(archs), "compress", "net")
-    for start in range(0, len(archs), args.batch):
-        chunk = slice(start, start + args.batch)
-        try:
-            results += pipeline.compress_batch(surrogate, archs[chunk], labels[chunk], search_cfg, constraint)
-        except ValueError as err:
-            sys.exit(f"error: {err}")
-        if bar is not None:
-            bar.update(len(archs[chunk]))
+    try:
+        results = api.compress(
+            archs, surrogate, constraint, search_cfg, labels, rounds=args.rounds,
+            refine_top=args.refine_top, work_dir=Path(args.out or "out/compress") / "refine",
+            config=cfg, acquisition=args.acquisition, kappa=args.kappa,
+            runner=cli.ray_runner(args) if args.rounds else None, batch=args.batch,
+            on_batch=bar.update if bar is not None else None)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     if bar is not None:
         bar.close()
-    if args.rounds:
-        from ac_jax.compress import refine
-
-        for i, result in enumerate(results):
-            results[i] = refine.refine(result, surrogate, cfg, search_cfg, constraint, args.rounds,
-                                       args.refine_top, Path(args.out or "out/compress") / "refine",
-                                       acquisition=args.acquisition, kappa=args.kappa,
-                                       runner=cli.ray_runner(args))
     dataset = None
     default_out = Path("out/compress") / (labels[0] if len(labels) == 1 else "batch")
     out_root = Path(args.out) if args.out else default_out
@@ -197,7 +190,7 @@ def main(argv=None) -> int:
 
 
 def print_result(result, paths, full: bool) -> None:
-    from ac_jax.arch.torch_io import to_printout
+    from ac_jax.arch.export import to_printout
     from ac_jax.compress.pipeline import table1_row
 
     o, c = result.original, result.chosen

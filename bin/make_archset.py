@@ -9,7 +9,6 @@
 """
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -65,12 +64,9 @@ def main(argv=None) -> int:
     cfg = cli.replace_schedule(
         cfg, epochs=args.epochs, train_subset=args.train_subset, test_subset=args.test_subset
     )
+    cfg = cli.with_flags(cfg, {"archset.seeds": args.seeds,
+                               "archset.compile_workers": args.workers})
     archset = cfg.archset
-    if args.seeds is not None:
-        archset = dataclasses.replace(archset, seeds=args.seeds)
-    if args.workers is not None:
-        archset = dataclasses.replace(archset, compile_workers=args.workers)
-    cfg = cfg.replace(archset=archset)
     out = Path(args.out) if args.out else cli.repo_path(archset.path)
     num = args.num or archset.num
     cli.enable_compilation_cache()

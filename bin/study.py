@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import jax
 
-    from ac_jax.config import get_config
+    from configs import get_config
     from ac_jax.study import StudyConfig, final_schedule, run_study
 
     if args.variant is None and jax.default_backend() == "cpu":

@@ -32,15 +32,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="results prefix (default results/surrogate_ablation/<dataset>)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    import dataclasses
 
     from ac_jax.archset.store import load_arrays
     from ac_jax.surrogate import ablation
 
-    cfg = cli.config_from_args(args)
-    scfg = cli.surrogate_config(cfg)
-    if args.steps:
-        scfg = dataclasses.replace(scfg, steps=args.steps)
+    cfg = cli.with_flags(cli.config_from_args(args), {"surrogate.steps": args.steps or None})
+    scfg = cfg.surrogate
     paths = args.archset or [str(cli.repo_path(cfg.archset.path))]
     try:
         arrays = load_arrays(paths, max_len=scfg.arch.max_len)

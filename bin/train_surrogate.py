@@ -16,7 +16,6 @@ already there (the shipped surrogate, say) unless --force is given:
 """
 
 import argparse
-import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -49,10 +48,10 @@ def main(argv=None) -> int:
     from ac_jax.archset.store import load_arrays
     from ac_jax.surrogate import checkpoint, train
 
-    cfg = cli.config_from_args(args)
-    scfg = cli.surrogate_config(cfg)
-    changes = {k: getattr(args, k) for k in ("steps", "optimizer", "lr", "batch_size", "seed")}
-    scfg = dataclasses.replace(scfg, **{k: v for k, v in changes.items() if v is not None})
+    cfg = cli.with_flags(cli.config_from_args(args), {
+        f"surrogate.{k}": getattr(args, k) for k in ("steps", "optimizer", "lr", "batch_size",
+                                                     "seed")})
+    scfg = cfg.surrogate
     paths = args.archset or [str(cli.repo_path(cfg.archset.path))]
     try:
         arrays = load_arrays(paths, max_len=scfg.arch.max_len)

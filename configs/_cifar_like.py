@@ -6,6 +6,9 @@ from ac_jax.child.trainer import TrainSchedule
 from ac_jax.config import ArchsetConfig, Config
 
 
+VARIANTS = ("default", "paper")
+
+
 def cifar_like_config(dataset: str, variant: str) -> Config:
     """Paper Section 5.2.1: Adam 1e-3, /10 at epochs 80 and 120, 150 epochs, batch 128."""
     if variant not in ("default", "paper"):

@@ -1,6 +1,6 @@
 """cifar10: CONV-10, the paper's schedule (see configs/_cifar_like.py)."""
 
-from configs._cifar_like import cifar_like_config
+from configs._cifar_like import VARIANTS, cifar_like_config  # noqa: F401 (VARIANTS: configs.variants)
 
 
 def get_config(variant: str = "default"):

@@ -20,6 +20,9 @@ from ac_jax.config import ArchsetConfig, Config
 from ac_jax.surrogate.config import SurrogateConfig
 
 
+VARIANTS = ("default", "paper", "cpu", "cpu_region")
+
+
 def get_config(variant: str = "default") -> Config:
     proxy = TrainSchedule(epochs=5, batch_size=64, lr=0.01)
     archset = ArchsetConfig(

@@ -7,6 +7,9 @@ from ac_jax.surrogate.config import SurrogateConfig
 from ac_jax.surrogate.model import SurrogateArch
 
 
+VARIANTS = ("default",)
+
+
 def get_config(variant: str = "default") -> Config:
     if variant != "default":
         raise ValueError(f"unknown variant {variant!r} of tiny; use default")

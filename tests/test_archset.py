@@ -32,7 +32,7 @@ from ac_jax.archset.store import (
     load_arrays,
 )
 from ac_jax.child.trainer import TrainResult
-from ac_jax.config import get_config
+from configs import get_config
 from ac_jax.data import load
 
 REPO = Path(__file__).resolve().parent.parent

@@ -29,7 +29,7 @@ from ac_jax.arch.spec import (
     relu,
     sigmoid,
 )
-from ac_jax.arch.torch_io import to_json
+from ac_jax.arch.json_spec import to_json
 from ac_jax.baselines import (
     DistillConfig,
     N2NConfig,
@@ -58,6 +58,7 @@ SCHEDULE = TrainSchedule(epochs=1, batch_size=32, lr=0.01, eval_batch_size=128)
 REPO = Path(__file__).resolve().parent.parent
 # The package exports functions named like their modules (n2n, random_search...).
 n2n_lib = importlib.import_module("ac_jax.baselines.n2n")
+harness = importlib.import_module("ac_jax.baselines.harness")
 pruning_lib = importlib.import_module("ac_jax.baselines.pruning")
 
 
@@ -288,9 +289,9 @@ def test_random_archs_flag(bin_baselines, tmp_path):
     folder = tmp_path / "surrogate"
     folder.mkdir()
     (folder / "surrogate.json").write_text(json.dumps({"task": {"num_records": 157}}))
-    assert bin_baselines.archset_spend({"surrogate": str(folder), "archs_trained": 3}) == 160
+    assert harness.archset_spend({"surrogate": str(folder), "archs_trained": 3}) == 160
     with pytest.raises(ValueError, match="surrogate.json"):
-        bin_baselines.archset_spend({"surrogate": str(tmp_path / "missing")})
+        harness.archset_spend({"surrogate": str(tmp_path / "missing")})
 
 
 def test_n2n_reward_formula():
@@ -354,14 +355,74 @@ def test_n2n_learns_to_compress(data, monkeypatch):
     assert last > first
 
 
+class _ArchDependentTrainer(_FakeTrainer):
+    """Accuracy a fixed function of the architecture, so the policies' moves depend on which
+    students were judged and in what order."""
+
+    def train(self, arch, seeds):
+        _FakeTrainer.trained.append(arch)
+        acc = 0.5 + 0.4 * ((arch.num_params * 2654435761) % 1000) / 1000
+        return TrainResult("ok", "", (acc,) * len(seeds), ((1.0,),) * len(seeds), 0.0, 0.0)
+
+
+class _ReversingRunner:
+    """Stands in for `distributed.RayRunner`: trains a batch in-process and hands the results
+    back last first (a cluster's completion order is not the submission order); with `stop_after`
+    it raises after that many results, as a killed driver would stop."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.batches, self.stop_after, self.done = [], stop_after, 0
+
+    def run(self, dataset, schedule, num_seeds, items, on_result, progress=None, data_seed=0):
+        items = list(items)
+        self.batches.append(len(items))
+        trainer = _ArchDependentTrainer(dataset, schedule, num_seeds)
+        for key, arch, seeds in reversed(items):
+            if self.stop_after is not None and self.done >= self.stop_after:
+                raise KeyboardInterrupt
+            on_result(key, arch, trainer.train(arch, seeds))
+            self.done += 1
+
+
+def test_n2n_on_a_runner_makes_the_in_process_moves_and_resumes(data, monkeypatch, tmp_path):
+    from ac_jax.archset.store import ArchsetStore
+
+    monkeypatch.setattr(n2n_lib, "ChildTrainer", _ArchDependentTrainer)
+    teacher = zoo.conv7((12, 12, 1), 4)
+    # A budget that ends a stage inside an episode (11 is not a multiple of the rollouts).
+    cfg = N2NConfig(stage1_episodes=6, stage2_episodes=6, rollouts=4, hidden=16, seed=TEST_SEED,
+                    max_trained=11)
+    target = teacher.num_params // 4
+
+    def run(name, runner):
+        meta = {"input_shape": [12, 12, 1], "num_classes": 4}
+        with ArchsetStore(tmp_path / f"{name}.sqlite", meta) as store:
+            result = n2n(teacher, data, SCHEDULE, target, cfg, teacher_accuracy=0.9,
+                         store=store, runner=runner)
+            return result, [(r.idx, r.arch) for r in sorted(store.records(), key=lambda r: r.idx)]
+
+    in_process, expected = run("in_process", None)
+    # A driver stopped mid-batch, then restarted: the records and moves of the in-process run,
+    # none trained twice.
+    with pytest.raises(KeyboardInterrupt):
+        run("runner", _ReversingRunner(stop_after=5))
+    _FakeTrainer.trained = []
+    runner = _ReversingRunner()
+    on_runner, records = run("runner", runner)
+    assert records == expected and on_runner.arch == in_process.arch
+    assert max(runner.batches) > 1  # episodes were batched
+    assert on_runner.details["resumed"] == 5
+    assert len(_FakeTrainer.trained) == len(expected) - 5
+
+
 # --------------------------------------------------------------------------------------------
 # bin/baselines.py
 # --------------------------------------------------------------------------------------------
 
 
-def test_target_parsing(bin_baselines, tmp_path):
+def test_target_parsing(tmp_path):
     teacher = zoo.tinycnn()
-    parse = bin_baselines.parse_param_count
+    parse = harness.parse_param_count
     assert parse("70000", 10) == 70_000 and parse("70_000", 10) == 70_000
     assert parse("70k", 10) == 70_000 and parse("1.2M", 10) == 1_200_000
     assert parse("3x", 1876) == 625 and parse("conv7.json", 10) is None
@@ -370,17 +431,17 @@ def test_target_parsing(bin_baselines, tmp_path):
     student = width_scaled_to(teacher, 600)
     path = tmp_path / "student.json"
     path.write_text(to_json(student))
-    assert bin_baselines.parse_target(str(path), teacher, (12, 12, 1), 4) == (
+    assert harness.parse_target(str(path), teacher, (12, 12, 1), 4) == (
         student.num_params, student)
     with pytest.raises(ValueError, match="not smaller than the teacher"):
-        bin_baselines.parse_target("5000", teacher, (12, 12, 1), 4)
+        harness.parse_target("5000", teacher, (12, 12, 1), 4)
     with pytest.raises(ValueError, match="at least one parameter"):
-        bin_baselines.parse_target("0", teacher, (12, 12, 1), 4)
+        harness.parse_target("0", teacher, (12, 12, 1), 4)
     with pytest.raises(ValueError, match="no such file"):
-        bin_baselines.parse_target(str(tmp_path / "missing.json"), teacher, (12, 12, 1), 4)
+        harness.parse_target(str(tmp_path / "missing.json"), teacher, (12, 12, 1), 4)
 
 
-def test_report_reading(bin_baselines, tmp_path):
+def test_report_reading(tmp_path):
     student = width_scaled_to(zoo.tinycnn(), 600)
     report = {
         "original": {"num_params": 1876},
@@ -391,26 +452,26 @@ def test_report_reading(bin_baselines, tmp_path):
     }
     path = tmp_path / "report.json"
     path.write_text(json.dumps(report))
-    read = bin_baselines.read_report(str(path), (12, 12, 1), 4)
+    read = harness.read_report(str(path), (12, 12, 1), 4)
     assert read["arch"] == student and read["compressed_accuracy"] == 0.93
     report["verify"] = None
     path.write_text(json.dumps(report))
-    assert bin_baselines.read_report(str(path), (12, 12, 1), 4)["compressed_accuracy"] is None
+    assert harness.read_report(str(path), (12, 12, 1), 4)["compressed_accuracy"] is None
     del report["archs_trained"]  # optional
     path.write_text(json.dumps(report))
-    assert bin_baselines.read_report(str(path), (12, 12, 1), 4)["archs_trained"] is None
+    assert harness.read_report(str(path), (12, 12, 1), 4)["archs_trained"] is None
     report["chosen"]["num_params"] = "many"
     path.write_text(json.dumps(report))
     with pytest.raises(ValueError, match="chosen.num_params"):
-        bin_baselines.read_report(str(path), (12, 12, 1), 4)
+        harness.read_report(str(path), (12, 12, 1), 4)
     report["chosen"]["num_params"] = student.num_params
     del report["chosen"]["spec"]
     path.write_text(json.dumps(report))
     with pytest.raises(ValueError, match="chosen.spec"):
-        bin_baselines.read_report(str(path), (12, 12, 1), 4)
+        harness.read_report(str(path), (12, 12, 1), 4)
     path.write_text("not json")
     with pytest.raises(ValueError, match="not a JSON report"):
-        bin_baselines.read_report(str(path), (12, 12, 1), 4)
+        harness.read_report(str(path), (12, 12, 1), 4)
 
 
 def test_cli_rejects_bad_input(bin_baselines, capsys):

@@ -19,7 +19,8 @@ from ac_jax.arch import shapes, zoo
 from ac_jax.arch.batch import batch_canonicalize, batch_legalize
 from ac_jax.arch.legalize import canonicalize
 from ac_jax.arch.sampler import SamplerConfig, sample
-from ac_jax.arch.torch_io import parse_json, parse_printout
+from ac_jax.arch.json_spec import parse_json
+from ac_jax.arch.printout import parse_printout
 from ac_jax.compress import pipeline
 from ac_jax.compress.candidates import Candidate, Constraint, pareto_front, pick
 from ac_jax.compress.search import SearchConfig, compression_loss, search
@@ -223,7 +224,7 @@ def test_candidate_list_finds_matrices_by_step():
 
 
 def test_scoring_integer_matrices_equals_scoring_their_encoding(surrogate, nets):
-    from ac_jax.compress.search import score, score_matrices
+    from ac_jax.compress.scoring import score, score_matrices
 
     # Legal canonical matrices like the search's (the nets themselves) and arbitrary in-range
     # fields, 37 rows: more than one padded batch of 16 and a ragged last one.
@@ -298,7 +299,8 @@ def run_cli(*args, cwd=REPO, env=None):
 def test_cli_writes_report_printout_module_and_plot(tiny_surrogate_dir, tmp_path, nets):
     net_file = tmp_path / "nets" / "sampled.json"
     net_file.parent.mkdir()
-    from ac_jax.arch.torch_io import to_json, to_printout
+    from ac_jax.arch.json_spec import to_json
+    from ac_jax.arch.export import to_printout
 
     net_file.write_text(to_json(nets[2]))
     (tmp_path / "nets" / "tiny.txt").write_text(to_printout(nets[0]))
@@ -337,7 +339,7 @@ def test_cli_rejects_a_malformed_model(tiny_surrogate_dir, tmp_path):
 def test_refinement_trains_candidates_and_searches_again(surrogate, tiny_archset, tmp_path):
     from ac_jax.archset.store import ArchsetStore
     from ac_jax.compress import refine
-    from ac_jax.config import get_config
+    from configs import get_config
     from ac_jax.data import load
 
     cfg = get_config("tiny")
@@ -413,17 +415,16 @@ def test_refinement_fills_a_small_front_with_the_best_predicted_smaller_candidat
 def test_refinement_trains_like_the_archset_the_surrogate_was_trained_on():
     from types import SimpleNamespace
 
-    from ac_jax.compress import refine
-    from ac_jax.config import get_config
+    from configs import for_surrogate, get_config
 
     default = get_config("fashion_mnist")  # what bin/compress.py starts with
     shipped = SimpleNamespace(meta={"task": {"config": "fashion_mnist/cpu"}})
-    own = refine.archset_config_of(shipped, default.replace(data_dir="/data"))
+    own = for_surrogate(shipped, default.replace(data_dir="/data"))
     cpu = get_config("fashion_mnist", "cpu").archset
     assert own.archset.path == cpu.path and own.archset.schedule == cpu.schedule
     assert own.archset.seeds == cpu.seeds and own.data_dir == "/data"
     unnamed = SimpleNamespace(meta={"task": {"dataset": "synthetic"}})
-    assert refine.archset_config_of(unnamed, default) is default
+    assert for_surrogate(unnamed, default) is default
 
 
 def test_measured_pick_prefers_trained_accuracy_over_prediction():
@@ -535,7 +536,7 @@ def test_reconstruction_rates_measure_the_start_of_both_decodings(tiny_surrogate
 
 def test_acquisition_takes_the_highest_bound_under_the_size_limit(surrogate, nets):
     from ac_jax.compress import refine
-    from ac_jax.compress.search import score_matrices_spread
+    from ac_jax.compress.scoring import score_matrices_spread
 
     (result,) = pipeline.compress_batch(surrogate, nets[:1], ["n"], CFG)
     cands = result.candidates
@@ -558,7 +559,7 @@ def test_active_refinement_picks_the_best_trained_record_under_the_cap(surrogate
                                                                        tmp_path):
     from ac_jax.archset.store import ArchsetStore, load_arrays
     from ac_jax.compress import refine
-    from ac_jax.config import get_config
+    from configs import get_config
     from ac_jax.data import load
 
     cfg = get_config("tiny")
@@ -577,6 +578,7 @@ def test_active_refinement_picks_the_best_trained_record_under_the_cap(surrogate
         refined = [r for r in store.records() if r.status == "ok"]
         # no network trained twice, none that the archset already holds
         assert len({r.arch for r in store.records()}) == len(store)
+        num_refined = len(store)
     base = load_arrays(tiny_archset, max_len=16)
     archset = refine.archset_candidates(base)
     assert not {r.arch for r in refined} & {c.arch for c in archset}
@@ -584,6 +586,13 @@ def test_active_refinement_picks_the_best_trained_record_under_the_cap(surrogate
     pool += [(c.measured_accuracy, c.arch) for c in archset if c.num_params <= cap.max_params]
     assert result.chosen.measured_accuracy == max(acc for acc, _ in pool)
     assert result.chosen.num_params <= cap.max_params
+    # The proposals' ranking counts each trained network once, by its pre-training prediction.
+    fresh = [t for t in info["trained"] + final["trained"] if t["fresh"]]
+    assert len(fresh) == num_refined
+    ranking = pipeline.report_dict(result, surrogate, {})["proposal_ranking"]
+    assert ranking["count"] == sum(t["status"] == "ok" for t in fresh)
+    if ranking["count"] > 1:
+        assert -1 <= ranking["kendall_tau"] <= 1 and ranking["mae"] >= 0
 
 
 def test_fine_tuning_never_holds_out_the_refined_records(tiny_archset, tiny_surrogate_config,
@@ -609,7 +618,7 @@ def test_active_refinement_never_retrains_a_failed_candidate(surrogate, tiny_arc
     from ac_jax.archset.store import ArchsetStore
     from ac_jax.child import trainer as trainer_lib
     from ac_jax.compress import refine
-    from ac_jax.config import get_config
+    from configs import get_config
     from ac_jax.data import load
 
     calls = []

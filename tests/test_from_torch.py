@@ -13,7 +13,7 @@ from ac_jax.arch.from_torch import UnsupportedModuleError, from_torch  # noqa: E
 from ac_jax.arch.spec import (  # noqa: E402
     Arch, avgpool, batchnorm, conv, dropout, linear, maxpool, relu, sigmoid,
 )
-from ac_jax.arch.torch_io import to_torch_module_source  # noqa: E402
+from ac_jax.arch.export import to_torch_module_source# noqa: E402
 
 
 def numel(module) -> int:
@@ -240,7 +240,7 @@ class Net(nn.Module):
 
 
 def test_load_arch_reads_module_files_with_arguments(tmp_path):
-    from ac_jax.arch.torch_io import load_arch
+    from ac_jax.arch.load import load_arch
 
     path = tmp_path / "net.py"
     path.write_text(MODULE_FILE)
@@ -257,9 +257,9 @@ def test_load_arch_reads_module_files_with_arguments(tmp_path):
 
 
 def test_a_printout_missing_its_functional_calls_is_warned_about():
-    from ac_jax.arch.torch_io import FunctionalCallsWarning, load_arch
+    from ac_jax.arch.load import FunctionalCallsWarning, load_arch
 
-    from ac_jax.arch.torch_io import PrintoutError
+    from ac_jax.arch.printout import PrintoutError
 
     printed = str(TutorialCifar())  # no ReLU or second pool: they are called in forward()
     # Without an input shape it parses into another network (22x22x3, one pool): warned.

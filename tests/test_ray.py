@@ -13,15 +13,15 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install -e '.[ray]')")
 
-# 2-6 minutes on the 2-core CPU (workers start, import JAX and compile every architecture):
-# over the default suite's budget, so run with `-m slow`. The install hint and the task
-# environments are tested in the default suite (tests/test_distributed_cli.py).
-pytestmark = pytest.mark.slow
+# The kill test runs in the default suite (one local instance, a 4-network plan); the other
+# two take minutes on the 2-core CPU (workers start, import JAX and compile every
+# architecture), so they are `slow`. The install hint and the task environments are tested
+# without Ray in tests/test_distributed_cli.py.
 
 from ac_jax import distributed  # noqa: E402
 from ac_jax.archset import generate  # noqa: E402
 from ac_jax.archset.store import ArchsetStore  # noqa: E402
-from ac_jax.config import get_config  # noqa: E402
+from configs import get_config  # noqa: E402
 from ac_jax.data import load  # noqa: E402
 
 
@@ -53,6 +53,7 @@ def _records(path):
         return sorted(store.records(), key=lambda r: r.idx)
 
 
+@pytest.mark.slow
 def test_an_archset_on_ray_holds_the_in_process_records(local_ray, tmp_path):
     cfg, data = _cfg(tmp_path), load("synthetic")
     generate.generate(cfg, 4, tmp_path / "here.sqlite", dataset=data, progress=False)
@@ -115,15 +116,16 @@ def test_a_worker_killed_mid_task_is_retried_and_nothing_is_lost(local_ray, tmp_
 
     killer = threading.Thread(target=kill_one)
     killer.start()
-    stats = generate.generate(cfg, 6, path, dataset=data, progress=False,
+    stats = generate.generate(cfg, 4, path, dataset=data, progress=False,
                               runner=distributed.RayRunner(max_in_flight=2))
     killer.join()
     assert killed, "no training task was seen running"
     records = _records(path)
-    assert [r.idx for r in records] == list(range(6))  # every plan position, once
-    assert stats.trained == 6
+    assert [r.idx for r in records] == list(range(4))  # every plan position, once
+    assert stats.trained == 4
 
 
+@pytest.mark.slow
 def test_random_search_on_ray_stores_every_candidate_and_picks_by_the_same_rule(local_ray,
                                                                                  tmp_path):
     from ac_jax.arch import zoo

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ac_jax.arch import zoo
-from ac_jax.arch.torch_io import parse_json, to_json
+from ac_jax.arch.json_spec import parse_json, to_json
 from ac_jax.archset.store import ArchsetStore
 from ac_jax.child import trainer as trainer_lib
 from ac_jax.child.trainer import (
@@ -209,6 +209,12 @@ def test_study_end_to_end_resumes_without_duplicates(synthetic, fake_training, t
     seeds = {r["search_seed"] for r in summary["methods"]["random_search"]["repeats"]}
     assert seeds == {TEST_SEED, TEST_SEED + 1}
     assert (out / "summary.md").read_text().count("| random search |") == 1
+    for method in ("ac_jax", "ac_jax_rounds"):  # the surrogate's ranking, per repeat
+        for r in summary["methods"][method]["repeats"]:
+            assert r["surrogate"]["holdout_records"] >= 0
+            most = study.refine_trainings if method == "ac_jax_rounds" else 0
+            assert 0 <= r["surrogate"]["proposals"] <= most
+    assert "| surrogate of |" in (out / "summary.md").read_text()
     assert (out / "anytime.png").stat().st_size > 0
     assert json.loads((out / "summary.json").read_text())["original"]["params"] == 1876
     # A second rerun trains nothing.
@@ -321,3 +327,33 @@ def test_random_search_can_draw_its_neighbours_from_the_region_sampler():
     assert sum(src == "neighbourhood" for _, src in region) == 6
     assert region != edits  # another sampler, other neighbours
     assert [a for a, s in region if s == "appendix9"] == [a for a, s in edits if s == "appendix9"]
+
+
+def test_final_trainings_batch_on_a_runner_once_per_network(synthetic, fake_training, tmp_path):
+    from ac_jax.study.runner import FinalTrainer
+
+    class InProcessRunner:  # stands in for `distributed.RayRunner`
+        batches = []
+
+        def run(self, dataset, schedule, num_seeds, items, on_result, progress=None,
+                data_seed=0):
+            items = list(items)
+            self.batches.append([key for key, _, _ in items])
+            trainer = trainer_lib.ChildTrainer(dataset, schedule, num_seeds)
+            for key, arch, seeds in reversed(items):  # completion order is not submission's
+                on_result(key, arch, trainer.train(arch, seeds))
+
+    finals = FinalTrainer(_study(tmp_path), synthetic, tmp_path)
+    small, big = zoo.tinycnn(), zoo.tinycnn().replace_layers(
+        [layer._replace(o=2 * layer.o) if layer.t == 1 else layer for layer in zoo.tinycnn().layers])
+    finals.train(small, "original", log=lambda *a: None)
+    runner = InProcessRunner()
+    items = [(small, "original"), (big, "a_r0"), (big, "b_r0")]  # one pick found twice
+    finals.prefetch(items, runner, log=lambda *a: None)
+    assert runner.batches == [["a_r0"]]
+    fake_training["calls"].clear()
+    assert finals.train(big, "b_r0", log=lambda *a: None).mean_accuracy == fake_accuracy(big)
+    assert fake_training["calls"] == []  # read from the store
+    finals.prefetch(items, runner, log=lambda *a: None)  # a rerun submits nothing
+    assert runner.batches == [["a_r0"]]
+    finals.prefetch(items, None, log=lambda *a: None)  # no runner: `train` trains one by one

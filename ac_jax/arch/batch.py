@@ -16,7 +16,15 @@ from typing import Sequence
 
 import numpy as np
 
-from ac_jax.arch.spec import MAX_DROPOUT_FIELD, LayerType
+from ac_jax.arch.layers import (
+    KINDS,
+    MAX_DROPOUT_FIELD,
+    POOL_TYPES,
+    SPATIAL_TYPES,
+    WIDTH_TYPES,
+    LayerType,
+    types_where,
+)
 
 _T = LayerType
 
@@ -32,6 +40,34 @@ class FieldRanges:
 
 
 DEFAULT_RANGES = FieldRanges()
+
+
+# Type sets the passes below test, read from the layer table.
+_FLATTENING = types_where(lambda kind: kind.flattens)
+_RATE = types_where(lambda kind: kind.p_rule == "rate")
+_PADDING = types_where(lambda kind: kind.p_rule == "padding")
+_NOT_READING = {f: types_where(lambda kind, f=f: f not in kind.fields) for f in "ksp"}
+_IDENTITY = [kind for kind in KINDS.values() if kind.identity is not None]
+_MAKES_NONNEGATIVE = types_where(lambda kind: kind.sign == "makes")
+_KEEPS_NONNEGATIVE = types_where(lambda kind: kind.sign == "keeps")
+_DROP_IF_REPEATED = types_where(lambda kind: kind.drop_if_repeated)
+_DROP_ON_NONNEGATIVE = types_where(lambda kind: kind.drop_on_nonnegative)
+
+
+def _type_masks(t, xp):
+    """``of(types)``: where `t` is one of `types` (a handful of comparisons, no `isin`, so
+    that it traces inside a compiled program)."""
+    def of(types):
+        mask = xp.zeros(t.shape, bool)
+        for layer_type in sorted(types):
+            mask = mask | (t == layer_type)
+        return mask
+    return of
+
+
+def _broadcast(value, n: int):
+    """A formula's result as an [n] array (a constant formula returns a plain 0)."""
+    return np.broadcast_to(np.asarray(value, np.int64), (n,))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,38 +109,37 @@ def batch_analyze(
     for j in range(int(lengths.max(initial=0))):  # rows after every sequence's end change nothing
         active = j < lengths
         t, k, o, s, p = (mats[:, j, f] for f in range(5))
-        is_conv = t == _T.CONV
-        is_pool = (t == _T.MAXPOOL) | (t == _T.AVGPOOL)
-        is_spatial = is_conv | is_pool
-        is_linear = t == _T.LINEAR
-        is_elementwise = (t >= _T.BATCHNORM) & (t <= _T.DROPOUT)
-        bad = (t < 0) | (t > _T.LINEAR)
+        of = _type_masks(t, np)
+        is_spatial, is_pool = of(SPATIAL_TYPES), of(POOL_TYPES)
+        sets_width, flattens = of(WIDTH_TYPES), of(_FLATTENING)
+        bad = (t < 0) | (t > max(KINDS))
         bad |= is_spatial & (flat | (k < 1) | (s < 1) | (p < 0))
         bad |= is_pool & (p > k // 2)
-        bad |= (is_conv | is_linear) & (o < 1)
-        bad |= (is_linear | is_elementwise) & ((k != 0) | (s != 0))
-        bad |= (is_linear | (is_elementwise & (t != _T.DROPOUT))) & (p != 0)
-        bad |= (t == _T.DROPOUT) & ((p < 0) | (p > MAX_DROPOUT_FIELD))
+        bad |= sets_width & (o < 1)
+        for name, value in (("k", k), ("s", s), ("p", p)):
+            bad |= of(_NOT_READING[name]) & (value != 0)
+        bad |= of(_RATE) & ((p < 0) | (p > MAX_DROPOUT_FIELD))
         out_h = (h + 2 * p - k) // np.maximum(s, 1) + 1
         out_w = (w + 2 * p - k) // np.maximum(s, 1) + 1
         bad |= is_spatial & ((out_h < 1) | (out_w < 1))
         valid &= ~(active & bad)
         ok = active & ~bad
         features = np.where(flat, c, h * w * c)
-        layer_params = np.select(
-            [is_conv, is_linear, t == _T.BATCHNORM],
-            [k * k * c * o + o, features * o + o, 2 * c],
-            0,
-        )
-        layer_macs = np.select([is_conv, is_linear], [k * k * c * o * out_h * out_w, features * o], 0)
+        hw = np.where(is_spatial, out_h * out_w, 1)
+        kinds = list(KINDS.values())
+        conditions = [t == kind.type for kind in kinds]
+        layer_params = np.select(conditions, [_broadcast(kind.params(k, c, o, features), n)
+                                              for kind in kinds], 0)
+        layer_macs = np.select(conditions, [_broadcast(kind.macs(k, c, o, features, hw), n)
+                                            for kind in kinds], 0)
         params += np.where(ok, layer_params, 0)
         macs += np.where(ok, layer_macs, 0)
-        num_conv += ok & is_conv
+        num_conv += ok & (t == _T.CONV)
         spatial_ok = ok & is_spatial
         h = np.where(spatial_ok, out_h, h)
         w = np.where(spatial_ok, out_w, w)
-        c = np.where(ok & (is_conv | is_linear), o, c)
-        flat |= ok & is_linear
+        c = np.where(ok & sets_width, o, c)
+        flat |= ok & flattens
         last = np.where(active[:, None], mats[:, j], last)
     valid &= lengths > 0
     valid &= (last[:, 0] == _T.LINEAR) & (last[:, 2] == num_classes)
@@ -213,19 +248,18 @@ def batch_legalize(
         t = xp.clip(row[:, 0], 0, int(_T.LINEAR))
         ended = ended | (t == _T.END)
         k, o, s, p = (row[:, f] for f in range(1, 5))
-        is_conv = t == _T.CONV
-        is_pool = (t == _T.MAXPOOL) | (t == _T.AVGPOOL)
-        is_spatial = is_conv | is_pool
-        is_linear = t == _T.LINEAR
+        of = _type_masks(t, xp)
+        is_spatial, sets_width = of(SPATIAL_TYPES), of(WIDTH_TYPES)
+        is_linear = of(_FLATTENING)
         k = xp.where(is_spatial, xp.clip(k, 1, ranges.max_kernel), 0)
         s = xp.where(is_spatial, xp.clip(s, 1, ranges.max_stride), 0)
         p = xp.where(
-            is_conv,
+            of(_PADDING),
             xp.clip(p, 0, ranges.max_padding),
-            xp.where(is_pool, xp.clip(p, 0, k // 2),
-                     xp.where(t == _T.DROPOUT, xp.clip(p, 0, MAX_DROPOUT_FIELD), 0)),
+            xp.where(of(POOL_TYPES), xp.clip(p, 0, k // 2),
+                     xp.where(of(_RATE), xp.clip(p, 0, MAX_DROPOUT_FIELD), 0)),
         )
-        o = xp.where(is_conv | is_linear, xp.clip(o, 1, ranges.max_channels), c)
+        o = xp.where(sets_width, xp.clip(o, 1, ranges.max_channels), c)
         out_h = (h + 2 * p - k) // xp.maximum(s, 1) + 1
         out_w = (w + 2 * p - k) // xp.maximum(s, 1) + 1
         drop = is_spatial & (flat | (out_h < 1) | (out_w < 1))
@@ -234,7 +268,7 @@ def batch_legalize(
         moved = keep & is_spatial
         h = xp.where(moved, out_h, h)
         w = xp.where(moved, out_w, w)
-        c = xp.where(keep & (is_conv | is_linear), o, c)
+        c = xp.where(keep & sets_width, o, c)
         flat = flat | (keep & is_linear)
         legal_row = xp.stack([t, k, o, s, p], axis=1)
         return (h, w, c, flat, ended, kept + keep), (legal_row, keep)
@@ -261,16 +295,20 @@ def _canonical_keep(xp, mats, lengths):
         fields = np.ascontiguousarray(fields)  # whole-array passes below read contiguous fields
     t, k, s, p = (fields[f] for f in (0, 1, 3, 4))
     active = xp.arange(mats.shape[1])[None, :] < lengths[:, None]
-    is_pool = (t == _T.MAXPOOL) | (t == _T.AVGPOOL)
-    identity = (is_pool & (k == 1) & (s == 1) & (p == 0)) | ((t == _T.DROPOUT) & (p == 0))
-    next_is_bn = xp.concatenate(
-        [active[:, 1:] & (t[:, 1:] == _T.BATCHNORM), xp.zeros_like(active[:, :1])], axis=1
+    of = _type_masks(t, xp)
+    identity = xp.zeros(t.shape, bool)
+    for kind in _IDENTITY:
+        identity = identity | ((t == kind.type) & kind.identity(k, s, p))
+    repeated = of(_DROP_IF_REPEATED)
+    # the next row is the same type (one that is a no-op before itself)
+    next_same = xp.concatenate(
+        [active[:, 1:] & (t[:, 1:] == t[:, :-1]), xp.zeros_like(active[:, :1])], axis=1
     )
-    drop = identity | ((t == _T.BATCHNORM) & next_is_bn)
+    drop = identity | (repeated & next_same)
     candidate = active & ~drop
-    is_relu = t == _T.RELU
-    keeps_nonnegative = is_pool | (t == _T.DROPOUT)
-    makes_nonnegative = is_relu | (t == _T.SIGMOID)
+    is_relu = of(_DROP_ON_NONNEGATIVE)
+    keeps_nonnegative = of(_KEEPS_NONNEGATIVE)
+    makes_nonnegative = of(_MAKES_NONNEGATIVE)
 
     def step(nonnegative, x):
         candidate, is_relu, makes, keeps = x

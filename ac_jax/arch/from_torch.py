@@ -6,7 +6,7 @@ fx cannot trace (data-dependent Python control flow, say), by one recorded forwa
 zero input of the given shape (module hooks and a `TorchFunctionMode`). Either way each step of
 the forward becomes one line of a PyTorch printout in call order (a leaf module as PyTorch
 prints it, a functional call as the module it equals), and the existing printout reader
-(`torch_io.parse_printout`) checks and builds the architecture, so one set of rules decides what
+(`printout.parse_printout`) checks and builds the architecture, so one set of rules decides what
 is accepted. Nothing is dropped silently: an op outside the sequential CNN space (a residual
 add, `torch.cat`, a second input, upsampling, grouped convolutions) raises
 `UnsupportedModuleError` naming the traced node and its module path, and the accepted network's
@@ -22,7 +22,7 @@ import re
 from typing import Any, Sequence
 
 from ac_jax.arch.spec import Arch
-from ac_jax.arch.torch_io import PrintoutError, parse_printout
+from ac_jax.arch.printout import PrintoutError, parse_printout
 
 # Leaf modules whose PyTorch repr the printout reader understands.
 PRINTABLE_MODULES = frozenset({

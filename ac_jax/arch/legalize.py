@@ -7,7 +7,8 @@ from typing import Sequence
 import numpy as np
 
 from ac_jax.arch.batch import DEFAULT_RANGES, FieldRanges, batch_legalize
-from ac_jax.arch.spec import POOL_TYPES, Arch, LayerType
+from ac_jax.arch.layers import KINDS
+from ac_jax.arch.spec import Arch
 
 
 def legalize(
@@ -29,33 +30,28 @@ def legalize(
     return Arch.from_matrix(legal[0, : lengths[0]], input_shape, num_classes)
 
 
-# Layers through which a non-negative activation stays non-negative (MaxPool pads with -inf,
-# AvgPool with zeros, Dropout only zeroes and rescales), so a ReLU after them is still a no-op.
-_KEEPS_NONNEGATIVE = frozenset({LayerType.DROPOUT, LayerType.MAXPOOL, LayerType.AVGPOOL})
-
-
 def _is_identity(layer) -> bool:
-    pool_noop = layer.t in POOL_TYPES and layer.k == 1 and layer.s == 1 and layer.p == 0
-    return pool_noop or (layer.t == LayerType.DROPOUT and layer.p == 0)
+    kind = KINDS[layer.t]
+    return kind.identity is not None and bool(kind.identity(layer.k, layer.s, layer.p))
 
 
 def _canonicalize_once(layers):
+    """One pass of the `layers.KINDS` no-op rules (`batch._canonical_keep` is the batched one)."""
     out = []
     nonnegative = False  # inputs are mean-subtracted images, so they can be negative
     for index, layer in enumerate(layers):
+        kind = KINDS[layer.t]
         if _is_identity(layer):
             continue
-        if layer.t == LayerType.RELU and nonnegative:
+        if kind.drop_on_nonnegative and nonnegative:
             continue
         following = layers[index + 1] if index + 1 < len(layers) else None
-        if layer.t == LayerType.BATCHNORM and following is not None:
-            if following.t == LayerType.BATCHNORM:
-                # BN(BN(x)) normalises again: the outer one alone gives the same function.
-                continue
+        if kind.drop_if_repeated and following is not None and following.t == layer.t:
+            continue
         out.append(layer)
-        if layer.t in (LayerType.RELU, LayerType.SIGMOID):
+        if kind.sign == "makes":
             nonnegative = True
-        elif layer.t not in _KEEPS_NONNEGATIVE:
+        elif kind.sign != "keeps":
             nonnegative = False
     return out
 

@@ -10,16 +10,15 @@ count 0 (they are memory-bound and cheap next to the convolutions).
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+from collections.abc import Sequence
 
-from ac_jax.arch.spec import (
-    CHANNEL_PRESERVING_TYPES,
-    MAX_DROPOUT_FIELD,
-    POOL_TYPES,
-    SPATIAL_TYPES,
-    Arch,
-    Layer,
-    LayerType,
-)
+from ac_jax.arch.layers import KINDS, MAX_DROPOUT_FIELD, LayerType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: spec imports this module (Arch.num_params)
+    from ac_jax.arch.spec import Arch, Layer
 
 Shape = tuple[int, ...]  # (H, W, C) before flattening, (features,) after
 
@@ -53,57 +52,42 @@ def _describe(index: int, layer: Layer) -> str:
     return f"layer {index} ({name} {list(layer)})"
 
 
-def _check_unused_zero(index: int, layer: Layer, fields: str) -> None:
-    for field in fields:
-        if getattr(layer, field) != 0:
-            raise InvalidArchError(f"{_describe(index, layer)}: field {field} must be 0 for this type")
-
-
 def layer_info(index: int, layer: Layer, in_shape: Shape) -> LayerInfo:
-    """Shape, params and MACs of one layer, or `InvalidArchError`."""
-    t = layer.t
-    if t in SPATIAL_TYPES and len(in_shape) != 3:
-        raise InvalidArchError(
-            f"{_describe(index, layer)}: spatial layer after the first Linear (input is flat)"
-        )
-    if t == LayerType.LINEAR:
-        _check_unused_zero(index, layer, "ksp")
-        if layer.o < 1:
-            raise InvalidArchError(f"{_describe(index, layer)}: needs at least 1 output feature")
-        features = 1
-        for v in in_shape:
-            features *= v
-        params = features * layer.o + layer.o
-        return LayerInfo(in_shape, (layer.o,), params, features * layer.o)
-    if t in SPATIAL_TYPES:
-        h, w, c = in_shape
-        if layer.k < 1 or layer.s < 1 or layer.p < 0:
-            raise InvalidArchError(f"{_describe(index, layer)}: needs k >= 1, s >= 1, p >= 0")
-        if t in POOL_TYPES and layer.p > layer.k // 2:
-            raise InvalidArchError(
-                f"{_describe(index, layer)}: pooling padding must be at most kernel // 2"
-            )
-        out_h = conv_output_size(h, layer.k, layer.s, layer.p)
-        out_w = conv_output_size(w, layer.k, layer.s, layer.p)
+    """Shape, params and MACs of one layer by its `layers.KINDS` entry, or `InvalidArchError`."""
+    kind = KINDS.get(layer.t)
+    where = _describe(index, layer)
+    if kind is None:
+        raise InvalidArchError(f"{where}: unknown layer type {layer.t}")
+    if kind.spatial and len(in_shape) != 3:
+        raise InvalidArchError(f"{where}: spatial layer after the first Linear (input is flat)")
+    for field in "ksp":
+        if field not in kind.fields and getattr(layer, field) != 0:
+            raise InvalidArchError(f"{where}: field {field} must be 0 for this type")
+    k, o, s, p = layer.k, layer.o, layer.s, layer.p
+    if kind.sets_width and not kind.spatial and o < 1:
+        raise InvalidArchError(f"{where}: needs at least 1 output feature")
+    c, n = in_shape[-1], math.prod(in_shape)
+    out_shape = in_shape
+    if kind.spatial:
+        h, w, _ = in_shape
+        if k < 1 or s < 1 or p < 0:
+            raise InvalidArchError(f"{where}: needs k >= 1, s >= 1, p >= 0")
+        if kind.p_rule == "pool_padding" and p > k // 2:
+            raise InvalidArchError(f"{where}: pooling padding must be at most kernel // 2")
+        out_h, out_w = conv_output_size(h, k, s, p), conv_output_size(w, k, s, p)
         if out_h < 1 or out_w < 1:
-            raise InvalidArchError(
-                f"{_describe(index, layer)}: output collapses ({h}x{w} input, kernel {layer.k}, "
-                f"padding {layer.p})"
-            )
-        if t == LayerType.CONV:
-            if layer.o < 1:
-                raise InvalidArchError(f"{_describe(index, layer)}: needs at least 1 output channel")
-            params = layer.k * layer.k * c * layer.o + layer.o
-            macs = layer.k * layer.k * c * layer.o * out_h * out_w
-            return LayerInfo(in_shape, (out_h, out_w, layer.o), params, macs)
-        return LayerInfo(in_shape, (out_h, out_w, c), 0, 0)
-    if t in CHANNEL_PRESERVING_TYPES:  # BatchNorm, ReLU, Sigmoid, Dropout
-        _check_unused_zero(index, layer, "ks" if t == LayerType.DROPOUT else "ksp")
-        if t == LayerType.DROPOUT and not 0 <= layer.p <= MAX_DROPOUT_FIELD:
-            raise InvalidArchError(f"{_describe(index, layer)}: dropout field p must be 0..9")
-        params = 2 * in_shape[-1] if t == LayerType.BATCHNORM else 0
-        return LayerInfo(in_shape, in_shape, params, 0)
-    raise InvalidArchError(f"{_describe(index, layer)}: unknown layer type {t}")
+            raise InvalidArchError(f"{where}: output collapses ({h}x{w} input, kernel {k}, "
+                                   f"padding {p})")
+        if kind.sets_width and o < 1:  # after the geometry, as PyTorch's own checks run
+            raise InvalidArchError(f"{where}: needs at least 1 output channel")
+        out_shape = (out_h, out_w, o if kind.sets_width else c)
+    elif kind.flattens:
+        out_shape = (o,)
+    if kind.p_rule == "rate" and not 0 <= p <= MAX_DROPOUT_FIELD:
+        raise InvalidArchError(f"{where}: dropout field p must be 0..{MAX_DROPOUT_FIELD}")
+    hw = out_shape[0] * out_shape[1] if len(out_shape) == 3 else 1
+    return LayerInfo(in_shape, out_shape, int(kind.params(k, c, o, n)),
+                     int(kind.macs(k, c, o, n, hw)))
 
 
 def analyze(arch: Arch) -> ArchInfo:
@@ -141,3 +125,12 @@ def is_valid(arch: Arch) -> bool:
     except InvalidArchError:
         return False
     return True
+
+
+def checked_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+    """`input_shape` as an (H, W, C) tuple of positive ints, or a ValueError saying what it is."""
+    shape = tuple(input_shape)
+    ints = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in shape)
+    if len(shape) != 3 or not ints or min(shape) < 1:
+        raise ValueError(f"input_shape must be (H, W, C) of positive ints, got {input_shape!r}")
+    return tuple(int(v) for v in shape)

@@ -23,45 +23,24 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import enum
 from typing import Sequence
 
 import numpy as np
 
-NUM_FIELDS = 5
+from ac_jax.arch import shapes
 
-
-class LayerType(enum.IntEnum):
-    """Layer types, numbered as in the paper's Appendix 9 (0 is the end-of-sequence marker)."""
-
-    END = 0
-    CONV = 1
-    MAXPOOL = 2
-    BATCHNORM = 3
-    RELU = 4
-    SIGMOID = 5
-    DROPOUT = 6
-    AVGPOOL = 7
-    LINEAR = 8
-
-
-SPATIAL_TYPES = frozenset({LayerType.CONV, LayerType.MAXPOOL, LayerType.AVGPOOL})
-POOL_TYPES = frozenset({LayerType.MAXPOOL, LayerType.AVGPOOL})
-# Layers whose `o` field repeats the input channels (or features, after flattening).
-CHANNEL_PRESERVING_TYPES = frozenset(
-    {
-        LayerType.MAXPOOL,
-        LayerType.BATCHNORM,
-        LayerType.RELU,
-        LayerType.SIGMOID,
-        LayerType.DROPOUT,
-        LayerType.AVGPOOL,
-    }
+# The layer table (`layers.py`) holds every rule per type; these names are re-exported here.
+from ac_jax.arch.layers import (  # noqa: F401
+    CHANNEL_PRESERVING_TYPES,
+    KINDS,
+    DROPOUT_RATE_DENOMINATOR,
+    MAX_DROPOUT_FIELD,
+    POOL_TYPES,
+    SPATIAL_TYPES,
+    LayerType,
 )
-# Dropout's p field holds the rate in tenths (what matrices, archsets and the surrogate see);
-# a rate that is not a multiple of 0.1 is kept exactly in `Layer.rate` (see `quantised_rate`).
-DROPOUT_RATE_DENOMINATOR = 10
-MAX_DROPOUT_FIELD = 9
+
+NUM_FIELDS = 5
 
 
 def quantised_rate(rate: float) -> int:
@@ -226,14 +205,10 @@ class Arch:
     # Convenience accessors; the work is done in `shapes`.
     @property
     def num_params(self) -> int:
-        from ac_jax.arch import shapes
-
         return shapes.analyze(self).num_params
 
     @property
     def macs(self) -> int:
-        from ac_jax.arch import shapes
-
         return shapes.analyze(self).macs
 
 
@@ -257,11 +232,12 @@ def _fill_channel_fields(
                 raise ValueError(f"only a Dropout has an exact rate, got {raw!r}")
             layer = dropout(rate)  # p and rate consistent, rate None where p / 10 is it
         current = channels if flat_features is None else flat_features
-        if layer.t in CHANNEL_PRESERVING_TYPES:
+        kind = KINDS[layer.t]
+        if not kind.sets_width:
             layer = layer._replace(o=current)
-        elif layer.t == LayerType.CONV:
-            channels = layer.o
-        elif layer.t == LayerType.LINEAR:
+        elif kind.flattens:
             flat_features = layer.o
+        else:
+            channels = layer.o
         out.append(layer)
     return tuple(out)

@@ -52,54 +52,44 @@ def _plain(schedule: TrainSchedule, **changes) -> TrainSchedule:
     return dataclasses.replace(schedule, train_subset=None, test_subset=None, **changes)
 
 
+# Each preset's effort, one column per knob (None: the config's own value):
+#   data: training / test images (None: all; "tiny" uses all of the synthetic task), the
+#         searches' training images; search proxy epochs; final epochs, lr decay epochs, seeds;
+#   proxy seeds per candidate (None: the archset's); random search architectures; N2N episodes
+#   per stage and rollouts; pruning iterations, fine-tune steps, final epochs, repeats; KD hint
+#   epochs. "cpu": two final epochs with the rate divided by 10 for the second, short but
+#   converged enough that the ranking of architectures means something.
+_PRESETS = {
+    "tiny": ((512, 256, None), 1, (2, (), (0,)), 1, 3, (1, 2), (2, 4, 1, 1), 1),
+    "cpu": ((6000, 2000, 3000), 1, (2, (1,), (0,)), 1, 10, (2, 4), (6, 15, 1, 1), 0),
+    "gpu": ((None, None, None), None, (None, None, (0, 1, 2)), None, 100, (10, 5),
+            (20, 50, 5, 5), 5),
+}
+
+
 def get_budget(name: str, cfg: Config) -> Budget:
     """The preset `name` for the task of `cfg` (its schedules are the starting point)."""
-    proxy = cfg.archset.schedule
-    neighbourhood = cfg.archset.neighbourhood_fraction
-    if name == "tiny":
-        return Budget(
-            name="tiny",
-            train_subset=None if cfg.dataset == "synthetic" else 512,
-            test_subset=None if cfg.dataset == "synthetic" else 256,
-            search_train_subset=None,
-            search_schedule=_plain(proxy, epochs=1),
-            final_schedule=_plain(cfg.final_schedule, epochs=2, lr_decay_epochs=()),
-            final_seeds=(0,),
-            random_search=RandomSearchConfig(num_archs=3, neighbourhood_fraction=neighbourhood),
-            n2n=N2NConfig(stage1_episodes=1, stage2_episodes=1, rollouts=2),
-            pruning=PruningConfig(iterations=2, finetune_steps=4, final_epochs=1),
-            distill=DistillConfig(seeds=(0,), hint_epochs=1),
-        )
-    if name == "cpu":
-        return Budget(
-            name="cpu",
-            train_subset=6000,
-            test_subset=2000,
-            search_train_subset=3000,
-            search_schedule=_plain(proxy, epochs=1),
-            # Two epochs with the rate divided by 10 for the second: short, but converged
-            # enough that the ranking of architectures means something.
-            final_schedule=_plain(cfg.final_schedule, epochs=2, lr_decay_epochs=(1,)),
-            final_seeds=(0,),
-            random_search=RandomSearchConfig(num_archs=10, neighbourhood_fraction=neighbourhood),
-            n2n=N2NConfig(stage1_episodes=2, stage2_episodes=2, rollouts=4),
-            pruning=PruningConfig(iterations=6, finetune_steps=15, final_epochs=1),
-            distill=DistillConfig(seeds=(0,), hint_epochs=0),
-        )
-    if name == "gpu":
-        return Budget(
-            name="gpu",
-            train_subset=None,
-            test_subset=None,
-            search_train_subset=None,
-            search_schedule=_plain(proxy),
-            final_schedule=_plain(cfg.final_schedule),
-            final_seeds=(0, 1, 2),
-            random_search=RandomSearchConfig(num_archs=100, num_seeds=cfg.archset.seeds,
-                                             neighbourhood_fraction=neighbourhood),
-            n2n=N2NConfig(stage1_episodes=10, stage2_episodes=10, rollouts=5,
-                          num_seeds=cfg.archset.seeds),
-            pruning=PruningConfig(iterations=20, finetune_steps=50, final_epochs=5, repeats=5),
-            distill=DistillConfig(seeds=(0, 1, 2), hint_epochs=5),
-        )
-    raise ValueError(f"unknown budget {name!r}; use one of {', '.join(BUDGETS)}")
+    if name not in _PRESETS:
+        raise ValueError(f"unknown budget {name!r}; use one of {', '.join(BUDGETS)}")
+    ((train, test, search_train), search_epochs, (final_epochs, decay, seeds), proxy_seeds,
+     archs, (episodes, rollouts), (iterations, steps, pruned_epochs, repeats), hint) = \
+        _PRESETS[name]
+    if name == "tiny" and cfg.dataset == "synthetic":  # the whole of the small task
+        train = test = None
+    proxy_seeds = proxy_seeds or cfg.archset.seeds
+    final = {k: v for k, v in (("epochs", final_epochs), ("lr_decay_epochs", decay))
+             if v is not None}
+    return Budget(
+        name=name, train_subset=train, test_subset=test, search_train_subset=search_train,
+        search_schedule=_plain(cfg.archset.schedule, **(
+            {} if search_epochs is None else {"epochs": search_epochs})),
+        final_schedule=_plain(cfg.final_schedule, **final),
+        final_seeds=seeds,
+        random_search=RandomSearchConfig(num_archs=archs, num_seeds=proxy_seeds,
+                                         neighbourhood_fraction=cfg.archset.neighbourhood_fraction),
+        n2n=N2NConfig(stage1_episodes=episodes, stage2_episodes=episodes, rollouts=rollouts,
+                      num_seeds=proxy_seeds),
+        pruning=PruningConfig(iterations=iterations, finetune_steps=steps,
+                              final_epochs=pruned_epochs, repeats=repeats),
+        distill=DistillConfig(seeds=seeds, hint_epochs=hint),
+    )

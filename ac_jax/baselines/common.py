@@ -24,7 +24,7 @@ import optax
 from tqdm.auto import tqdm
 
 from ac_jax.arch.spec import Arch, LayerType
-from ac_jax.arch.torch_io import to_json
+from ac_jax.arch.json_spec import to_json
 from ac_jax.archset.store import layer_rows
 from ac_jax.child import onednn
 from ac_jax.child.model import ChildNet

@@ -2,7 +2,7 @@
 
 * KD (Hinton et al. 2015): the student is trained on
   ``alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, y)``
-  with T = 4, alpha = 0.9 by default (`ac_jax.child.trainer.kd_loss`), by `ChildTrainer` with
+  with T = 4, alpha = 0.9 by default (`ac_jax.child.program.kd_loss`), by `ChildTrainer` with
   `TrainOptions(distill=...)`: all seeds in one program, the teacher in inference mode on the
   same (augmented) minibatch inside the step.
 * From scratch: the same student, schedule and seeds with plain cross-entropy (`ChildTrainer`).

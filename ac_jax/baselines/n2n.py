@@ -27,24 +27,30 @@ the model produced by our approach"), or, if none is that small, the one with th
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
-from typing import Callable, Sequence
+from typing import Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from ac_jax.arch.legalize import legalize
-from ac_jax.arch.spec import Arch, LayerType
+from ac_jax.arch.spec import Arch
 from ac_jax.archset.store import record_of
 from ac_jax.baselines.common import BaselineResult, prng_key
+from ac_jax.baselines.n2n_policies import (  # noqa: F401 (remove/shrink_layers: re-exported)
+    RemovalPolicy,
+    ShrinkPolicy,
+    encode_layers,
+    remove_layers,
+    removal_fns,
+    shrink_layers,
+    shrink_scan,
+    shrinkable_mask,
+)
 from ac_jax.child.trainer import ChildTrainer, DeviceData, TrainSchedule
 
-NUM_LAYER_TYPES = 9  # 0 (end) .. 8 (Linear)
 DEFAULT_FACTORS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 
@@ -78,140 +84,6 @@ def n2n_reward(student_params: int, teacher_params: int, student_accuracy: float
     return c * (2.0 - c) * student_accuracy / teacher_accuracy
 
 
-def encode_layers(arch: Arch) -> np.ndarray:
-    """``[T, 14]`` float features per layer: one-hot type, k/10, s/10, p/10, log2(o+1)/13,
-    relative position (the policies' input; scales keep every feature near [0, 1])."""
-    rows = []
-    n = len(arch.layers)
-    for i, (t, k, o, s, p) in enumerate(arch.layers):
-        onehot = np.zeros(NUM_LAYER_TYPES, np.float32)
-        onehot[t] = 1.0
-        rows.append(np.concatenate([onehot, np.asarray(
-            [k / 10, s / 10, p / 10, math.log2(o + 1) / 13, i / max(n - 1, 1)], np.float32)]))
-    return np.stack(rows)
-
-
-# --------------------------------------------------------------------------------------------
-# Policies
-# --------------------------------------------------------------------------------------------
-
-
-class RemovalPolicy(nn.Module):
-    """Bidirectional LSTM over the layers -> keep logit per layer."""
-
-    hidden: int = 32
-
-    @nn.compact
-    def __call__(self, enc: jax.Array) -> jax.Array:  # [T, F] -> [T]
-        h = nn.Bidirectional(
-            nn.RNN(nn.OptimizedLSTMCell(self.hidden)), nn.RNN(nn.OptimizedLSTMCell(self.hidden))
-        )(enc[None])
-        return nn.Dense(1)(h)[0, :, 0]
-
-
-class ShrinkPolicy(nn.Module):
-    """One step of the autoregressive shrinkage LSTM: (carry, [layer, previous action]) ->
-    (carry, logits over the width factors)."""
-
-    hidden: int = 32
-    num_actions: int = 10
-
-    def setup(self):
-        self.cell = nn.OptimizedLSTMCell(self.hidden)
-        self.head = nn.Dense(self.num_actions)
-
-    def __call__(self, carry, x):
-        carry, h = self.cell(carry, x)
-        return carry, self.head(h)
-
-
-def _removal_fns(policy: RemovalPolicy, enc: jax.Array, free: np.ndarray):
-    """Jitted sample(params, keys [R]) -> keep [R, T] and logp(params, keep [R, T]) -> [R]."""
-    free = jnp.asarray(free)
-
-    @jax.jit
-    def sample(params, keys):
-        p = jax.nn.sigmoid(policy.apply(params, enc))
-        draws = jax.vmap(lambda k: jax.random.bernoulli(k, p))(keys)
-        return jnp.where(free, draws, True).astype(jnp.int32)
-
-    def logp(params, keep):
-        logits = policy.apply(params, enc)
-        per_layer = jnp.where(keep == 1, jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits))
-        return (per_layer * free).sum(axis=-1)
-
-    return sample, logp
-
-
-def _shrink_scan(policy: ShrinkPolicy, params, enc, shrinkable, key, given=None):
-    """Runs the shrinkage LSTM over the layers; samples (key) or scores (given) the actions.
-
-    Layers that cannot shrink get action `num_actions - 1`, log-probability 0 and a zero
-    previous-action input for the next step.
-    """
-    n = policy.num_actions
-    carry0 = (jnp.zeros(policy.hidden), jnp.zeros(policy.hidden))
-
-    def body(carry, t):
-        lstm, prev = carry
-        lstm, logits = policy.apply(params, lstm, jnp.concatenate([enc[t], prev]))
-        if given is None:
-            action = jax.random.categorical(jax.random.fold_in(key, t), logits)
-        else:
-            action = given[t]
-        logp = jnp.where(shrinkable[t], jax.nn.log_softmax(logits)[action], 0.0)
-        action = jnp.where(shrinkable[t], action, n - 1)
-        prev = jax.nn.one_hot(action, n) * shrinkable[t]
-        return (lstm, prev), (action, logp)
-
-    _, (actions, logps) = jax.lax.scan(body, (carry0, jnp.zeros(n)), jnp.arange(enc.shape[0]))
-    return actions, logps.sum()
-
-
-# --------------------------------------------------------------------------------------------
-# Students
-# --------------------------------------------------------------------------------------------
-
-
-def _shrinkable(arch: Arch) -> np.ndarray:
-    last = len(arch.layers) - 1
-    return np.asarray([(layer.t == LayerType.CONV or layer.t == LayerType.LINEAR) and i != last
-                       for i, layer in enumerate(arch.layers)])
-
-
-def remove_layers(arch: Arch, keep: Sequence[int]) -> Arch | None:
-    """The student keeping the layers where `keep` is 1 (the classifier always), or None if
-    `legalize` had to drop one of them (the sequence is not a network)."""
-    kept = [layer for layer, k in zip(arch.layers, keep, strict=True) if k]
-    if not kept or kept[-1] != arch.layers[-1]:
-        kept.append(arch.layers[-1])
-    student = legalize(np.asarray(kept, np.int64), arch.input_shape, arch.num_classes)
-    return _with_rates(student, kept) if len(student.layers) == len(kept) else None
-
-
-def shrink_layers(arch: Arch, actions: Sequence[int], factors: Sequence[float]) -> Arch | None:
-    """Conv and hidden Linear widths times ``factors[action]`` (at least 1), legalised."""
-    mask = _shrinkable(arch)
-    rows = []
-    for layer, a, m in zip(arch.layers, actions, mask, strict=True):
-        if m:
-            layer = layer._replace(o=max(1, int(round(layer.o * factors[int(a)]))))
-        rows.append(layer)
-    student = legalize(np.asarray([tuple(r) for r in rows], np.int64), arch.input_shape,
-                       arch.num_classes)
-    return _with_rates(student, rows) if len(student.layers) == len(rows) else None
-
-
-def _with_rates(student: Arch, layers: Sequence) -> Arch:
-    """`student` (legalised from integer rows, which hold a Dropout's rate in tenths) with the
-    exact dropout rates of `layers`, position by position."""
-    if not any(getattr(layer, "rate", None) is not None for layer in layers):
-        return student
-    return student.replace_layers([
-        s._replace(rate=layer.rate) if s.t == 6 and getattr(layer, "rate", None) is not None
-        else s for s, layer in zip(student.layers, layers, strict=True)])
-
-
 @dataclasses.dataclass
 class _Evaluation:
     arch: Arch | None
@@ -234,18 +106,21 @@ class _StudentJudge:
     """
 
     def __init__(self, teacher: Arch, data: DeviceData, schedule: TrainSchedule,
-                 cfg: N2NConfig, store=None):
+                 cfg: N2NConfig, store=None, runner=None):
         self.teacher = teacher
         self.teacher_params = teacher.num_params
         self.teacher_accuracy: float | None = None
         self.max_macs = None if cfg.max_macs_ratio is None else cfg.max_macs_ratio * teacher.macs
         self.cfg = cfg
-        self.trainer = ChildTrainer(data, schedule, cfg.num_seeds)
+        self.data, self.schedule = data, schedule
+        self.runner = runner
+        self._trainer: ChildTrainer | None = None
         self.trained: dict[Arch, _Evaluation] = {}
         self.store = store
         self.stored = {rec.arch: rec for rec in store.records()} if store is not None else {}
         self.spent = 0  # networks trained (or read back from the store), teacher included
         self.resumed = 0
+        self.prefetched: set[int] = set()  # store positions trained by `prefetch`, not yet judged
         self.limit: int | None = None  # the current stage's budget (`_reinforce`)
 
     def train(self, arch: Arch, source: str):
@@ -255,22 +130,64 @@ class _StudentJudge:
         if rec is None:
             if cfg.max_trained is not None and self.spent >= cfg.max_trained:
                 raise BudgetSpent
-            result = self.trainer.train(arch, list(range(cfg.num_seeds)))
-            rec = record_of(self.spent, arch, source, result)
-            if self.store is not None and not self.store.add(rec):
-                raise RuntimeError(f"{self.store.path} already holds a record at position "
-                                   f"{rec.idx}: the replay of this run diverged from the stored "
-                                   "one (another JAX version or backend?); use a fresh store")
-            self.stored[arch] = rec
+            if self._trainer is None:
+                self._trainer = ChildTrainer(self.data, self.schedule, cfg.num_seeds)
+            self._keep(record_of(self.spent, arch, source,
+                                 self._trainer.train(arch, list(range(cfg.num_seeds)))))
+            rec = self.stored[arch]
         else:
             if rec.idx != self.spent:  # the stored run trained its networks in another order
                 raise RuntimeError(f"replaying {self.store.path}: position {self.spent} trained "
                                    f"the network stored at {rec.idx}; this run diverged from the "
                                    "stored one (another JAX version or backend?); use a fresh "
                                    "store")
-            self.resumed += 1
+            if rec.idx in self.prefetched:  # trained by this run, on the runner
+                self.prefetched.discard(rec.idx)
+            else:
+                self.resumed += 1
         self.spent += 1
         return rec.status, (rec.mean_accuracy if rec.status == "ok" else None)
+
+    def _keep(self, rec) -> None:
+        if self.store is not None and not self.store.add(rec):
+            raise RuntimeError(f"{self.store.path} already holds a record at position "
+                               f"{rec.idx}: the replay of this run diverged from the stored "
+                               "one (another JAX version or backend?); use a fresh store")
+        self.stored[rec.arch] = rec
+
+    def _needs_training(self, student: Arch | None) -> bool:
+        """Whether `__call__` would train `student` (the checks it makes, in its order)."""
+        return not (student is None or student in self.trained
+                    or student.num_params >= self.teacher_params
+                    or (self.max_macs is not None and student.macs > self.max_macs))
+
+    def prefetch(self, students: list) -> None:
+        """Trains, as one batch on the runner, the students that judging `students` in order
+        would train, each under the store position the in-order judging gives it; judging them
+        afterwards then reads these records, so a run with a runner makes the moves an
+        in-process run makes (and a driver killed mid-batch resumes from what was stored)."""
+        if self.runner is None:
+            return
+        cfg, spent, seen, todo = self.cfg, self.spent, set(), []
+        for student in students:
+            if self.limit is not None and spent >= self.limit:
+                break
+            if not self._needs_training(student) or student in seen:
+                continue
+            seen.add(student)
+            if student not in self.stored:
+                if cfg.max_trained is not None and spent >= cfg.max_trained:
+                    break
+                todo.append((spent, student, list(range(cfg.num_seeds))))
+            spent += 1
+        if not todo:
+            return
+
+        def on_result(idx, arch, result):
+            self._keep(record_of(idx, arch, "n2n", result))
+            self.prefetched.add(idx)
+
+        self.runner.run(self.data, self.schedule, cfg.num_seeds, todo, on_result)
 
     def __call__(self, student: Arch | None) -> _Evaluation:
         cfg = self.cfg
@@ -331,7 +248,9 @@ def _reinforce(name: str, params, sample: Callable, logp: Callable, build: Calla
         actions = np.asarray(sample(params, jax.random.split(sub, cfg.rollouts)))
         rewards = []
         try:
-            evaluations = [judge(build(row)) for row in actions]
+            students = [build(row) for row in actions]
+            judge.prefetch(students)
+            evaluations = [judge(student) for student in students]
         except BudgetSpent:
             break  # the budget ran out inside this episode
         idle = idle + 1 if judge.spent == spent_before else 0
@@ -354,13 +273,14 @@ def _reinforce(name: str, params, sample: Callable, logp: Callable, build: Calla
 
 def n2n(teacher: Arch, data: DeviceData, schedule: TrainSchedule, target_params: int,
         cfg: N2NConfig = N2NConfig(), *, teacher_accuracy: float | None = None,
-        store=None, progress: bool = False) -> BaselineResult:
+        store=None, progress: bool = False, runner=None) -> BaselineResult:
     """Runs both N2N stages; see the module docstring for the reward and what is returned.
 
     `teacher_accuracy` is A_teacher under the same proxy (`schedule`, `cfg.num_seeds` seeds);
     it is measured if not given (one training, counted in `cfg.max_trained`). `store`: an open
     `ArchsetStore` recording every training, from which a restarted run resumes
-    (`_StudentJudge`). `details["order"]` lists the trained students' accuracies in training
+    (`_StudentJudge`). `runner` (`ac_jax.distributed.RayRunner`) trains each episode's new
+    students as one batch on a cluster; the policies then make the moves they make in-process. `details["order"]` lists the trained students' accuracies in training
     order (None: failed), for anytime curves.
     """
     if cfg.rollouts < 1 or cfg.stage1_episodes < 0 or cfg.stage2_episodes < 0:
@@ -371,7 +291,7 @@ def n2n(teacher: Arch, data: DeviceData, schedule: TrainSchedule, target_params:
         raise ValueError("an N2N budget needs at least 2 trainings (the teacher and a student)")
     start = time.perf_counter()
     key = prng_key(cfg.seed)
-    judge = _StudentJudge(teacher, data, schedule, cfg, store)
+    judge = _StudentJudge(teacher, data, schedule, cfg, store, runner)
     teacher_evaluated = 0
     if teacher_accuracy is None:
         status, teacher_accuracy = judge.train(teacher, "teacher")
@@ -391,7 +311,7 @@ def n2n(teacher: Arch, data: DeviceData, schedule: TrainSchedule, target_params:
     free[-1] = False  # the classifier stays
     key, init_key, run_key = jax.random.split(key, 3)
     params1 = jax.jit(removal.init)(init_key, enc1)  # op-by-op init is slow
-    sample1, logp1 = _removal_fns(removal, enc1, free)
+    sample1, logp1 = removal_fns(removal, enc1, free)
     best1 = _reinforce("removal", params1, sample1, logp1,
                        lambda keep: remove_layers(teacher, keep), judge, cfg,
                        cfg.stage1_episodes, run_key, progress, log, stage1_until)
@@ -401,18 +321,18 @@ def n2n(teacher: Arch, data: DeviceData, schedule: TrainSchedule, target_params:
     factors = tuple(cfg.shrink_factors)
     shrink = ShrinkPolicy(cfg.hidden, len(factors))
     enc2 = jnp.asarray(encode_layers(stage2_input))
-    shrinkable = jnp.asarray(_shrinkable(stage2_input))
+    shrinkable = jnp.asarray(shrinkable_mask(stage2_input))
     key, init_key, run_key = jax.random.split(key, 3)
     carry0 = (jnp.zeros(cfg.hidden), jnp.zeros(cfg.hidden))
     params2 = jax.jit(shrink.init)(init_key, carry0, jnp.zeros(enc2.shape[1] + len(factors)))
 
     @jax.jit
     def sample2(params, keys):
-        return jax.vmap(lambda k: _shrink_scan(shrink, params, enc2, shrinkable, k)[0])(keys)
+        return jax.vmap(lambda k: shrink_scan(shrink, params, enc2, shrinkable, k)[0])(keys)
 
     def logp2(params, actions):
         return jax.vmap(
-            lambda a: _shrink_scan(shrink, params, enc2, shrinkable, None, given=a)[1]
+            lambda a: shrink_scan(shrink, params, enc2, shrinkable, None, given=a)[1]
         )(actions)
 
     _reinforce("shrinkage", params2, sample2, logp2,

@@ -40,7 +40,7 @@ class Candidate:
     measured_accuracy: float | None = None
 
     def to_dict(self) -> dict:
-        from ac_jax.arch.torch_io import to_json
+        from ac_jax.arch.json_spec import to_json
 
         return {
             "num_params": self.num_params,
@@ -225,7 +225,7 @@ def build_candidates(
     candidates that are read (`CandidateList`). `timings` (optional) collects seconds per stage
     (`timed`).
     """
-    from ac_jax.compress.search import score_matrices
+    from ac_jax.compress.scoring import score_matrices  # JAX on first use: Constraint stays cheap
 
     num_networks, num_lambdas, snapshots = canonical.shape[:3]
     per_network = num_lambdas * snapshots
@@ -258,7 +258,7 @@ def build_candidates(
 
 def original_candidates(surrogate, archs: Sequence[Arch]) -> list[Candidate]:
     """The input networks as candidates, scored in one batched call."""
-    from ac_jax.compress.search import score
+    from ac_jax.compress.scoring import score
 
     for arch in archs:
         if len(arch) > surrogate.max_len:

@@ -222,8 +222,34 @@ def table1_row(name: str, row: dict) -> str:
 # ----------------------------------------------------------------------------- outputs
 
 
+def proposal_ranking(rounds: list) -> dict:
+    """How well the surrogate ranked the candidates the refinement trained, each judged by the
+    prediction made before it was trained (the round's surrogate had not seen it): Kendall tau
+    and mean absolute error of predicted vs measured proxy accuracy, over the distinct
+    proposals that trained (the original excluded)."""
+    from scipy.stats import kendalltau
+
+    pairs, legacy = [], {}
+    for info in rounds:
+        for t in info.get("trained", ()):
+            if t["original"] or t["status"] != "ok":
+                continue
+            if "fresh" in t:
+                if t["fresh"]:
+                    pairs.append((t["predicted"], t["trained"]))
+            else:  # rounds written before `fresh` existed: each (size, accuracy) once
+                legacy.setdefault((t["num_params"], t["trained"]), t["predicted"])
+    pairs += [(predicted, trained) for (_, trained), predicted in legacy.items()]
+    if not pairs:
+        return {"count": 0, "kendall_tau": None, "mae": None}
+    predicted, trained = np.asarray(pairs, np.float64).T
+    tau = kendalltau(predicted, trained).statistic if len(pairs) > 1 else float("nan")
+    return {"count": len(pairs), "kendall_tau": None if np.isnan(tau) else float(tau),
+            "mae": float(np.abs(predicted - trained).mean())}
+
+
 def report_dict(result: CompressResult, surrogate: TrainedSurrogate, extra: dict) -> dict:
-    from ac_jax.arch.torch_io import to_json
+    from ac_jax.arch.json_spec import to_json
 
     def cand(c: Candidate) -> dict:
         d = c.to_dict()
@@ -242,6 +268,8 @@ def report_dict(result: CompressResult, surrogate: TrainedSurrogate, extra: dict
         "pareto": [cand(result.candidates[i]) for i in result.front],
         "verify": result.verify,
         "rounds": result.rounds,
+        # Kendall tau / MAE of the surrogate on the candidates it proposed and refinement trained.
+        "proposal_ranking": proposal_ranking(result.rounds) if result.rounds else None,
         "surrogate": str(surrogate.path) if surrogate.path else None,
         "wall_seconds": result.seconds,
         **extra,
@@ -251,7 +279,7 @@ def report_dict(result: CompressResult, surrogate: TrainedSurrogate, extra: dict
 def write_outputs(
     result: CompressResult, surrogate: TrainedSurrogate, out_dir: str | Path, extra: dict
 ) -> dict[str, Path]:
-    from ac_jax.arch.torch_io import to_printout, to_torch_module_source
+    from ac_jax.arch.export import to_printout, to_torch_module_source
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

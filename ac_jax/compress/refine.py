@@ -69,13 +69,13 @@ def size_limit(original, constraint) -> int:
 
 def acquire(candidates, surrogate, top: int, limit: int, kappa: float, exclude=()) -> list:
     """The `top` candidates with the highest upper confidence bound ``mean + kappa * spread``
-    of predicted accuracy (the accuracy heads' mean and spread, `search.score_matrices_spread`;
+    of predicted accuracy (the accuracy heads' mean and spread, `scoring.score_matrices_spread`;
     a one-head surrogate ranks by its prediction) among those within `limit` parameters and not
     in `exclude` (architectures already trained). Trained where the surrogate is either
     promising or unsure under the size constraint, a record either confirms a pick or corrects
     the surrogate where the next search would go wrong."""
     from ac_jax.compress.candidates import CandidateList, columns
-    from ac_jax.compress.search import score_matrices_spread
+    from ac_jax.compress.scoring import score_matrices_spread
 
     if not len(candidates):
         return []
@@ -113,24 +113,6 @@ def archset_candidates(arrays: ArchsetArrays) -> list:
         out.append(Candidate(arch, arch.num_params, int(macs), float(acc), float("nan"), -1,
                              measured_accuracy=float(acc)))
     return out
-
-
-def archset_config_of(surrogate, cfg):
-    """The config whose archset the surrogate was trained on (``task.config`` in its metadata,
-    e.g. ``fashion_mnist/cpu``), else `cfg`. Refined records join that archset, so they must be
-    trained with its proxy schedule and seeds and stored next to its records, whatever config
-    variant the compression itself was started with."""
-    from ac_jax.config import get_config
-
-    name = (surrogate.meta or {}).get("task", {}).get("config") or ""
-    dataset, _, variant = name.partition("/")
-    if not dataset or not variant:
-        return cfg
-    try:
-        own = get_config(dataset, variant)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError):
-        return cfg
-    return own.replace(data_dir=cfg.data_dir)
 
 
 def _archset_accuracy(arrays: ArchsetArrays, arch, max_len: int) -> float | None:
@@ -173,8 +155,10 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
            kappa: float = 1.0, runner=None):
     """Returns a new `CompressResult` after `rounds` rounds; `result.rounds` describes each.
 
-    Candidates train on the training set minus the validation split and are judged on that
-    split (`protocol.search_view`), like the archset's records. The archset the surrogate is
+    `cfg` is the config the surrogate's archset was made with (`configs.for_surrogate`): the
+    candidates train with its proxy schedule and seeds, on the training set minus the
+    validation split, judged on that split (`protocol.search_view`), like the archset's
+    records, so they can join it. The archset the surrogate is
     fine-tuned on is `base_arrays`, else the file `archset_path`, else the config's archset.
 
     Round r trains `top` candidates of the current search (round 1 also the original), adds them
@@ -197,7 +181,7 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
             "spread, not the acquisition")
     from ac_jax.archset.generate import archset_meta
     from ac_jax.child.trainer import ChildTrainer, to_device
-    from ac_jax.cli import repo_path
+    from ac_jax.runtime import repo_path
     from ac_jax.compress.pipeline import compress_batch
     from ac_jax.data import load, protocol
     from ac_jax.surrogate.checkpoint import load_surrogate
@@ -205,7 +189,6 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
 
     work_dir = Path(work_dir) / result.name
     work_dir.mkdir(parents=True, exist_ok=True)
-    cfg = archset_config_of(surrogate, cfg)
     dataset = dataset if dataset is not None else load(cfg.dataset, cfg.data_dir)
     dataset = protocol.search_view(dataset)
     a = cfg.archset
@@ -233,6 +216,7 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
             tried.update(done)
             next_id = REFINE_ID_BASE + len(store)
             missing = list(dict.fromkeys(c.arch for c in chosen if c.arch not in done))
+            fresh = set(missing)  # trained by this call: their predictions are out of sample
             if runner is not None and missing:  # the round's batch on the cluster
                 log(f"refine round {label}: training {len(missing)} candidates on Ray")
 
@@ -266,7 +250,9 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
                             cand, measured_accuracy=rec.mean_accuracy))
                 info["trained"].append({"original": is_original, "num_params": cand.num_params,
                                         "predicted": cand.predicted_accuracy,
-                                        "trained": rec.mean_accuracy, "status": rec.status})
+                                        "trained": rec.mean_accuracy, "status": rec.status,
+                                        "fresh": cand.arch in fresh})
+                fresh.discard(cand.arch)  # listed twice: counted once
             info["refined_records"] = len(store)  # distinct networks trained so far
         return info
 

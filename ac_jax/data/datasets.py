@@ -7,95 +7,18 @@ import os
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from ac_jax.data import formats, tfds_source
+from ac_jax.data.dataset import EVALUATIONS, Dataset, stratified_indices  # noqa: F401 (re-exported)
+from ac_jax.data.synthetic import synthetic
 
 DATA_DIR_ENV = "AC_JAX_DATA_DIR"
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 SOURCES = ("auto", "files", "tfds")
-EVALUATIONS = ("test", "validation", "final")
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset is in none of the places searched; the message says where to put it."""
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Dataset:
-    """A whole image-classification dataset in host memory, NHWC uint8 images, int32 labels."""
-
-    name: str
-    train_x: np.ndarray  # [N, H, W, C] uint8
-    train_y: np.ndarray  # [N] int32
-    test_x: np.ndarray  # [M, H, W, C] uint8
-    test_y: np.ndarray  # [M] int32
-    num_classes: int
-    augment: bool = False  # train with random crop (4-pixel padding) + horizontal flip
-    # What the test slot holds (ac_jax.data.protocol): "test" (the dataset as loaded: the whole
-    # training set, the test set), "validation" (a search view: training set minus the
-    # validation split, evaluated on that split) or "final" (minus the split, on the test set).
-    evaluation: str = "test"
-
-    def __post_init__(self):
-        if self.evaluation not in EVALUATIONS:
-            raise ValueError(f"evaluation must be one of {EVALUATIONS}, got {self.evaluation!r}")
-        for split, x, y in (("train", self.train_x, self.train_y),
-                            ("test", self.test_x, self.test_y)):
-            if x.dtype != np.uint8 or x.ndim != 4:
-                raise ValueError(f"{self.name} {split}_x: {x.dtype}{list(x.shape)}, "
-                                 "expected uint8 [N, H, W, C]")
-            if y.dtype != np.int32 or y.shape != x.shape[:1]:
-                raise ValueError(f"{self.name} {split}_y: {y.dtype}{list(y.shape)}, "
-                                 f"expected int32 [{len(x)}]")
-            if y.size and (y.min() < 0 or y.max() >= self.num_classes):
-                raise ValueError(f"{self.name} {split}_y: labels outside 0..{self.num_classes - 1}")
-        if self.train_x.shape[1:] != self.test_x.shape[1:]:
-            raise ValueError(f"{self.name}: train and test images differ in shape")
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(H, W, C) of one image."""
-        return tuple(int(d) for d in self.train_x.shape[1:])
-
-    def subset(self, train: int | None, test: int | None, seed: int = 0) -> Dataset:
-        """The first ``train`` / ``test`` examples of a class-stratified shuffle (None: all).
-
-        Deterministic in ``seed``. Each class keeps (up to rounding) its share of the split, and
-        the chosen examples keep their original order. A larger subset of the same seed contains
-        every smaller one.
-        """
-        train_idx = stratified_indices(self.train_y, train, seed)
-        test_idx = stratified_indices(self.test_y, test, seed + 1)
-        return dataclasses.replace(
-            self,
-            train_x=self.train_x[train_idx], train_y=self.train_y[train_idx],
-            test_x=self.test_x[test_idx], test_y=self.test_y[test_idx],
-        )
-
-    def __repr__(self) -> str:  # the default would print the arrays
-        return (f"Dataset({self.name!r}, train={len(self.train_x)}, test={len(self.test_x)}, "
-                f"input_shape={self.input_shape}, num_classes={self.num_classes}, "
-                f"augment={self.augment}, evaluation={self.evaluation!r})")
-
-
-def stratified_indices(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray | slice:
-    if n is None:
-        return slice(None)  # a view, not a copy of the whole split
-    if not 0 <= n <= len(labels):
-        raise ValueError(f"subset of {n} examples requested from a split of {len(labels)}")
-    order = np.random.default_rng(seed).permutation(len(labels))
-    shuffled = labels[order]
-    # Rank of each example within its class (in shuffled order), as a fraction of the class
-    # size: sorting by it interleaves the classes in proportion to their sizes.
-    counts = np.bincount(shuffled)
-    rank = np.empty(len(labels), np.int64)
-    for c in np.flatnonzero(counts):
-        members = np.flatnonzero(shuffled == c)
-        rank[members] = np.arange(len(members))
-    position = (rank + 0.5) / counts[shuffled]
-    chosen = order[np.argsort(position, kind="stable")[:n]]
-    return np.sort(chosen)
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,6 +76,23 @@ _TFDS_HINT = (
     "copy DIR here and pass it as --data-dir."
 )
 
+def _cifar_spec(classes: int) -> DatasetSpec:
+    """CIFAR-10 or CIFAR-100: the same layout, names differing by the class count."""
+    folder, archive = (getattr(formats, f"CIFAR{classes}_{part}") for part in ("FOLDER", "ARCHIVE"))
+    return DatasetSpec(
+        name=f"cifar{classes}", title=f"CIFAR-{classes}", num_classes=classes, augment=True,
+        tfds_name=f"cifar{classes}", subfolders=(folder,),
+        required=tuple(getattr(formats, f"CIFAR{classes}_TRAIN")
+                       + getattr(formats, f"CIFAR{classes}_TEST")),
+        read=getattr(formats, f"read_cifar{classes}"), archive=archive,
+        how_to_get=(
+            f"Download https://www.cs.toronto.edu/~kriz/{archive} and extract it into "
+            f"--data-dir (`tar xzf {archive} -C DATA_DIR`, giving DATA_DIR/{folder}/), or just "
+            "put the .tar.gz there."
+        ),
+    )
+
+
 _SPECS = [
     DatasetSpec(
         name="fashion_mnist", title="Fashion-MNIST", num_classes=10, augment=False,
@@ -165,28 +105,8 @@ _SPECS = [
             "https://github.com/zalandoresearch/fashion-mnist (data/fashion/) into --data-dir."
         ),
     ),
-    DatasetSpec(
-        name="cifar10", title="CIFAR-10", num_classes=10, augment=True, tfds_name="cifar10",
-        subfolders=(formats.CIFAR10_FOLDER,),
-        required=tuple(formats.CIFAR10_TRAIN + formats.CIFAR10_TEST),
-        read=formats.read_cifar10, archive=formats.CIFAR10_ARCHIVE,
-        how_to_get=(
-            "Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it into "
-            "--data-dir (`tar xzf cifar-10-python.tar.gz -C DATA_DIR`, giving "
-            f"DATA_DIR/{formats.CIFAR10_FOLDER}/), or just put the .tar.gz there."
-        ),
-    ),
-    DatasetSpec(
-        name="cifar100", title="CIFAR-100", num_classes=100, augment=True, tfds_name="cifar100",
-        subfolders=(formats.CIFAR100_FOLDER,),
-        required=tuple(formats.CIFAR100_TRAIN + formats.CIFAR100_TEST),
-        read=formats.read_cifar100, archive=formats.CIFAR100_ARCHIVE,
-        how_to_get=(
-            "Download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and extract it into "
-            "--data-dir (`tar xzf cifar-100-python.tar.gz -C DATA_DIR`, giving "
-            f"DATA_DIR/{formats.CIFAR100_FOLDER}/), or just put the .tar.gz there."
-        ),
-    ),
+    _cifar_spec(10),
+    _cifar_spec(100),
     DatasetSpec(
         name="svhn", title="SVHN", num_classes=10, augment=False, tfds_name="svhn_cropped",
         subfolders=("svhn",), required=tuple(formats.SVHN_FILES), read=formats.read_svhn,
@@ -245,8 +165,6 @@ def load(name: str, data_dir: str | Path | None = None, source: str = "auto",
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     name = canonical_name(name)
     if name == "synthetic":
-        from ac_jax.data.synthetic import synthetic
-
         dataset = synthetic(seed=seed)
     else:
         dataset = _load_real(SPECS[name], _resolve_data_dir(data_dir), source)

@@ -24,7 +24,7 @@ import dataclasses
 
 import numpy as np
 
-from ac_jax.data.datasets import Dataset, stratified_indices
+from ac_jax.data.dataset import Dataset, stratified_indices
 
 VALIDATION_SEED = 0
 MAX_VALIDATION = 5_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ac_jax.data.datasets import Dataset
+from ac_jax.data.dataset import Dataset
 
 _WAVES = 4  # cosines summed per class and channel
 _MAX_FREQ = 2  # cycles per image: low enough that small convs and pooling keep the signal

@@ -19,7 +19,6 @@ import numpy as np
 from ac_jax.arch.spec import Arch
 from ac_jax.archset.store import ArchsetArrays, ArchsetStore, load_arrays, record_of
 from ac_jax.child.trainer import ChildTrainer, DeviceData
-from ac_jax.cli import surrogate_config
 from ac_jax.config import Config
 from ac_jax.study.config import refine_trainings
 
@@ -126,7 +125,7 @@ def run_n2n(ctx: Context, repeat: int, seed: int, budget: int) -> MethodRun:
             "budget": budget}
     with ArchsetStore(ctx.work / f"n2n_r{repeat}.sqlite", meta) as store:
         result = n2n(ctx.original, ctx.search, a.schedule, ctx.max_params, n2n_cfg, store=store,
-                     progress=ctx.progress)
+                     progress=ctx.progress, runner=ctx.runner)
         records = sorted(store.records(), key=lambda r: r.idx)
     return MethodRun("n2n", repeat, seed, result.arch, result.search_accuracy,
                      result.archs_evaluated, time.perf_counter() - start, _curve(records, ctx),
@@ -177,7 +176,7 @@ def _surrogate(ctx: Context, arrays: ArchsetArrays, run_dir: Path, seed: int):
     from ac_jax.surrogate.checkpoint import load_surrogate
     from ac_jax.surrogate.train import train
 
-    scfg = dataclasses.replace(surrogate_config(ctx.cfg), seed=seed)
+    scfg = dataclasses.replace(ctx.cfg.surrogate, seed=seed)
     if ctx.surrogate_steps is not None:
         every = max(1, min(scfg.steps_per_call, ctx.surrogate_steps))
         scfg = dataclasses.replace(scfg, steps=ctx.surrogate_steps, steps_per_call=every,
@@ -229,14 +228,14 @@ def run_ac_jax(ctx: Context, repeat: int, seed: int, budget: int, rounds: bool,
     method = "ac_jax_rounds" if rounds else "ac_jax"
     start = time.perf_counter()
     extra = refine_trainings(ctx.rounds, ctx.refine_top) if rounds else 0
-    max_len = surrogate_config(ctx.cfg).arch.max_len
+    max_len = ctx.cfg.surrogate.arch.max_len
     arrays, records = archset_subset(ctx.archset_paths, budget - extra, seed, max_len,
                                      ctx.region_share)
     work = ctx.work / "work" / f"{method}_r{repeat}"
     surrogate, outcome = _surrogate(ctx, arrays, work / "surrogate", seed)
     if tag is not None:
         work = ctx.work / "work" / tag
-    search_cfg = ctx.cfg.compress if ctx.cfg.compress is not None else SearchConfig()
+    search_cfg = SearchConfig()
     if ctx.plain_decoding:  # the paper's decoding, unbounded walk (the issue-20 study's)
         search_cfg = dataclasses.replace(search_cfg, anchored=False, trust_radius=None)
     constraint = Constraint(max_params=ctx.max_params)

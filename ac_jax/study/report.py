@@ -56,6 +56,8 @@ def summary(study, original, original_rec, max_params: int, runs: dict, referenc
                 "test_seed_accuracies": final.get("test_seed_accuracies"),
                 "seconds": d["seconds"], "within_constraint": d["within_constraint"],
                 "spec": d["spec"], "notes": d["notes"],
+                **({"surrogate": _surrogate_ranking(d["details"])}
+                   if "surrogate_holdout" in d.get("details", {}) else {}),
             })
         methods[method] = {"repeats": rows}
     cfg = study.cfg
@@ -83,6 +85,17 @@ def summary(study, original, original_rec, max_params: int, runs: dict, referenc
     }
 
 
+def _surrogate_ranking(details: dict) -> dict:
+    """An ac_jax run's surrogate: Kendall tau on its held-out archset records, and on the
+    candidates its refinement proposed and trained (`refine.proposal_ranking`)."""
+    from ac_jax.compress.pipeline import proposal_ranking
+
+    held = details["surrogate_holdout"]
+    proposals = proposal_ranking(details.get("rounds") or [])
+    return {"holdout_tau": held.get("accuracy_kendall_tau"), "holdout_records": held.get("num"),
+            "proposal_tau": proposals["kendall_tau"], "proposals": proposals["count"]}
+
+
 def _stats(values) -> tuple[float, float, int] | None:
     vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:
@@ -97,6 +110,10 @@ def _pm(values, scale: float = 100.0, digits: int = 2) -> str:
         return "—"
     mean, std, n = s  # std: the sample standard deviation over repeats (ddof 1)
     return f"{scale * mean:,.{digits}f} ± {scale * std:,.{digits}f}" + ("" if n > 1 else " (1)")
+
+
+def _tau(tau, count) -> str:
+    return f"{'—' if tau is None or math.isnan(tau) else f'{tau:.2f}'} ({count or 0})"
 
 
 def _pct(value) -> str:
@@ -171,6 +188,16 @@ def markdown(s: dict) -> str:
         lines.append(
             f"| {r['method']} (reference, 1 run) | — | {r['params']:,} "
             f"| {o['params'] / r['params']:.1f}x | {val} | {acc} | — | — | {r['seconds']:.0f} |")
+    ranked = [(method, [r["surrogate"] for r in m["repeats"] if "surrogate" in r])
+              for method, m in s["methods"].items()]
+    ranked = [(method, rows) for method, rows in ranked if rows]
+    if ranked:
+        lines += ["", "| surrogate of | held-out tau (records) | tau on its trained proposals "
+                  "(count) |", "|---|---|---|"]
+        for method, rows in ranked:
+            held = "; ".join(_tau(r["holdout_tau"], r["holdout_records"]) for r in rows)
+            own = "; ".join(_tau(r["proposal_tau"], r["proposals"]) for r in rows)
+            lines.append(f"| {names.get(method, method)} | {held} | {own} |")
     lines += ["", "Mean ± sample standard deviation over repeats. Val acc.: the pick's proxy validation "
               "accuracy (what the search chose on). Test acc.: the pick retrained with the final "
               "schedule, mean over its seeds; a repeat whose pick breaks the constraint has none "

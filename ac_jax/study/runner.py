@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ac_jax.arch import zoo
 from ac_jax.arch.spec import Arch
-from ac_jax.arch.torch_io import parse_json, to_json
+from ac_jax.arch.json_spec import parse_json, to_json
 from ac_jax.archset.store import ArchsetStore, Record, record_of
 from ac_jax.child.trainer import ChildTrainer, to_device
 from ac_jax.data import protocol
@@ -68,6 +68,30 @@ class FinalTrainer:
         self.path = out / "final.sqlite"
         self.meta = meta
         self._trainer = None
+
+    def prefetch(self, items: list, runner, log) -> None:
+        """Trains the `(arch, label)` items not yet stored as one batch on `runner` (a
+        `distributed.RayRunner`; None: nothing here, `train` trains them one by one), each
+        record written as it arrives."""
+        if runner is None:
+            return
+        with ArchsetStore(self.path, self.meta) as db:
+            stored = {r.arch for r in db.records()}
+        todo, seen = [], set()
+        for arch, label in items:
+            if arch not in stored and arch not in seen:
+                seen.add(arch)
+                todo.append((label, arch, self.seeds))
+        if not todo:
+            return
+        log(f"final schedule: {len(todo)} trainings on the cluster "
+            f"({self.schedule.epochs} epochs x {len(self.seeds)} seeds)")
+
+        def on_result(label, arch, out):
+            with ArchsetStore(self.path, self.meta) as db:
+                db.add(record_of(len(db), arch, label, out))
+
+        runner.run(self.data, self.schedule, len(self.seeds), todo, on_result)
 
     def record(self, arch: Arch) -> Record | None:
         with ArchsetStore(self.path, self.meta) as db:
@@ -166,6 +190,9 @@ def run_study(study: StudyConfig, out: str | Path, dataset=None, progress: bool 
                 None if study.ac_jax_settings() == LEGACY_AC_JAX else study.ac_jax_settings()),
                                              encoding="utf-8")
     finals = FinalTrainer(study, dataset, out)
+    finals.prefetch([(original, "original")] + [
+        (parse_json(d["spec"]), f"{method}_r{d['repeat']}") for method, method_runs in runs.items()
+        for d in method_runs if d["spec"] is not None and d["within_constraint"]], runner, log)
     original_rec = finals.train(original, "original", log)
     for method, method_runs in runs.items():
         for d in method_runs:
@@ -217,7 +244,7 @@ def _check_study_meta(study: StudyConfig, out: Path) -> None:
 
 def _ac_jax_context(study: StudyConfig) -> dict:
     """ac_jax's own settings as `methods.Context` fields."""
-    from ac_jax.cli import repo_path
+    from ac_jax.runtime import repo_path
 
     return {"extra_archsets": tuple(repo_path(p) for p in study.extra_archsets),
             "region_share": study.region_share, "plain_decoding": study.plain_decoding,
@@ -225,7 +252,7 @@ def _ac_jax_context(study: StudyConfig) -> dict:
 
 
 def _network(name: str, dataset) -> Arch:
-    from ac_jax.arch.torch_io import load_arch
+    from ac_jax.arch.load import load_arch
 
     if name in zoo.ZOO:
         return zoo.get(name, dataset.input_shape, dataset.num_classes)
@@ -294,7 +321,7 @@ def run_amortised(study: StudyConfig, models: list[str], out: str | Path, datase
 
 
 def _shipped(cfg) -> Path:
-    from ac_jax.cli import repo_path
+    from ac_jax.runtime import repo_path
 
     return repo_path(cfg.archset.path)
 

@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 
 from ac_jax.surrogate.config import SurrogateConfig
 from ac_jax.surrogate.model import Surrogate, SurrogateArch
+from ac_jax.surrogate.state import Normaliser, abstract_state, make_optimizer, state_from
 
 META_FILE = "surrogate.json"
 
@@ -179,7 +180,6 @@ def config_from_dict(d: dict) -> SurrogateConfig:
 
 def load_surrogate(path: str | Path) -> TrainedSurrogate:
     """Loads a run directory (latest checkpoint) or a shipped surrogate directory."""
-    from ac_jax.surrogate.train import Normaliser, abstract_state, make_optimizer
 
     path = Path(path)
     meta = read_meta(path)
@@ -283,7 +283,6 @@ def export(run_dir: str | Path, out_dir: str | Path, keep_optimizer: bool = Fals
 
 def init_state_like(surrogate: TrainedSurrogate) -> dict:
     """The state pytree `load_surrogate` expects, with a fresh (small) optimizer state."""
-    from ac_jax.surrogate.train import make_optimizer, state_from
 
     tx = make_optimizer(surrogate.config, 1)
     return state_from(surrogate.variables, tx, int(surrogate.meta.get("step", 0)))

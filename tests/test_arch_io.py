@@ -1,4 +1,4 @@
-"""Tests of ac_jax.arch.torch_io: Appendix 10 printouts, PyTorch modules, JSON specs, load_arch."""
+"""Tests of ac_jax.arch.export, printout, json_spec and load: Appendix 10 printouts, PyTorch modules, JSON specs, load_arch."""
 
 from __future__ import annotations
 
@@ -22,15 +22,10 @@ from ac_jax.arch.spec import (
     relu,
     sigmoid,
 )
-from ac_jax.arch.torch_io import (
-    PrintoutError,
-    load_arch,
-    parse_json,
-    parse_printout,
-    to_json,
-    to_printout,
-    to_torch_module_source,
-)
+from ac_jax.arch.printout import PrintoutError, parse_printout
+from ac_jax.arch.load import load_arch
+from ac_jax.arch.json_spec import parse_json, to_json
+from ac_jax.arch.export import to_printout, to_torch_module_source
 
 TORCH_REASON = "PyTorch is an optional dependency (pip install .[torch])"
 
