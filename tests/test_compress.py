@@ -523,9 +523,14 @@ def test_reconstruction_rates_measure_the_start_of_both_decodings(tiny_surrogate
     held = reconstruction.heldout_archs(surrogate, [tiny_archset])
     assert 0 < len(held) < 60  # the id-hash hold-out of the tiny archset's 60 records
     out = tmp_path / "rec.json"
-    subprocess.run([sys.executable, str(REPO / "bin/reconstruction.py"), "--dataset", "tiny",
-                    "--surrogate", str(tiny_surrogate_dir), "--models", "tinycnn",
-                    "--archset", str(tiny_archset), "--out", str(out)], check=True, capture_output=True, cwd=REPO)
+    import importlib.util  # the script in-process: a subprocess would import JAX and compile anew
+
+    spec = importlib.util.spec_from_file_location("reconstruction_script",
+                                                  REPO / "bin/reconstruction.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--dataset", "tiny", "--surrogate", str(tiny_surrogate_dir), "--models",
+                 "tinycnn", "--archset", str(tiny_archset), "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["zoo"]["tinycnn"]["anchored_exact_rate"] == 1.0
     assert report["heldout_archset"]["num"] == len(held)

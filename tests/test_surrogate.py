@@ -370,16 +370,18 @@ def test_an_ensemble_surrogate_trains_and_reports_its_spread(tiny_archset, tiny_
 
 
 def test_ablation_trains_each_variant_and_tabulates_it(tiny_archset, tmp_path):
-    import subprocess
-    import sys
+    import importlib.util
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parent.parent
+    # In-process (the script's main): a subprocess would import JAX and compile anew.
+    script = Path(__file__).resolve().parent.parent / "bin/surrogate_ablation.py"
+    spec = importlib.util.spec_from_file_location("surrogate_ablation_script", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     out = tmp_path / "abl"
-    cmd = [sys.executable, str(repo / "bin/surrogate_ablation.py"), "--dataset", "tiny",
-           "--archset", str(tiny_archset), "--variants", "base", "rank", "--steps", "40",
-           "--holdout", "0.25", "--runs", str(tmp_path / "runs"), "--out", str(out), "--quiet"]
-    subprocess.run(cmd, check=True, capture_output=True, cwd=repo)
+    assert module.main(["--dataset", "tiny", "--archset", str(tiny_archset), "--variants", "base",
+                        "rank", "--steps", "40", "--holdout", "0.25", "--runs",
+                        str(tmp_path / "runs"), "--out", str(out), "--quiet"]) == 0
     rows = json.loads(out.with_suffix(".json").read_text())["variants"]
     assert list(rows) == ["base", "rank"]
     assert rows["rank"]["config"]["rank_weight"] == 1.0 and rows["base"]["config"]["rank_weight"] == 0
