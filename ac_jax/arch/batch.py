@@ -18,7 +18,9 @@ import numpy as np
 
 from ac_jax.arch.layers import (
     KINDS,
+    MAC_KINDS,
     MAX_DROPOUT_FIELD,
+    PARAM_KINDS,
     POOL_TYPES,
     SPATIAL_TYPES,
     WIDTH_TYPES,
@@ -126,12 +128,12 @@ def batch_analyze(
         ok = active & ~bad
         features = np.where(flat, c, h * w * c)
         hw = np.where(is_spatial, out_h * out_w, 1)
-        kinds = list(KINDS.values())
-        conditions = [t == kind.type for kind in kinds]
-        layer_params = np.select(conditions, [_broadcast(kind.params(k, c, o, features), n)
-                                              for kind in kinds], 0)
-        layer_macs = np.select(conditions, [_broadcast(kind.macs(k, c, o, features, hw), n)
-                                            for kind in kinds], 0)
+        layer_params = np.select([t == kind.type for kind in PARAM_KINDS],
+                                 [_broadcast(kind.params(k, c, o, features), n)
+                                  for kind in PARAM_KINDS], 0)
+        layer_macs = np.select([t == kind.type for kind in MAC_KINDS],
+                               [_broadcast(kind.macs(k, c, o, features, hw), n)
+                                for kind in MAC_KINDS], 0)
         params += np.where(ok, layer_params, 0)
         macs += np.where(ok, layer_macs, 0)
         num_conv += ok & (t == _T.CONV)

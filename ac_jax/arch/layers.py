@@ -106,3 +106,6 @@ POOL_TYPES = types_where(lambda kind: kind.p_rule == "pool_padding")
 # Layers whose `o` field repeats the input channels (or features, after flattening).
 CHANNEL_PRESERVING_TYPES = types_where(lambda kind: not kind.sets_width)
 WIDTH_TYPES = types_where(lambda kind: kind.sets_width)
+# The types with parameters / MACs (the others' formulas are 0): what the batched counts select.
+PARAM_KINDS = tuple(kind for kind in KINDS.values() if kind.params is not _zero)
+MAC_KINDS = tuple(kind for kind in KINDS.values() if kind.macs is not _zero)

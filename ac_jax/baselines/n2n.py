@@ -155,11 +155,20 @@ class _StudentJudge:
                                "one (another JAX version or backend?); use a fresh store")
         self.stored[rec.arch] = rec
 
-    def _needs_training(self, student: Arch | None) -> bool:
-        """Whether `__call__` would train `student` (the checks it makes, in its order)."""
-        return not (student is None or student in self.trained
-                    or student.num_params >= self.teacher_params
-                    or (self.max_macs is not None and student.macs > self.max_macs))
+    def _untrained_verdict(self, student: Arch | None) -> _Evaluation | None:
+        """The evaluation of `student` that needs no training (None: it must be trained)."""
+        cfg = self.cfg
+        if student is None:
+            return _Evaluation(None, cfg.invalid_reward, None, "invalid")
+        if student in self.trained:
+            return self.trained[student]
+        params = student.num_params
+        if params >= self.teacher_params:
+            reward = n2n_reward(params, self.teacher_params, 1.0, 1.0)
+            return _Evaluation(student, reward, None, "not smaller than the teacher")
+        if self.max_macs is not None and student.macs > self.max_macs:
+            return _Evaluation(student, cfg.invalid_reward, None, "over the MAC cap")
+        return None
 
     def prefetch(self, students: list) -> None:
         """Trains, as one batch on the runner, the students that judging `students` in order
@@ -172,7 +181,7 @@ class _StudentJudge:
         for student in students:
             if self.limit is not None and spent >= self.limit:
                 break
-            if not self._needs_training(student) or student in seen:
+            if self._untrained_verdict(student) is not None or student in seen:
                 continue
             seen.add(student)
             if student not in self.stored:
@@ -190,25 +199,17 @@ class _StudentJudge:
         self.runner.run(self.data, self.schedule, cfg.num_seeds, todo, on_result)
 
     def __call__(self, student: Arch | None) -> _Evaluation:
-        cfg = self.cfg
         if self.limit is not None and self.spent >= self.limit:
             raise BudgetSpent
-        if student is None:
-            return _Evaluation(None, cfg.invalid_reward, None, "invalid")
-        if student in self.trained:
-            return self.trained[student]
-        params = student.num_params
-        if params >= self.teacher_params:
-            reward = n2n_reward(params, self.teacher_params, 1.0, 1.0)
-            return _Evaluation(student, reward, None, "not smaller than the teacher")
-        if self.max_macs is not None and student.macs > self.max_macs:
-            return _Evaluation(student, cfg.invalid_reward, None, "over the MAC cap")
+        verdict = self._untrained_verdict(student)
+        if verdict is not None:
+            return verdict
         status, acc = self.train(student, "n2n")
         if acc is not None:
-            ev = _Evaluation(student, n2n_reward(params, self.teacher_params, acc,
+            ev = _Evaluation(student, n2n_reward(student.num_params, self.teacher_params, acc,
                                                  self.teacher_accuracy), acc, "ok")
         else:
-            ev = _Evaluation(student, cfg.invalid_reward, None, status)
+            ev = _Evaluation(student, self.cfg.invalid_reward, None, status)
         self.trained[student] = ev
         return ev
 

@@ -75,23 +75,18 @@ class FinalTrainer:
         record written as it arrives."""
         if runner is None:
             return
-        with ArchsetStore(self.path, self.meta) as db:
-            stored = {r.arch for r in db.records()}
-        todo, seen = [], set()
-        for arch, label in items:
-            if arch not in stored and arch not in seen:
-                seen.add(arch)
-                todo.append((label, arch, self.seeds))
-        if not todo:
-            return
-        log(f"final schedule: {len(todo)} trainings on the cluster "
-            f"({self.schedule.epochs} epochs x {len(self.seeds)} seeds)")
-
-        def on_result(label, arch, out):
-            with ArchsetStore(self.path, self.meta) as db:
-                db.add(record_of(len(db), arch, label, out))
-
-        runner.run(self.data, self.schedule, len(self.seeds), todo, on_result)
+        with ArchsetStore(self.path, self.meta) as db:  # one store for the whole batch
+            done, todo = {r.arch for r in db.records()}, []
+            for arch, label in items:
+                if arch not in done:  # a pick found twice trains once, under its first label
+                    done.add(arch)
+                    todo.append((label, arch, self.seeds))
+            if not todo:
+                return
+            log(f"final schedule: {len(todo)} trainings on the cluster "
+                f"({self.schedule.epochs} epochs x {len(self.seeds)} seeds)")
+            runner.run(self.data, self.schedule, len(self.seeds), todo,
+                       lambda label, arch, out: db.add(record_of(len(db), arch, label, out)))
 
     def record(self, arch: Arch) -> Record | None:
         with ArchsetStore(self.path, self.meta) as db:
