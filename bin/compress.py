@@ -79,7 +79,7 @@ def parse_args(argv):
 
 def _label(name: str) -> str:
     """The output folder's name: a file's stem, a module file's class, else the name."""
-    from ac_jax.arch.from_torch import MODULE_SPEC
+    from ac_jax.arch.module_file import MODULE_SPEC
 
     match = MODULE_SPEC.match(name.strip())
     if match:

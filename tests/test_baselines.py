@@ -58,7 +58,7 @@ SCHEDULE = TrainSchedule(epochs=1, batch_size=32, lr=0.01, eval_batch_size=128)
 REPO = Path(__file__).resolve().parent.parent
 # The package exports functions named like their modules (n2n, random_search...).
 n2n_lib = importlib.import_module("ac_jax.baselines.n2n")
-harness = importlib.import_module("ac_jax.baselines.harness")
+targets = importlib.import_module("ac_jax.baselines.targets")
 pruning_lib = importlib.import_module("ac_jax.baselines.pruning")
 
 
@@ -289,9 +289,9 @@ def test_random_archs_flag(bin_baselines, tmp_path):
     folder = tmp_path / "surrogate"
     folder.mkdir()
     (folder / "surrogate.json").write_text(json.dumps({"task": {"num_records": 157}}))
-    assert harness.archset_spend({"surrogate": str(folder), "archs_trained": 3}) == 160
+    assert targets.archset_spend({"surrogate": str(folder), "archs_trained": 3}) == 160
     with pytest.raises(ValueError, match="surrogate.json"):
-        harness.archset_spend({"surrogate": str(tmp_path / "missing")})
+        targets.archset_spend({"surrogate": str(tmp_path / "missing")})
 
 
 def test_n2n_reward_formula():
@@ -422,7 +422,7 @@ def test_n2n_on_a_runner_makes_the_in_process_moves_and_resumes(data, monkeypatc
 
 def test_target_parsing(tmp_path):
     teacher = zoo.tinycnn()
-    parse = harness.parse_param_count
+    parse = targets.parse_param_count
     assert parse("70000", 10) == 70_000 and parse("70_000", 10) == 70_000
     assert parse("70k", 10) == 70_000 and parse("1.2M", 10) == 1_200_000
     assert parse("3x", 1876) == 625 and parse("conv7.json", 10) is None
@@ -431,14 +431,14 @@ def test_target_parsing(tmp_path):
     student = width_scaled_to(teacher, 600)
     path = tmp_path / "student.json"
     path.write_text(to_json(student))
-    assert harness.parse_target(str(path), teacher, (12, 12, 1), 4) == (
+    assert targets.parse_target(str(path), teacher, (12, 12, 1), 4) == (
         student.num_params, student)
     with pytest.raises(ValueError, match="not smaller than the teacher"):
-        harness.parse_target("5000", teacher, (12, 12, 1), 4)
+        targets.parse_target("5000", teacher, (12, 12, 1), 4)
     with pytest.raises(ValueError, match="at least one parameter"):
-        harness.parse_target("0", teacher, (12, 12, 1), 4)
+        targets.parse_target("0", teacher, (12, 12, 1), 4)
     with pytest.raises(ValueError, match="no such file"):
-        harness.parse_target(str(tmp_path / "missing.json"), teacher, (12, 12, 1), 4)
+        targets.parse_target(str(tmp_path / "missing.json"), teacher, (12, 12, 1), 4)
 
 
 def test_report_reading(tmp_path):
@@ -452,26 +452,26 @@ def test_report_reading(tmp_path):
     }
     path = tmp_path / "report.json"
     path.write_text(json.dumps(report))
-    read = harness.read_report(str(path), (12, 12, 1), 4)
+    read = targets.read_report(str(path), (12, 12, 1), 4)
     assert read["arch"] == student and read["compressed_accuracy"] == 0.93
     report["verify"] = None
     path.write_text(json.dumps(report))
-    assert harness.read_report(str(path), (12, 12, 1), 4)["compressed_accuracy"] is None
+    assert targets.read_report(str(path), (12, 12, 1), 4)["compressed_accuracy"] is None
     del report["archs_trained"]  # optional
     path.write_text(json.dumps(report))
-    assert harness.read_report(str(path), (12, 12, 1), 4)["archs_trained"] is None
+    assert targets.read_report(str(path), (12, 12, 1), 4)["archs_trained"] is None
     report["chosen"]["num_params"] = "many"
     path.write_text(json.dumps(report))
     with pytest.raises(ValueError, match="chosen.num_params"):
-        harness.read_report(str(path), (12, 12, 1), 4)
+        targets.read_report(str(path), (12, 12, 1), 4)
     report["chosen"]["num_params"] = student.num_params
     del report["chosen"]["spec"]
     path.write_text(json.dumps(report))
     with pytest.raises(ValueError, match="chosen.spec"):
-        harness.read_report(str(path), (12, 12, 1), 4)
+        targets.read_report(str(path), (12, 12, 1), 4)
     path.write_text("not json")
     with pytest.raises(ValueError, match="not a JSON report"):
-        harness.read_report(str(path), (12, 12, 1), 4)
+        targets.read_report(str(path), (12, 12, 1), 4)
 
 
 def test_cli_rejects_bad_input(bin_baselines, capsys):

@@ -603,7 +603,7 @@ def test_active_refinement_picks_the_best_trained_record_under_the_cap(surrogate
 def test_fine_tuning_never_holds_out_the_refined_records(tiny_archset, tiny_surrogate_config,
                                                          tmp_path):
     from ac_jax.archset.store import load_arrays
-    from ac_jax.surrogate.train import holdout_mask
+    from ac_jax.surrogate.splits import holdout_mask
     from ac_jax.surrogate.train import train as train_surrogate
 
     arrays = load_arrays(tiny_archset, max_len=16)

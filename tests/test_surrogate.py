@@ -17,12 +17,9 @@ from ac_jax.archset.store import load_arrays
 from ac_jax.surrogate import checkpoint
 from ac_jax.surrogate.encoding import decode_features, encode_matrices
 from ac_jax.surrogate.model import Regressor, SurrogateArch
-from ac_jax.surrogate.train import (
-    Normaliser,
-    holdout_mask,
-    reconstruction_metrics,
-    train,
-)
+from ac_jax.surrogate.evaluation import reconstruction_metrics
+from ac_jax.surrogate.splits import holdout_mask
+from ac_jax.surrogate.train import Normaliser, train
 
 from conftest import TINY_TASK
 
@@ -323,7 +320,7 @@ def test_ranking_loss_rewards_the_right_order_and_ignores_close_pairs():
 def test_noop_copies_are_the_same_networks_with_the_same_labels(tiny_archset):
     from ac_jax.arch.legalize import canonicalize
     from ac_jax.arch.spec import Arch
-    from ac_jax.surrogate.train import make_split, with_noop_copies
+    from ac_jax.surrogate.splits import make_split, with_noop_copies
 
     arrays = load_arrays(tiny_archset, max_len=16)
     norm = Normaliser.fit(arrays.num_params, "log")

@@ -136,12 +136,12 @@ def load_arch(
     one_line = source.strip() if "\n" not in source.strip() else None
     if one_line is not None and _is_zoo_name(one_line):
         return zoo.get(one_line, input_shape, num_classes)
-    from ac_jax.arch import from_torch
+    from ac_jax.arch import from_torch, module_file
 
-    if one_line is not None and from_torch.is_module_spec(one_line):
+    if one_line is not None and module_file.is_module_spec(one_line):
         if input_shape is None:
             raise ValueError(f"{one_line}: a module file needs the input shape (H, W, C)")
-        module = from_torch.load_module(one_line, model_args)
+        module = module_file.load_module(one_line, model_args)
         return _with_num_classes(from_torch.from_torch(module, input_shape), num_classes)
     if one_line is not None and _is_file(one_line):
         arch = _load_file(Path(one_line), input_shape)

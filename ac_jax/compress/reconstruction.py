@@ -63,7 +63,7 @@ def reconstruction_rates(surrogate, archs: Sequence[Arch], batch: int = 64) -> d
 def heldout_archs(surrogate, archset_paths: Sequence[str]) -> list[Arch]:
     """The archset records the surrogate was not trained on (its id-hash hold-out)."""
     from ac_jax.archset.store import ArchsetStore
-    from ac_jax.surrogate.train import holdout_mask
+    from ac_jax.surrogate.splits import holdout_mask
 
     fraction = surrogate.config.holdout_fraction
     out = []

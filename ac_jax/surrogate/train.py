@@ -26,8 +26,10 @@ import optax
 from ac_jax.archset.store import ArchsetArrays
 from ac_jax.surrogate import checkpoint as ckpt_io
 from ac_jax.surrogate.config import SurrogateConfig
-from ac_jax.surrogate.encoding import ROUNDING_UNIT_WEIGHTS, decode_features, encode_matrices
+from ac_jax.surrogate.encoding import ROUNDING_UNIT_WEIGHTS
+from ac_jax.surrogate.evaluation import evaluate
 from ac_jax.surrogate.model import Surrogate
+from ac_jax.surrogate.splits import holdout_mask, make_split, padded_size, with_noop_copies
 from ac_jax.surrogate.state import (  # noqa: F401 (re-exported: the training API)
     Normaliser,
     abstract_state,
@@ -36,73 +38,6 @@ from ac_jax.surrogate.state import (  # noqa: F401 (re-exported: the training AP
     make_optimizer,
     state_from,
 )
-
-
-def holdout_mask(idx: np.ndarray, fraction: float) -> np.ndarray:
-    """Deterministic held-out split by record id (stable when the archset grows)."""
-    hashed = (np.asarray(idx, np.uint64) * np.uint64(2654435761)) % np.uint64(10_000)
-    return hashed < np.uint64(round(fraction * 10_000))
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-    feats: np.ndarray  # [N, T, 6] float32
-    matrices: np.ndarray  # [N, T, 5] int64
-    accuracy: np.ndarray  # [N] float32
-    params_target: np.ndarray  # [N] float32
-    num_params: np.ndarray  # [N]
-
-    def __len__(self) -> int:
-        return len(self.accuracy)
-
-
-def make_split(arrays: ArchsetArrays, mask: np.ndarray, normaliser: Normaliser) -> Split:
-    return Split(
-        feats=encode_matrices(arrays.matrices[mask]),
-        matrices=arrays.matrices[mask],
-        accuracy=arrays.accuracy[mask].astype(np.float32),
-        params_target=normaliser.to_target(arrays.num_params[mask]).astype(np.float32),
-        num_params=arrays.num_params[mask],
-    )
-
-
-# Layers that change nothing wherever they stand (Appendix 10): Dropout with rate 0, MaxPool and
-# AvgPool with kernel 1, stride 1 (channel fields are filled in by `legalize`).
-_NOOP_ROWS = ((6, 0, 0, 0, 0), (2, 1, 0, 1, 0), (7, 1, 0, 1, 0))
-
-
-def with_noop_copies(split: Split, copies: int, seed: int, input_shape, num_classes: int,
-                     normaliser: Normaliser) -> Split:
-    """`split` plus `copies` variants of each record with one no-op layer inserted at a random
-    position before the classifier (records already `max_len` long get none): the same
-    network, hence the same labels, written differently."""
-    from ac_jax.arch.legalize import canonicalize, legalize
-
-    if copies <= 0:
-        return split
-    rng = np.random.default_rng([seed, 0xA06])
-    max_len = split.matrices.shape[1]
-    mats, acc, nparams = [split.matrices], [split.accuracy], [split.num_params]
-    for _ in range(copies):
-        extra = []
-        for mat in split.matrices:
-            rows = mat[mat[:, 0] > 0]
-            if len(rows) >= max_len:
-                extra.append(mat)
-                continue
-            at = int(rng.integers(0, len(rows)))  # before row `at`; never after the classifier
-            noop = _NOOP_ROWS[int(rng.integers(0, len(_NOOP_ROWS)))]
-            arch = legalize(np.insert(rows, at, noop, axis=0), input_shape, num_classes, max_len)
-            original = legalize(rows, input_shape, num_classes, max_len)
-            if canonicalize(arch) != canonicalize(original):  # a guard on the premise
-                raise AssertionError(f"inserting {noop} changed the network {rows.tolist()}")
-            extra.append(arch.to_matrix(max_len))
-        mats.append(np.stack(extra))
-        acc.append(split.accuracy)
-        nparams.append(split.num_params)
-    mats, nparams = np.concatenate(mats), np.concatenate(nparams)
-    return Split(feats=encode_matrices(mats), matrices=mats, accuracy=np.concatenate(acc),
-                 params_target=normaliser.to_target(nparams).astype(np.float32), num_params=nparams)
 
 
 def joint_loss(model, params, batch_stats, batch, cfg: SurrogateConfig, train: bool):
@@ -178,12 +113,6 @@ def _chunk_program(model: Surrogate, tx, cfg: SurrogateConfig) -> Callable:
     return jax.jit(chunk, donate_argnums=(0,))
 
 
-def padded_size(n: int) -> int:
-    """Rows data of `n` rows is padded to (a power of two, at least 16), so that trainings on
-    archsets of similar sizes (a study's subsets, refinement rounds) reuse compiled programs."""
-    return max(16, 1 << max(0, int(n) - 1).bit_length())
-
-
 @functools.lru_cache(maxsize=16)
 def _programs(cfg: SurrogateConfig, steps_per_epoch: int):
     """The jitted initialiser ``key -> state`` and training chunk for a config, built once per
@@ -198,76 +127,6 @@ def _program_key(cfg: SurrogateConfig, steps_per_epoch: int) -> tuple:
     step counts; the epoch length only through a learning-rate decay."""
     key_cfg = dataclasses.replace(cfg, seed=0, steps=0, eval_every=1, checkpoint_every=1)
     return key_cfg, steps_per_epoch if cfg.decay_every_epochs > 0 else 1
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def reconstruction_metrics(true_mats: np.ndarray, decoded_mats: np.ndarray) -> dict:
-    """Per-field / whole-layer match rates over the true layers, length and exact-sequence match."""
-    present = true_mats[..., 0] > 0
-    equal = decoded_mats == true_mats
-    fields = ("type", "kernel", "out", "stride", "pad")
-    out = {f"field_{name}": float(equal[..., f][present].mean()) for f, name in enumerate(fields)}
-    out["layer"] = float(equal.all(-1)[present].mean())
-    # Exact out-channel counts are rarely hit through the log scale; within a factor of sqrt(2):
-    log_ratio = np.abs(np.log2((1.0 + decoded_mats[..., 2]) / (1.0 + true_mats[..., 2])))
-    out["field_out_within_sqrt2"] = float((log_ratio <= 0.5)[present].mean())
-    true_len = present.sum(-1)
-    decoded_len = (decoded_mats[..., 0] > 0).sum(-1)
-    out["length"] = float((true_len == decoded_len).mean())
-    out["sequence"] = float(equal.all(axis=(-1, -2)).mean())
-    return out
-
-
-def regression_metrics(split: Split, acc_pred, ptarget_pred) -> dict:
-    from scipy.stats import kendalltau
-
-    acc_pred = np.asarray(acc_pred, np.float64)
-    ptarget_pred = np.asarray(ptarget_pred, np.float64)
-    tau = kendalltau(split.accuracy, acc_pred).statistic if len(split) > 1 else float("nan")
-    residual = ((split.params_target - ptarget_pred) ** 2).sum()
-    total = ((split.params_target - split.params_target.mean()) ** 2).sum()
-    return {
-        "accuracy_mae": float(np.abs(split.accuracy - acc_pred).mean()),
-        "accuracy_kendall_tau": float(tau),
-        "params_r2": float(1.0 - residual / max(total, 1e-12)),
-    }
-
-
-@functools.lru_cache(maxsize=8)
-def _jitted_apply(model: Surrogate):
-    return jax.jit(lambda v, x: model.apply(v, x, False))
-
-
-def evaluate(model: Surrogate, variables: dict, split: Split, batch: int = 256) -> dict:
-    """Held-out metrics (all computed after rounding the decoder output)."""
-    apply = _jitted_apply(model)  # one compile per model shape, not per call
-    batch = min(batch, padded_size(len(split)))  # few distinct shapes across splits
-    recon, acc, ptarget = [], [], []
-    for start in range(0, len(split), batch):
-        x = split.feats[start : start + batch]
-        n = len(x)
-        if n < batch:  # pad the last chunk: one input shape, one compile
-            x = np.concatenate([x, np.zeros((batch - n, *x.shape[1:]), x.dtype)])
-        r, a, p, _ = apply(variables, x)
-        recon.append(np.asarray(r)[:n])
-        acc.append(np.asarray(a)[:, :n])  # [heads, n]
-        ptarget.append(np.asarray(p)[:n])
-    decoded = decode_features(np.concatenate(recon))
-    metrics = reconstruction_metrics(split.matrices, decoded)
-    heads = np.concatenate(acc, axis=1)
-    metrics.update(regression_metrics(split, heads.mean(axis=0), np.concatenate(ptarget)))
-    if heads.shape[0] > 1:  # the ensemble's own spread, and whether it knows where it errs
-        from scipy.stats import spearmanr
-
-        spread = heads.std(axis=0)
-        error = np.abs(heads.mean(axis=0) - split.accuracy)
-        metrics["accuracy_spread_mean"] = float(spread.mean())
-        metrics["spread_error_spearman"] = (float(spearmanr(spread, error).statistic)
-                                            if len(split) > 2 else float("nan"))
-    metrics["num"] = len(split)
-    return metrics
 
 
 # ----------------------------------------------------------------------------- training
