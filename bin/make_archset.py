@@ -6,6 +6,7 @@
   python bin/make_archset.py --dataset fashion_mnist --shard 0/4 --out a.sqlite
   python bin/make_archset.py --merge a.sqlite b.sqlite --out all.sqlite
   python bin/make_archset.py --summary archsets/fashion_mnist.sqlite
+  python bin/make_archset.py --compare a.sqlite b.sqlite          # one plan, two proxies
 """
 
 import argparse
@@ -33,15 +34,25 @@ def main(argv=None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--merge", nargs="+", metavar="SRC", help="merge these archsets into --out")
     parser.add_argument("--summary", metavar="ARCHSET", help="print a summary of an archset and exit")
+    parser.add_argument("--compare", nargs="+", metavar="ARCHSET",
+                        help="the same plan under different proxies: label statistics on the "
+                             "records all files trained, and each file's rank agreement with the "
+                             "first; print and exit")
     cli.add_ray_args(parser)
     args = parser.parse_args(argv)
 
-    from ac_jax.archset import generate
+    from ac_jax.archset import generate, report
     from ac_jax.archset.store import ArchsetStore
 
     if args.summary:
         try:
-            print(json.dumps(generate.summarize(args.summary), indent=2))
+            print(json.dumps(report.summarize(args.summary), indent=2))
+        except (ValueError, FileNotFoundError) as err:
+            sys.exit(f"error: {err}")
+        return 0
+    if args.compare:
+        try:
+            print(json.dumps(report.compare_proxies(args.compare), indent=2))
         except (ValueError, FileNotFoundError) as err:
             sys.exit(f"error: {err}")
         return 0
@@ -80,10 +91,10 @@ def main(argv=None) -> int:
         f"{stats.wall_seconds:.0f} s; compile {stats.compile_seconds:.0f} s in total, "
         f"{stats.exposed_compile_fraction:.0%} of wall time not hidden behind training"
     )
-    summary = generate.summarize(out)
+    summary = report.summarize(out)
     print(json.dumps(summary, indent=2))
     if not args.no_plots and summary["statuses"].get("ok"):
-        for png in generate.plot(out, out.parent / "plots"):
+        for png in report.plot(out, out.parent / "plots"):
             print(f"plot: {png}")
     return 0
 

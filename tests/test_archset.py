@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import kendalltau
 import pytest
 
 from ac_jax import cli
 from ac_jax.arch import shapes
 from ac_jax.arch.spec import Arch
-from ac_jax.archset import generate
+from ac_jax.archset import generate, report
 from ac_jax.archset.store import (
     ArchsetMismatchError,
     ArchsetStore,
@@ -497,7 +498,7 @@ def test_summarize_and_plot(tmp_path, cfg, meta, make_archset_main, capsys):
     fill(path, meta, planned[:5])
     with ArchsetStore(path, meta) as store:
         store.add(make_record(planned[5], status="oom"))
-    summary = generate.summarize(path)
+    summary = report.summarize(path)
     assert summary["records"] == 6 and summary["statuses"] == {"ok": 5, "oom": 1}
     assert summary["dataset"] == "synthetic" and summary["seeds"] == 2
     assert sum(summary["sources"].values()) == 6 and set(summary["sources"]) == {
@@ -506,26 +507,52 @@ def test_summarize_and_plot(tmp_path, cfg, meta, make_archset_main, capsys):
     assert summary["accuracy_mean"] == pytest.approx(np.mean(accs))
     assert summary["accuracy_max"] == pytest.approx(max(accs))
     assert summary["train_seconds_total"] == pytest.approx(3.0)
+    seeds = np.array([fake_accuracies(p.arch, 2) for p in planned[:5]])
+    assert summary["seed_agreement_tau"] == pytest.approx(kendalltau(*seeds.T).statistic)
+    assert summary["size_accuracy_tau"] == pytest.approx(
+        kendalltau([p.arch.num_params for p in planned[:5]], seeds.mean(1)).statistic)
     json.dumps(summary)  # printable as JSON
     assert make_archset_main(["--summary", str(path)]) == 0
     assert json.loads(capsys.readouterr().out)["records"] == 6
 
-    pngs = generate.plot(path, tmp_path / "plots")
+    pngs = report.plot(path, tmp_path / "plots")
     assert len(pngs) == 2
     for png in pngs:
         assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Only one source (no neighbourhood records) still plots.
     only_random = tmp_path / "r.sqlite"
     fill(only_random, meta, [p for p in planned if p.source == "appendix9"])
-    assert all(p.exists() for p in generate.plot(only_random, tmp_path / "plots"))
+    assert all(p.exists() for p in report.plot(only_random, tmp_path / "plots"))
+
+
+def test_compare_proxies_reads_the_records_both_files_trained(tmp_path, cfg, meta, capsys,
+                                                             make_archset_main):
+    planned = tiny_plan(cfg, 8)
+    first, second = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
+    fill(first, meta, planned[:6])
+    fill(second, meta, planned[2:8])  # overlaps the first in plan positions 2-5
+    out = report.compare_proxies([first, second])
+    assert out["records"] == 4
+    # Same labels on the shared records (the fake trainer is deterministic): they agree fully.
+    a, b = out["files"]
+    assert b["tau_with_first"] == pytest.approx(1.0) and a["tau_with_first"] == pytest.approx(1.0)
+    assert a["median_seed_difference"] == pytest.approx(0.01)  # fake seeds differ by 0.01
+    assert a["accuracy_mean"] == pytest.approx(
+        np.mean([np.mean(fake_accuracies(p.arch, 2)) for p in planned[2:6]]))
+    assert make_archset_main(["--compare", str(first), str(second)]) == 0
+    assert json.loads(capsys.readouterr().out)["records"] == 4
+    apart = tmp_path / "c.sqlite"
+    fill(apart, meta, planned[6:8])
+    with pytest.raises(ValueError, match="share 0 trained records"):
+        report.compare_proxies([first, apart])
 
 
 def test_summarize_and_plot_a_really_trained_archset(killed_and_resumed, tmp_path):
     out, _, _ = killed_and_resumed
-    summary = generate.summarize(out)
+    summary = report.summarize(out)
     assert summary["records"] == KILL_NUM and summary["statuses"] == {"ok": KILL_NUM}
     assert summary["compile_seconds_total"] > 0
-    pngs = generate.plot(out, tmp_path)
+    pngs = report.plot(out, tmp_path)
     assert len(pngs) == 2 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
 
 

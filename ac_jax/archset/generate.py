@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Callable
 
 import jax
-import numpy as np
 
 from ac_jax.arch import shapes, zoo
 from ac_jax.arch.sampler import sample, sample_neighbourhood, sample_region
@@ -320,70 +319,3 @@ def _progress_bar(total: int, enabled: bool, initial_done: int):
 
     return tqdm(total=total, desc="archset", unit="arch", dynamic_ncols=True,
                 postfix={"resumed": initial_done})
-
-
-def summarize(path: str | Path) -> dict:
-    """Counts, accuracy statistics and timing of an archset file."""
-    with ArchsetStore(path, readonly=True) as store:
-        records = store.records()
-        meta = store.meta
-    ok = [r for r in records if r.status == "ok"]
-    acc = np.array([r.mean_accuracy for r in ok]) if ok else np.zeros(0)
-    statuses = collections.Counter(r.status for r in records)
-    train = np.array([r.train_seconds for r in records]) if records else np.zeros(0)
-    return {
-        "path": str(path),
-        "dataset": meta.get("dataset"),
-        "records": len(records),
-        "statuses": dict(statuses),
-        "sources": dict(collections.Counter(r.source.split(":")[0] for r in records)),
-        "accuracy_mean": float(acc.mean()) if acc.size else None,
-        "accuracy_median": float(np.median(acc)) if acc.size else None,
-        "accuracy_max": float(acc.max()) if acc.size else None,
-        "params_median": float(np.median([r.num_params for r in records])) if records else None,
-        "train_seconds_total": float(train.sum()),
-        "compile_seconds_total": float(sum(r.compile_seconds for r in records)),
-        "schedule": meta.get("schedule"),
-        "seeds": meta.get("seeds"),
-    }
-
-
-def plot(path: str | Path, out_dir: str | Path) -> list[Path]:
-    """Accuracy histogram and accuracy vs log10(params) scatter, as PNG files."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with ArchsetStore(path, readonly=True) as store:
-        records = store.records(("ok",))
-        dataset = store.meta.get("dataset")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    acc = np.array([r.mean_accuracy for r in records])
-    params = np.array([r.num_params for r in records])
-    neighbour = np.array([r.source != "appendix9" for r in records], bool)
-    stem = Path(path).stem
-    paths = [out_dir / f"{stem}_accuracy_hist.png", out_dir / f"{stem}_accuracy_vs_params.png"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.hist([acc[~neighbour], acc[neighbour]], bins=40, stacked=True,
-            label=["Appendix 9 sampler", "neighbourhood"])
-    ax.set_xlabel("mean test accuracy over seeds")
-    ax.set_ylabel("architectures")
-    ax.set_title(f"{dataset}: {len(acc)} trained architectures")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(paths[0], dpi=120)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(np.log10(params[~neighbour]), acc[~neighbour], s=8, alpha=0.6,
-               label="Appendix 9 sampler")
-    ax.scatter(np.log10(params[neighbour]), acc[neighbour], s=8, alpha=0.6, label="neighbourhood")
-    ax.set_xlabel("log10(parameters)")
-    ax.set_ylabel("mean test accuracy")
-    ax.set_title(f"{dataset}: accuracy vs size")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(paths[1], dpi=120)
-    plt.close(fig)
-    return paths

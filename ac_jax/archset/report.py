@@ -1,0 +1,131 @@
+"""What an archset file holds, read back: counts, accuracy and timing (`summarize`), what its labels
+say (`label_agreement`), two proxies compared on the same plan (`compare_proxies`), and plots."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import numpy as np
+
+from ac_jax.archset.store import ArchsetStore
+
+
+def summarize(path: str | Path) -> dict:
+    """Counts, accuracy statistics and timing of an archset file."""
+    with ArchsetStore(path, readonly=True) as store:
+        records = store.records()
+        meta = store.meta
+    ok = [r for r in records if r.status == "ok"]
+    acc = np.array([r.mean_accuracy for r in ok]) if ok else np.zeros(0)
+    statuses = collections.Counter(r.status for r in records)
+    train = np.array([r.train_seconds for r in records]) if records else np.zeros(0)
+    return {
+        "path": str(path),
+        "dataset": meta.get("dataset"),
+        "records": len(records),
+        "statuses": dict(statuses),
+        "sources": dict(collections.Counter(r.source.split(":")[0] for r in records)),
+        "accuracy_mean": float(acc.mean()) if acc.size else None,
+        "accuracy_median": float(np.median(acc)) if acc.size else None,
+        "accuracy_max": float(acc.max()) if acc.size else None,
+        "params_median": float(np.median([r.num_params for r in records])) if records else None,
+        "train_seconds_total": float(train.sum()),
+        "compile_seconds_total": float(sum(r.compile_seconds for r in records)),
+        "schedule": meta.get("schedule"),
+        "seeds": meta.get("seeds"),
+        **label_agreement(ok),
+    }
+
+
+def label_agreement(ok_records) -> dict:
+    """How much the labels say, as Kendall taus over the trained records: between the first two
+    seeds' accuracies (how well a second training ranks like the first: a ceiling on what any
+    surrogate can match on held-out records) and between parameter count and mean accuracy (the
+    proxy's preference for size). None where there are too few records or seeds."""
+    from scipy.stats import kendalltau
+
+    def tau(a, b):
+        return float(kendalltau(a, b).statistic) if len(a) > 2 and np.ptp(a) and np.ptp(b) else None
+
+    two = [r.seed_accuracies[:2] for r in ok_records if len(r.seed_accuracies) >= 2]
+    return {
+        "seed_agreement_tau": tau(*np.array(two).T) if len(two) > 2 else None,
+        "size_accuracy_tau": tau(np.array([r.num_params for r in ok_records], float),
+                                 np.array([r.mean_accuracy for r in ok_records])),
+    }
+
+
+def plot(path: str | Path, out_dir: str | Path) -> list[Path]:
+    """Accuracy histogram and accuracy vs log10(params) scatter, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with ArchsetStore(path, readonly=True) as store:
+        records = store.records(("ok",))
+        dataset = store.meta.get("dataset")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    acc = np.array([r.mean_accuracy for r in records])
+    params = np.array([r.num_params for r in records])
+    neighbour = np.array([r.source != "appendix9" for r in records], bool)
+    stem = Path(path).stem
+    paths = [out_dir / f"{stem}_accuracy_hist.png", out_dir / f"{stem}_accuracy_vs_params.png"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    groups = [(acc[m], label) for m, label in ((~neighbour, "Appendix 9 sampler"),
+                                                (neighbour, "neighbourhood")) if m.any()]
+    ax.hist([g for g, _ in groups], bins=40, stacked=True, label=[label for _, label in groups])
+    # The label is the archset's evaluation split: validation for archsets made since the
+    # protocol (issue 20), so "test" would misname it.
+    ax.set_xlabel("accuracy (mean over seeds, the archset's evaluation split)")
+    ax.set_ylabel("architectures")
+    ax.set_title(f"{dataset}: {len(acc)} trained architectures")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mask, label in ((~neighbour, "Appendix 9 sampler"), (neighbour, "neighbourhood")):
+        if mask.any():
+            ax.scatter(np.log10(params[mask]), acc[mask], s=8, alpha=0.6, label=label)
+    ax.set_xlabel("log10(parameters)")
+    ax.set_ylabel("accuracy (mean over seeds)")
+    ax.set_title(f"{dataset}: accuracy vs size")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def compare_proxies(paths) -> dict:
+    """The same plan trained under different proxies (archset files whose record ids overlap):
+    per file, on the records every file trained, `label_agreement`, the median difference
+    between the first two seeds and the mean accuracy; and the Kendall tau between each later
+    file's mean accuracies and the first's."""
+    from scipy.stats import kendalltau
+
+    stores = []
+    for path in paths:
+        with ArchsetStore(path, readonly=True) as store:
+            stores.append({r.idx: r for r in store.records(("ok",))})
+    common = sorted(set.intersection(*(set(s) for s in stores))) if stores else []
+    if len(common) < 3:
+        raise ValueError(f"the files share {len(common)} trained records; comparing needs 3")
+    rows = []
+    for path, records in zip(paths, stores):
+        chosen = [records[i] for i in common]
+        seeds = np.array([r.seed_accuracies[:2] for r in chosen if len(r.seed_accuracies) >= 2])
+        acc = np.array([r.mean_accuracy for r in chosen])
+        first = np.array([stores[0][i].mean_accuracy for i in common])
+        rows.append({
+            "path": str(path),
+            **label_agreement(chosen),
+            "median_seed_difference": (float(np.median(np.abs(seeds[:, 0] - seeds[:, 1])))
+                                       if len(seeds) else None),
+            "accuracy_mean": float(acc.mean()),
+            "tau_with_first": float(kendalltau(first, acc).statistic),
+        })
+    return {"records": len(common), "files": rows}
