@@ -44,18 +44,13 @@ def main(argv=None) -> int:
     from ac_jax.archset import generate, report
     from ac_jax.archset.store import ArchsetStore
 
-    if args.summary:
-        try:
-            print(json.dumps(report.summarize(args.summary), indent=2))
-        except (ValueError, FileNotFoundError) as err:
-            sys.exit(f"error: {err}")
-        return 0
-    if args.compare:
-        try:
-            print(json.dumps(report.compare_proxies(args.compare), indent=2))
-        except (ValueError, FileNotFoundError) as err:
-            sys.exit(f"error: {err}")
-        return 0
+    for wanted, read in ((args.summary, report.summarize), (args.compare, report.compare_proxies)):
+        if wanted:  # a report of existing files, printed as JSON; nothing is trained
+            try:
+                print(json.dumps(read(wanted), indent=2))
+            except (ValueError, FileNotFoundError) as err:
+                sys.exit(f"error: {err}")
+            return 0
     if args.merge:
         if not args.out:
             parser.error("--merge needs --out")
