@@ -47,12 +47,16 @@ def main(argv=None) -> int:
         runs = Path(args.runs) if args.runs else cli.repo_path(f"runs/ablation/{cfg.name}")
         rows = ablation.run(scfg, arrays, task, runs, args.variants, args.holdout,
                             progress=not args.quiet)
+        floor = ablation.label_noise_floor(paths, args.holdout or scfg.holdout_fraction)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
-    table = ablation.markdown(rows)
+    tau = floor["seed_agreement_tau"]
+    table = ablation.markdown(rows) + (
+        f"\n\nThe labels' own agreement on the {floor['num']} held-out records (Kendall tau "
+        f"between their two training seeds): {'n/a' if tau is None else f'{tau:.3f}'}")
     prefix = Path(args.out) if args.out else cli.repo_path(f"results/surrogate_ablation/{cfg.dataset}")
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    prefix.with_suffix(".json").write_text(json.dumps({"task": task, "variants": rows}, indent=1) + "\n")
+    prefix.with_suffix(".json").write_text(json.dumps({"task": task, "variants": rows, "label_noise_floor": floor}, indent=1) + "\n")
     prefix.with_suffix(".md").write_text(f"{len(arrays.accuracy)} records from {', '.join(paths)}\n\n"
                                          + table + "\n")
     print(table)

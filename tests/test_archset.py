@@ -535,7 +535,7 @@ def test_compare_proxies_reads_the_records_both_files_trained(tmp_path, cfg, met
     assert out["records"] == 4
     # Same labels on the shared records (the fake trainer is deterministic): they agree fully.
     a, b = out["files"]
-    assert b["tau_with_first"] == pytest.approx(1.0) and a["tau_with_first"] == pytest.approx(1.0)
+    assert b["tau_with_first"] == pytest.approx(1.0) and a["tau_with_first"] is None
     assert a["median_seed_difference"] == pytest.approx(0.01)  # fake seeds differ by 0.01
     assert a["accuracy_mean"] == pytest.approx(
         np.mean([np.mean(fake_accuracies(p.arch, 2)) for p in planned[2:6]]))
@@ -545,6 +545,27 @@ def test_compare_proxies_reads_the_records_both_files_trained(tmp_path, cfg, met
     fill(apart, meta, planned[6:8])
     with pytest.raises(ValueError, match="share 0 trained records"):
         report.compare_proxies([first, apart])
+    with pytest.raises(ValueError, match="at least two"):
+        report.compare_proxies([first])
+    # Another plan under the same ids is not a second proxy of the same networks.
+    shuffled = tmp_path / "d.sqlite"
+    with ArchsetStore(shuffled, meta) as store:
+        for position, planned_arch in zip(planned[:6], reversed(planned[:6])):
+            store.add(dataclasses.replace(make_record(planned_arch), idx=position.idx))
+    with pytest.raises(ValueError, match="not the same plan"):
+        report.compare_proxies([first, shuffled])
+
+
+def test_label_agreement_skips_what_has_no_order():
+    from types import SimpleNamespace as R
+
+    rows = [R(seed_accuracies=(a, a + 0.01), mean_accuracy=a + 0.005, num_params=n)
+            for a, n in ((0.5, 10), (0.6, 20), (0.7, 30), (float("nan"), 40))]
+    out = report.label_agreement(rows)
+    assert out["seed_agreement_tau"] == pytest.approx(1.0)  # the NaN record is left out
+    assert out["size_accuracy_tau"] == pytest.approx(1.0)
+    flat = [R(seed_accuracies=(0.5,), mean_accuracy=0.5, num_params=n) for n in (1, 2, 3)]
+    assert report.label_agreement(flat) == {"seed_agreement_tau": None, "size_accuracy_tau": None}
 
 
 def test_summarize_and_plot_a_really_trained_archset(killed_and_resumed, tmp_path):

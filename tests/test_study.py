@@ -284,6 +284,14 @@ def test_ac_jax_settings_are_pinned_and_the_issue_20_folders_still_resume(tmp_pa
         _check_study_meta(new, out)
     with pytest.raises(ValueError, match="acquisition"):
         _study(tmp_path, acquisition="greedy")
+    # A surrogate with several accuracy heads is pinned too (issue-20 folders had one head).
+    assert "surrogate_heads" not in study_meta(legacy)
+    cfg = legacy.cfg.replace(surrogate=dataclasses.replace(
+        legacy.cfg.surrogate, arch=dataclasses.replace(legacy.cfg.surrogate.arch, ensemble=5)))
+    heads = dataclasses.replace(legacy, cfg=cfg)
+    assert study_meta(heads)["surrogate_heads"] == 5
+    with pytest.raises(ValueError, match="surrogate_heads"):
+        _check_study_meta(heads, out)
 
 
 def test_archset_subset_draws_the_region_share_from_region_records(tmp_path):

@@ -203,7 +203,7 @@ def test_a_run_written_before_new_config_fields_existed_still_resumes(
     meta = checkpoint.read_meta(run)
     for key in ("rank_weight", "rank_margin", "rank_temperature", "noop_augment"):
         meta["config"].pop(key, None)
-    meta["config"]["arch"].pop("ensemble", None)  # as surrogates/fashion_mnist/surrogate.json
+    meta["config"]["arch"].pop("ensemble", None)  # as surrogates written before the field existed
     checkpoint.write_meta(run, meta)
     arrays = load_arrays(tiny_archset, max_len=16)
     outcome = train(tiny_surrogate_config, arrays, run, TINY_TASK, progress=False)
@@ -384,3 +384,24 @@ def test_ablation_trains_each_variant_and_tabulates_it(tiny_archset, tmp_path):
     assert rows["rank"]["config"]["rank_weight"] == 1.0 and rows["base"]["config"]["rank_weight"] == 0
     assert rows["base"]["holdout"]["num"] == rows["rank"]["holdout"]["num"] > 0  # the same split
     assert "| rank |" in out.with_suffix(".md").read_text()
+    floor = json.loads(out.with_suffix(".json").read_text())["label_noise_floor"]
+    assert floor["num"] == rows["base"]["holdout"]["num"]  # the records the variants are scored on
+    assert floor["seed_agreement_tau"] is None or -1 <= floor["seed_agreement_tau"] <= 1
+
+
+def test_ablation_rows_each_change_one_thing_of_a_one_head_base():
+    import dataclasses
+
+    from ac_jax.surrogate import ablation
+    from ac_jax.surrogate.config import SurrogateConfig
+    from ac_jax.surrogate.model import SurrogateArch
+
+    shipped_like = SurrogateConfig(arch=SurrogateArch(ensemble=5), noop_augment=1)
+    rows = {name: make(shipped_like) for name, make in ablation.VARIANTS.items()}
+    one_head = dataclasses.replace(shipped_like, arch=SurrogateArch(ensemble=1), noop_augment=0)
+    assert rows["base"] == one_head
+    assert rows["rank"] == dataclasses.replace(one_head, rank_weight=1.0)
+    assert rows["ensemble5"] == dataclasses.replace(one_head, arch=SurrogateArch(ensemble=5))
+    assert rows["noop2"] == dataclasses.replace(one_head, noop_augment=2)
+    assert rows["all"] == dataclasses.replace(one_head, arch=SurrogateArch(ensemble=5),
+                                              rank_weight=1.0, noop_augment=2)

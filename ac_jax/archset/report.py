@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ac_jax.archset.store import ArchsetStore
+from ac_jax.archset.store import ArchsetStore, arch_key
 
 
 def summarize(path: str | Path) -> dict:
@@ -43,17 +43,25 @@ def label_agreement(ok_records) -> dict:
     seeds' accuracies (how well a second training ranks like the first: a ceiling on what any
     surrogate can match on held-out records) and between parameter count and mean accuracy (the
     proxy's preference for size). None where there are too few records or seeds."""
-    from scipy.stats import kendalltau
-
-    def tau(a, b):
-        return float(kendalltau(a, b).statistic) if len(a) > 2 and np.ptp(a) and np.ptp(b) else None
-
     two = [r.seed_accuracies[:2] for r in ok_records if len(r.seed_accuracies) >= 2]
     return {
-        "seed_agreement_tau": tau(*np.array(two).T) if len(two) > 2 else None,
-        "size_accuracy_tau": tau(np.array([r.num_params for r in ok_records], float),
-                                 np.array([r.mean_accuracy for r in ok_records])),
+        "seed_agreement_tau": _tau(*np.array(two).T) if len(two) > 2 else None,
+        "size_accuracy_tau": _tau(np.array([r.num_params for r in ok_records], float),
+                                  np.array([r.mean_accuracy for r in ok_records])),
     }
+
+
+def _tau(a, b) -> float | None:
+    """Kendall tau over the pairs where both values are finite; None when fewer than three
+    are left or either side is constant (tau is undefined there)."""
+    from scipy.stats import kendalltau
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    if len(a) < 3 or not np.ptp(a) or not np.ptp(b):
+        return None
+    return float(kendalltau(a, b).statistic)
 
 
 def plot(path: str | Path, out_dir: str | Path) -> list[Path]:
@@ -104,28 +112,34 @@ def compare_proxies(paths) -> dict:
     """The same plan trained under different proxies (archset files whose record ids overlap):
     per file, on the records every file trained, `label_agreement`, the median difference
     between the first two seeds and the mean accuracy; and the Kendall tau between each later
-    file's mean accuracies and the first's."""
-    from scipy.stats import kendalltau
-
+    file's mean accuracies and the first's. The files must hold the same architecture under
+    each shared id (the same plan), else `ValueError`."""
+    if len(paths) < 2:
+        raise ValueError("comparing proxies needs at least two archset files")
     stores = []
     for path in paths:
         with ArchsetStore(path, readonly=True) as store:
             stores.append({r.idx: r for r in store.records(("ok",))})
-    common = sorted(set.intersection(*(set(s) for s in stores))) if stores else []
+    common = sorted(set.intersection(*(set(s) for s in stores)))
     if len(common) < 3:
         raise ValueError(f"the files share {len(common)} trained records; comparing needs 3")
+    for path, records in zip(paths[1:], stores[1:]):
+        other = [i for i in common if arch_key(records[i].arch) != arch_key(stores[0][i].arch)]
+        if other:
+            raise ValueError(f"{path} holds other architectures than {paths[0]} under the same "
+                             f"ids (e.g. {other[0]}): not the same plan")
+    first = np.array([stores[0][i].mean_accuracy for i in common])
     rows = []
-    for path, records in zip(paths, stores):
+    for k, (path, records) in enumerate(zip(paths, stores)):
         chosen = [records[i] for i in common]
         seeds = np.array([r.seed_accuracies[:2] for r in chosen if len(r.seed_accuracies) >= 2])
         acc = np.array([r.mean_accuracy for r in chosen])
-        first = np.array([stores[0][i].mean_accuracy for i in common])
         rows.append({
             "path": str(path),
             **label_agreement(chosen),
             "median_seed_difference": (float(np.median(np.abs(seeds[:, 0] - seeds[:, 1])))
                                        if len(seeds) else None),
             "accuracy_mean": float(acc.mean()),
-            "tau_with_first": float(kendalltau(first, acc).statistic),
+            "tau_with_first": _tau(first, acc) if k else None,
         })
     return {"records": len(common), "files": rows}

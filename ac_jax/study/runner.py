@@ -221,6 +221,9 @@ def study_meta(study: StudyConfig) -> dict:
         # Only when they are not the issue-20 study's, whose folders hold no such key.
         **({"ac_jax": study.ac_jax_settings()}
            if study.ac_jax_settings() != LEGACY_AC_JAX else {}),
+        # The issue-20 study's surrogates had one accuracy head; its folders hold no such key.
+        **({"surrogate_heads": study.cfg.surrogate.arch.ensemble}
+           if study.cfg.surrogate.arch.ensemble != 1 else {}),
     }))
 
 
