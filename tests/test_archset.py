@@ -511,6 +511,7 @@ def test_summarize_and_plot(tmp_path, cfg, meta, make_archset_main, capsys):
     assert summary["seed_agreement_tau"] == pytest.approx(kendalltau(*seeds.T).statistic)
     assert summary["size_accuracy_tau"] == pytest.approx(
         kendalltau([p.arch.num_params for p in planned[:5]], seeds.mean(1)).statistic)
+    assert summary["median_seed_difference"] == pytest.approx(0.01)  # fake seeds differ by 0.01
     json.dumps(summary)  # printable as JSON
     assert make_archset_main(["--summary", str(path)]) == 0
     assert json.loads(capsys.readouterr().out)["records"] == 6
@@ -565,7 +566,10 @@ def test_label_agreement_skips_what_has_no_order():
     assert out["seed_agreement_tau"] == pytest.approx(1.0)  # the NaN record is left out
     assert out["size_accuracy_tau"] == pytest.approx(1.0)
     flat = [R(seed_accuracies=(0.5,), mean_accuracy=0.5, num_params=n) for n in (1, 2, 3)]
-    assert report.label_agreement(flat) == {"seed_agreement_tau": None, "size_accuracy_tau": None}
+    assert out["median_seed_difference"] == pytest.approx(0.01)
+    assert report.label_agreement(flat) == {"seed_agreement_tau": None,
+                                            "median_seed_difference": None,
+                                            "size_accuracy_tau": None}
 
 
 def test_summarize_and_plot_a_really_trained_archset(killed_and_resumed, tmp_path):

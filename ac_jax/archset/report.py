@@ -42,10 +42,15 @@ def label_agreement(ok_records) -> dict:
     """How much the labels say, as Kendall taus over the trained records: between the first two
     seeds' accuracies (how well a second training ranks like the first: a ceiling on what any
     surrogate can match on held-out records) and between parameter count and mean accuracy (the
-    proxy's preference for size). None where there are too few records or seeds."""
-    two = [r.seed_accuracies[:2] for r in ok_records if len(r.seed_accuracies) >= 2]
+    proxy's preference for size), and the median difference between those two seeds. None where
+    there are too few records or seeds."""
+    two = np.array([r.seed_accuracies[:2] for r in ok_records if len(r.seed_accuracies) >= 2],
+                   float).reshape(-1, 2)
+    two = two[np.isfinite(two).all(axis=1)]
     return {
-        "seed_agreement_tau": _tau(*np.array(two).T) if len(two) > 2 else None,
+        "seed_agreement_tau": _tau(two[:, 0], two[:, 1]),
+        "median_seed_difference": (float(np.median(np.abs(two[:, 0] - two[:, 1])))
+                                   if len(two) else None),
         "size_accuracy_tau": _tau(np.array([r.num_params for r in ok_records], float),
                                   np.array([r.mean_accuracy for r in ok_records])),
     }
@@ -110,8 +115,7 @@ def plot(path: str | Path, out_dir: str | Path) -> list[Path]:
 
 def compare_proxies(paths) -> dict:
     """The same plan trained under different proxies (archset files whose record ids overlap):
-    per file, on the records every file trained, `label_agreement`, the median difference
-    between the first two seeds and the mean accuracy; and the Kendall tau between each later
+    per file, on the records every file trained, `label_agreement` and the mean accuracy; and the Kendall tau between each later
     file's mean accuracies and the first's. The files must hold the same architecture under
     each shared id (the same plan), else `ValueError`."""
     if len(paths) < 2:
@@ -132,13 +136,10 @@ def compare_proxies(paths) -> dict:
     rows = []
     for k, (path, records) in enumerate(zip(paths, stores)):
         chosen = [records[i] for i in common]
-        seeds = np.array([r.seed_accuracies[:2] for r in chosen if len(r.seed_accuracies) >= 2])
         acc = np.array([r.mean_accuracy for r in chosen])
         rows.append({
             "path": str(path),
             **label_agreement(chosen),
-            "median_seed_difference": (float(np.median(np.abs(seeds[:, 0] - seeds[:, 1])))
-                                       if len(seeds) else None),
             "accuracy_mean": float(acc.mean()),
             "tau_with_first": _tau(first, acc) if k else None,
         })
