@@ -7,7 +7,9 @@ that ranks").
       --holdout 0.2
 
 Variants: base (the config's), rank (pairwise ranking loss), ensemble5 (five accuracy heads),
-noop2 (two no-op-augmented copies per record), all. Resumable: rerun the same command. Writes
+noop2 (two no-op-augmented copies per record), all; then, on the same split, two regressors on
+hand-made features (k-NN, ridge) as a yardstick, and what the held-out labels allow (seed
+agreement and the estimated tau of a perfect predictor). Resumable: rerun the same command. Writes
 results/surrogate_ablation/<dataset>.json and .md; nothing is exported.
 """
 
@@ -34,7 +36,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from ac_jax.archset.store import load_arrays
-    from ac_jax.surrogate import ablation
+    from ac_jax.surrogate import ablation, feature_baseline
 
     cfg = cli.with_flags(cli.config_from_args(args), {"surrogate.steps": args.steps or None})
     scfg = cfg.surrogate
@@ -47,16 +49,26 @@ def main(argv=None) -> int:
         runs = Path(args.runs) if args.runs else cli.repo_path(f"runs/ablation/{cfg.name}")
         rows = ablation.run(scfg, arrays, task, runs, args.variants, args.holdout,
                             progress=not args.quiet)
-        floor = ablation.label_noise_floor(paths, args.holdout or scfg.holdout_fraction)
+        fraction = args.holdout or scfg.holdout_fraction
+        labels = ablation.holdout_label_agreement(paths, fraction)
+        baselines = feature_baseline.holdout_scores(arrays, fraction)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
-    tau = floor["seed_agreement_tau"]
-    table = ablation.markdown(rows) + (
-        f"\n\nThe labels' own agreement on the {floor['num']} held-out records (Kendall tau "
-        f"between their two training seeds): {'n/a' if tau is None else f'{tau:.3f}'}")
+
+    def fmt(tau):
+        return "n/a" if tau is None else f"{tau:.3f}"
+
+    table = ablation.markdown(rows) + "\n\nRegressors on hand-made features (" + ", ".join(
+        feature_baseline.FEATURE_NAMES) + "), same split: " + "; ".join(
+        f"{name} tau {fmt(row['accuracy_kendall_tau'])}, MAE {row['accuracy_mae']:.3f}"
+        for name, row in baselines.items()) + (
+        f"\n\nThe labels of the {labels['num']} held-out records: Kendall tau between their two "
+        f"training seeds {fmt(labels['seed_agreement_tau'])}; estimated tau of a perfect predictor "
+        f"of their expected accuracy against their two-seed means (the ceiling for the table's "
+        f"tau) {fmt(labels['oracle_tau'])}")
     prefix = Path(args.out) if args.out else cli.repo_path(f"results/surrogate_ablation/{cfg.dataset}")
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    prefix.with_suffix(".json").write_text(json.dumps({"task": task, "variants": rows, "label_noise_floor": floor}, indent=1) + "\n")
+    prefix.with_suffix(".json").write_text(json.dumps({"task": task, "variants": rows, "held_out_labels": labels, "feature_baselines": baselines}, indent=1) + "\n")
     prefix.with_suffix(".md").write_text(f"{len(arrays.accuracy)} records from {', '.join(paths)}\n\n"
                                          + table + "\n")
     print(table)

@@ -384,9 +384,36 @@ def test_ablation_trains_each_variant_and_tabulates_it(tiny_archset, tmp_path):
     assert rows["rank"]["config"]["rank_weight"] == 1.0 and rows["base"]["config"]["rank_weight"] == 0
     assert rows["base"]["holdout"]["num"] == rows["rank"]["holdout"]["num"] > 0  # the same split
     assert "| rank |" in out.with_suffix(".md").read_text()
-    floor = json.loads(out.with_suffix(".json").read_text())["label_noise_floor"]
-    assert floor["num"] == rows["base"]["holdout"]["num"]  # the records the variants are scored on
-    assert floor["seed_agreement_tau"] is None or -1 <= floor["seed_agreement_tau"] <= 1
+    labels = json.loads(out.with_suffix(".json").read_text())["held_out_labels"]
+    assert labels["num"] == rows["base"]["holdout"]["num"]  # the records the variants are scored on
+    for key in ("seed_agreement_tau", "oracle_tau"):
+        assert labels[key] is None or -1 <= labels[key] <= 1
+    assert "perfect predictor" in out.with_suffix(".md").read_text()
+    baselines = json.loads(out.with_suffix(".json").read_text())["feature_baselines"]
+    assert set(baselines) == {"knn7", "ridge"}
+    assert all(row["num"] == rows["base"]["holdout"]["num"] for row in baselines.values())
+
+
+def test_feature_baselines_read_the_layers_and_fit_what_they_should(tiny_archset):
+    from ac_jax.archset.store import load_arrays
+    from ac_jax.surrogate import feature_baseline as fb
+
+    arrays = load_arrays([tiny_archset], max_len=64)
+    x = fb.features(arrays)
+    assert x.shape == (len(arrays.accuracy), len(fb.FEATURE_NAMES))
+    assert np.allclose(x[:, 0], np.log1p(arrays.num_params))
+    assert np.array_equal(x[:, 2], arrays.lengths)
+    counts = x[:, 3:11].sum(axis=1)
+    assert np.array_equal(counts, arrays.lengths)  # every layer has one of the eight types
+    # One neighbour on the training records themselves: their own labels.
+    distinct = np.unique(x, axis=0, return_index=True)[1]
+    xs, ys = x[distinct], np.asarray(arrays.accuracy)[distinct]
+    assert np.allclose(fb.knn_predict(xs, ys, xs, k=1), ys)
+    # A target linear in the features is recovered by a nearly unpenalised ridge.
+    target = 0.05 * x[:, 0] - 0.01 * x[:, 2] + 0.3
+    assert np.allclose(fb.ridge_predict(x, target, x, penalty=1e-9), target, atol=1e-6)
+    with pytest.raises(ValueError, match="at least 3"):
+        fb.holdout_scores(arrays, 0.0)
 
 
 def test_ablation_rows_each_change_one_thing_of_a_one_head_base():

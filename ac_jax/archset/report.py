@@ -39,21 +39,46 @@ def summarize(path: str | Path) -> dict:
 
 
 def label_agreement(ok_records) -> dict:
-    """How much the labels say, as Kendall taus over the trained records: between the first two
-    seeds' accuracies (how well a second training ranks like the first: a ceiling on what any
-    surrogate can match on held-out records) and between parameter count and mean accuracy (the
-    proxy's preference for size), and the median difference between those two seeds. None where
-    there are too few records or seeds."""
+    """How much the labels say, over the trained records: Kendall tau between the first two
+    seeds' accuracies (how well a second training ranks like the first), the estimated tau a
+    perfect predictor of each network's expected accuracy would reach against the two-seed
+    means (`oracle_tau`: what a surrogate can at best expect on held-out records; higher than
+    the seed-vs-seed tau, whose two sides are both noisy), Kendall tau between parameter count
+    and mean accuracy (the proxy's preference for size), and the median difference between the
+    two seeds. None where there are too few records or seeds."""
     two = np.array([r.seed_accuracies[:2] for r in ok_records if len(r.seed_accuracies) >= 2],
                    float).reshape(-1, 2)
     two = two[np.isfinite(two).all(axis=1)]
     return {
         "seed_agreement_tau": _tau(two[:, 0], two[:, 1]),
+        "oracle_tau": oracle_tau(two),
         "median_seed_difference": (float(np.median(np.abs(two[:, 0] - two[:, 1])))
                                    if len(two) else None),
         "size_accuracy_tau": _tau(np.array([r.num_params for r in ok_records], float),
                                   np.array([r.mean_accuracy for r in ok_records])),
     }
+
+
+def oracle_tau(two_seeds, draws: int = 200, seed: int = 0) -> float | None:
+    """Estimated Kendall tau between the networks' expected accuracies and their two-seed means
+    (`two_seeds`: one row of two seed accuracies per network): the ceiling that label noise puts
+    on a surrogate's held-out tau. Simulated, as the expectations are unknown: the means are
+    shrunk towards their average until their variance is the expectations' (the means' variance
+    minus their noise variance, mean((a - b)^2) / 4), and each draw adds every network's own noise
+    back as +-(a - b) / 2 with a random sign (unbiased for its noise variance; networks that fail
+    alike on both seeds get none). 0 when the noise explains all the spread; None where Kendall
+    tau is undefined (under three networks, or constant means)."""
+    two = np.asarray(two_seeds, float).reshape(-1, 2)
+    means, half_diff = two.mean(axis=1), (two[:, 0] - two[:, 1]) / 2
+    if len(two) < 3 or not np.ptp(means):
+        return None
+    spread = means.var() - np.mean(half_diff ** 2)
+    if spread <= 0:
+        return 0.0
+    expected = means.mean() + np.sqrt(spread / means.var()) * (means - means.mean())
+    rng = np.random.default_rng(seed)
+    signs = rng.choice([-1.0, 1.0], size=(draws, len(two)))
+    return float(np.mean([_tau(expected, expected + s * half_diff) for s in signs]))
 
 
 def _tau(a, b) -> float | None:

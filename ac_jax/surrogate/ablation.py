@@ -60,10 +60,11 @@ def run(base: SurrogateConfig, arrays, task: dict, out_dir: str | Path, variants
     return rows
 
 
-def label_noise_floor(paths, holdout_fraction: float) -> dict:
-    """How well a second training ranks the held-out records like the first (Kendall tau between
-    their first two seeds, on the same id-hash split the variants are scored on): a surrogate
-    that matches it ranks as well as the labels allow."""
+def holdout_label_agreement(paths, holdout_fraction: float) -> dict:
+    """What the labels of the held-out records (the same id-hash split the variants are scored
+    on) allow: how well a second training ranks them like the first (Kendall tau between their
+    first two seeds) and the estimated tau of a perfect predictor of their expected accuracy
+    against their two-seed means (`oracle_tau`, the ceiling on a surrogate's held-out tau)."""
     import numpy as np
 
     from ac_jax.archset.report import label_agreement
@@ -76,7 +77,9 @@ def label_noise_floor(paths, holdout_fraction: float) -> dict:
             records = store.records(("ok",))
         mask = holdout_mask(np.array([r.idx for r in records], np.int64), holdout_fraction)
         held += [r for r, m in zip(records, mask) if m]
-    return {"num": len(held), "seed_agreement_tau": label_agreement(held)["seed_agreement_tau"]}
+    agreement = label_agreement(held)
+    return {"num": len(held), "seed_agreement_tau": agreement["seed_agreement_tau"],
+            "oracle_tau": agreement["oracle_tau"]}
 
 
 def markdown(rows: dict) -> str:
