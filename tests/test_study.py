@@ -292,6 +292,12 @@ def test_ac_jax_settings_are_pinned_and_the_issue_20_folders_still_resume(tmp_pa
     assert study_meta(heads)["surrogate_heads"] == 5
     with pytest.raises(ValueError, match="surrogate_heads"):
         _check_study_meta(heads, out)
+    assert "surrogate_losses" not in study_meta(heads)
+    ranked = dataclasses.replace(legacy, cfg=legacy.cfg.replace(surrogate=dataclasses.replace(
+        legacy.cfg.surrogate, rank_weight=1.0, noop_augment=2)))
+    assert study_meta(ranked)["surrogate_losses"] == {"rank_weight": 1.0, "noop_augment": 2}
+    with pytest.raises(ValueError, match="surrogate_losses"):
+        _check_study_meta(ranked, out)
 
 
 def test_archset_subset_draws_the_region_share_from_region_records(tmp_path):

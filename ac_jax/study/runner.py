@@ -224,6 +224,10 @@ def study_meta(study: StudyConfig) -> dict:
         # The issue-20 study's surrogates had one accuracy head; its folders hold no such key.
         **({"surrogate_heads": study.cfg.surrogate.arch.ensemble}
            if study.cfg.surrogate.arch.ensemble != 1 else {}),
+        # Likewise the ranking loss and no-op augmentation (the cpu2 configs set them).
+        **({"surrogate_losses": {"rank_weight": study.cfg.surrogate.rank_weight,
+                                 "noop_augment": study.cfg.surrogate.noop_augment}}
+           if study.cfg.surrogate.rank_weight or study.cfg.surrogate.noop_augment else {}),
     }))
 
 
