@@ -50,11 +50,11 @@ def label_agreement(ok_records) -> dict:
                    float).reshape(-1, 2)
     two = two[np.isfinite(two).all(axis=1)]
     return {
-        "seed_agreement_tau": _tau(two[:, 0], two[:, 1]),
+        "seed_agreement_tau": kendall_tau(two[:, 0], two[:, 1]),
         "oracle_tau": oracle_tau(two),
         "median_seed_difference": (float(np.median(np.abs(two[:, 0] - two[:, 1])))
                                    if len(two) else None),
-        "size_accuracy_tau": _tau(np.array([r.num_params for r in ok_records], float),
+        "size_accuracy_tau": kendall_tau(np.array([r.num_params for r in ok_records], float),
                                   np.array([r.mean_accuracy for r in ok_records])),
     }
 
@@ -78,10 +78,10 @@ def oracle_tau(two_seeds, draws: int = 200, seed: int = 0) -> float | None:
     expected = means.mean() + np.sqrt(spread / means.var()) * (means - means.mean())
     rng = np.random.default_rng(seed)
     signs = rng.choice([-1.0, 1.0], size=(draws, len(two)))
-    return float(np.mean([_tau(expected, expected + s * half_diff) for s in signs]))
+    return float(np.mean([kendall_tau(expected, expected + s * half_diff) for s in signs]))
 
 
-def _tau(a, b) -> float | None:
+def kendall_tau(a, b) -> float | None:
     """Kendall tau over the pairs where both values are finite; None when fewer than three
     are left or either side is constant (tau is undefined there)."""
     from scipy.stats import kendalltau
@@ -166,6 +166,6 @@ def compare_proxies(paths) -> dict:
             "path": str(path),
             **label_agreement(chosen),
             "accuracy_mean": float(acc.mean()),
-            "tau_with_first": _tau(first, acc) if k else None,
+            "tau_with_first": kendall_tau(first, acc) if k else None,
         })
     return {"records": len(common), "files": rows}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ac_jax.archset.report import kendall_tau
 from ac_jax.archset.store import ArchsetArrays
 from ac_jax.surrogate.splits import holdout_mask
 
@@ -56,8 +57,6 @@ def ridge_predict(train_x, train_y, test_x, penalty: float = 1.0) -> np.ndarray:
 def holdout_scores(arrays: ArchsetArrays, holdout_fraction: float) -> dict:
     """Held-out Kendall tau and MAE of each feature regressor, on the id-hash split the
     surrogate uses (`holdout_mask`), trained on the rest."""
-    from scipy.stats import kendalltau
-
     held = holdout_mask(arrays.idx, holdout_fraction)
     x, y = features(arrays), np.asarray(arrays.accuracy, float)
     if held.sum() < 3 or (~held).sum() < 3:
@@ -66,8 +65,7 @@ def holdout_scores(arrays: ArchsetArrays, holdout_fraction: float) -> dict:
     out = {}
     for name, predict in (("knn7", knn_predict), ("ridge", ridge_predict)):
         pred = predict(x[~held], y[~held], x[held])
-        tau = kendalltau(pred, y[held]).statistic
-        out[name] = {"accuracy_kendall_tau": None if np.isnan(tau) else float(tau),
+        out[name] = {"accuracy_kendall_tau": kendall_tau(pred, y[held]),
                      "accuracy_mae": float(np.abs(pred - y[held]).mean()),
                      "num": int(held.sum())}
     return out
