@@ -63,6 +63,10 @@ def parse_args(argv):
                         "every trained record, archset included) or pareto (spread along the "
                         "Pareto set, pick among refined records)")
     s.add_argument("--kappa", type=float, default=1.0, help="ucb's weight on the spread")
+    s.add_argument("--pool", type=int, default=600, metavar="N",
+                   help="ucb: networks sampled per round from the input's compression region "
+                        "(those within the size limit) that the acquisition ranks besides the "
+                        "search's candidates (default 600; 0: the search's only)")
     v = p.add_argument_group("verification (trains the original and the pick)")
     v.add_argument("--verify", action="store_true")
     v.add_argument("--verify-epochs", type=int, help="default: the paper's schedule (config)")
@@ -151,7 +155,7 @@ def main(argv=None) -> int:
         results = api.compress(
             archs, surrogate, constraint, search_cfg, labels, rounds=args.rounds,
             refine_top=args.refine_top, work_dir=Path(args.out or "out/compress") / "refine",
-            config=cfg, acquisition=args.acquisition, kappa=args.kappa,
+            config=cfg, acquisition=args.acquisition, kappa=args.kappa, pool=args.pool,
             runner=cli.ray_runner(args) if args.rounds else None, batch=args.batch,
             on_batch=bar.update if bar is not None else None)
     except ValueError as err:

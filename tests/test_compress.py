@@ -643,3 +643,52 @@ def test_active_refinement_never_retrains_a_failed_candidate(surrogate, tiny_arc
     assert len(calls) == len(set(calls))  # a failed network is never picked again
     with ArchsetStore(tmp_path / "tiny" / "refine.sqlite", readonly=True) as store:
         assert len(store) == len(calls) and all(r.status == "diverged" for r in store.records())
+
+
+def test_acquisition_pool_supplies_a_batch_when_the_search_proposes_nothing_small_enough(
+        surrogate, tiny_archset, tmp_path, monkeypatch):
+    from ac_jax.child import trainer as trainer_lib
+    from ac_jax.compress import refine
+    from configs import get_config
+    from ac_jax.data import load
+
+    calls = []
+
+    def diverge(self, arch, seeds, init=None):  # fast: what is trained is all this test reads
+        calls.append(arch)
+        return trainer_lib.TrainResult("diverged", "loss nan", (), (), 0.0, 0.0)
+
+    monkeypatch.setattr(trainer_lib.ChildTrainer, "train", diverge)
+    monkeypatch.setattr(trainer_lib.ChildTrainer, "compile", lambda self, arch: (None, 0.0))
+    arch = zoo.get("tinycnn", SHAPE, CLASSES)
+    cap = Constraint(max_params=arch.num_params // 4)
+    (first,) = pipeline.compress_batch(surrogate, [arch], ["tiny"], CFG, cap)
+    first.candidates = []  # a search whose walk stayed above the size limit
+
+    def run(pool, folder):
+        return refine.refine(dataclasses.replace(first), surrogate, get_config("tiny"), CFG, cap,
+                             rounds=1, top=3, work_dir=tmp_path / folder, finetune_steps=20,
+                             dataset=load("synthetic"), archset_path=tiny_archset,
+                             log=lambda s: None, acquisition="ucb", pool=pool, pool_seed=5)
+
+    without = run(0, "no_pool")
+    assert without.rounds[0]["trained"] == [] and not calls  # nothing to acquire
+    with_pool = run(200, "pool")
+    trained = [t for info in with_pool.rounds for t in info["trained"]]
+    assert len(trained) == 6 and len(set(calls)) == 6  # both batches full, no network twice
+    assert all(t["from_pool"] and t["num_params"] <= cap.max_params for t in trained)
+    assert all(a != arch for a in calls)
+
+
+def test_region_pool_is_deterministic_scored_and_within_the_limit(surrogate):
+    from ac_jax.compress import refine
+
+    arch = zoo.get("tinycnn", SHAPE, CLASSES)
+    limit = arch.num_params // 3
+    a = refine.region_pool(surrogate, arch, 100, seed=3, limit=limit)
+    b = refine.region_pool(surrogate, arch, 100, seed=3, limit=limit)
+    assert a and [c.arch for c in a] == [c.arch for c in b]
+    assert all(c.num_params <= limit and 0 <= c.predicted_accuracy <= 1 for c in a)
+    assert [c.arch for c in refine.region_pool(surrogate, arch, 100, seed=4, limit=limit)] != \
+        [c.arch for c in a]
+    assert refine.region_pool(surrogate, arch, 0, seed=3, limit=limit) == []

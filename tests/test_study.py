@@ -276,6 +276,9 @@ def test_ac_jax_settings_are_pinned_and_the_issue_20_folders_still_resume(tmp_pa
     assert "ac_jax" not in study_meta(legacy)  # what issue-20 folders hold: nothing to add
     new = _study(tmp_path)
     assert study_meta(new)["ac_jax"]["acquisition"] == "ucb"
+    # The acquisition's region pool is pinned; folders made before it (no pool) hold no key.
+    assert study_meta(new)["ac_jax"]["acquisition_pool"] == 600
+    assert "acquisition_pool" not in study_meta(_study(tmp_path, acquisition_pool=0))["ac_jax"]
     out = tmp_path / "s"
     out.mkdir()
     _check_study_meta(legacy, out)

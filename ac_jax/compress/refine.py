@@ -101,6 +101,34 @@ def acquire(candidates, surrogate, top: int, limit: int, kappa: float, exclude=(
     return chosen
 
 
+# Region samples drawn per round for the acquisition (`region_pool`): on CONV-7 about a third fall
+# under an 8x size limit (a few hundred networks), drawn in ~10 s on the 2-core CPU.
+DEFAULT_POOL = 600
+
+
+def region_pool(surrogate, original, num: int, seed: int, limit: int) -> list:
+    """Those of `num` networks of `original`'s compression region (`arch.sampler.sample_region`,
+    the sampler of the region archset the surrogate was trained on, so its predictions there are
+    in distribution) within `limit` parameters, as scored `Candidate`s (lam nan, step -1).
+
+    The anchored search proposes a few hundred networks along a handful of trajectories, all
+    within the trust region around the input; under a tight size limit it may propose none
+    (study of issue 21, repeat 0: none of 327 under 8x), and the acquisition then has nothing to
+    choose from. The pool gives the acquisition a broad set of networks that fit the limit."""
+    import dataclasses as dc
+
+    from ac_jax.arch.sampler import sample_region
+    from ac_jax.compress.candidates import original_candidates
+
+    if num <= 0:
+        return []
+    archs = [a for a in sample_region(original, num, seed=seed)
+             if a.num_params <= limit and len(a) <= surrogate.max_len]
+    if not archs:
+        return []
+    return [dc.replace(c, step=-1) for c in original_candidates(surrogate, archs)]
+
+
 def archset_candidates(arrays: ArchsetArrays) -> list:
     """The archset's records as `Candidate`s measured at their stored accuracy."""
     from ac_jax.arch.spec import Arch
@@ -152,7 +180,7 @@ ACQUISITIONS = ("ucb", "pareto")
 def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int, work_dir,
            finetune_steps: int = 400, dataset=None, archset_path=None, log=print,
            base_arrays: ArchsetArrays | None = None, acquisition: str = "ucb",
-           kappa: float = 1.0, runner=None):
+           kappa: float = 1.0, runner=None, pool: int = DEFAULT_POOL, pool_seed: int = 0):
     """Returns a new `CompressResult` after `rounds` rounds; `result.rounds` describes each.
 
     `cfg` is the config the surrogate's archset was made with (`configs.for_surrogate`): the
@@ -169,7 +197,10 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
     `acquisition`: "pareto" (as above: spread along the Pareto set) or "ucb", active learning:
     each round trains the `top` untrained candidates under the constraint's size limit with the
     highest ``mean + kappa * spread`` (`acquire`), and the final pick is over every trained
-    record, the archset's included, by measured (validation) accuracy. Refined records are
+    record, the archset's included, by measured (validation) accuracy. The acquisition is
+    maximised over the search's candidates and `pool` region samples under the size limit
+    (`region_pool`, a new draw each round from seed `pool_seed`; 0: the search's candidates
+    only); each trained record says whether it came from the pool. Refined records are
     never held out of fine-tuning. `runner` (`ac_jax.distributed.RayRunner`) trains each
     round's batch on a cluster (records stored as they arrive).
     """
@@ -251,7 +282,8 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
                 info["trained"].append({"original": is_original, "num_params": cand.num_params,
                                         "predicted": cand.predicted_accuracy,
                                         "trained": rec.mean_accuracy, "status": rec.status,
-                                        "fresh": cand.arch in fresh})
+                                        "fresh": cand.arch in fresh,
+                                        "from_pool": cand.arch in pool_archs})
                 fresh.discard(cand.arch)  # listed twice: counted once
             info["refined_records"] = len(store)  # distinct networks trained so far
         return info
@@ -259,14 +291,24 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
     limit = size_limit(original, constraint)
     archset_trained = archset_candidates(base) if active else []
     known = {c.arch for c in archset_trained}
+    pool_archs: set = set()  # networks the acquisition drew from the region pool
 
-    def next_batch(result):
+    def next_batch(result, round_index):
         if not active:
             return to_train(result.candidates, result.front, top, original.num_params)
-        return acquire(result.candidates, surrogate, top, limit, kappa, exclude=known | tried)
+        # One stream per (pool_seed, round): rounds draw fresh samples, repeats differ.
+        try:
+            extra = region_pool(surrogate, original, pool,
+                                7_000_003 * (pool_seed + 1) + round_index, limit)
+        except ValueError as err:  # a network whose region the sampler cannot fill
+            log(f"refine: no region pool ({err}); the search's candidates only")
+            extra = []
+        pool_archs.update(c.arch for c in extra)
+        cands = list(result.candidates) + extra if extra else result.candidates
+        return acquire(cands, surrogate, top, limit, kappa, exclude=known | tried)
 
     for r in range(rounds):
-        chosen = next_batch(result)
+        chosen = next_batch(result, r)
         capped = constraint.max_params is not None or constraint.target_ratio is not None
         if r == 0 and original_accuracy is None and not (active and capped):
             # The pick is judged against the original's accuracy; one trained record of the
@@ -296,7 +338,7 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
         round_info["chosen_params"] = result.chosen.num_params
         history.append(round_info)
     if rounds:
-        final = train_all(next_batch(result), "final")
+        final = train_all(next_batch(result, rounds), "final")
         anchor = dataclasses.replace(result.original, measured_accuracy=original_accuracy)
         best = measured_pick(list(measured.values()) + archset_trained, anchor, constraint)
         final["search_pick_params"] = result.chosen.num_params
@@ -304,6 +346,9 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
         final["pick"] = "trained" if best is not None else "search"
         if best is not None:
             result.chosen = best
+            # Where the pick was proposed: an archset record, the region pool, or the search.
+            final["pick_source"] = ("archset" if best.arch in known else
+                                    "pool" if best.arch in pool_archs else "search")
         result.original = anchor
         final["chosen_params"] = result.chosen.num_params
         history.append(final)

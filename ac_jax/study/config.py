@@ -44,6 +44,9 @@ class StudyConfig:
     # Pareto-spread rounds (`LEGACY_AC_JAX`); a folder made so resumes only with those.
     plain_decoding: bool = False  # True: the paper's decoding (step 0 = decoder(encoder(x)))
     acquisition: str = "ucb"  # ac_jax_rounds: "ucb" (active learning) or "pareto"
+    # ucb: region samples per round the acquisition also ranks (`compress.refine.region_pool`;
+    # 0: the search's candidates only, as the study's first repeat-0 run of issue 21 had)
+    acquisition_pool: int = 600
     # Archset files drawn from besides the config's (e.g. the compression-region supplement),
     # and the share of ac_jax's subset drawn from their "region:" records (None: uniformly).
     extra_archsets: tuple[str, ...] = ()
@@ -77,9 +80,12 @@ class StudyConfig:
         return refine_trainings(self.rounds, self.refine_top)
 
     def ac_jax_settings(self) -> dict:
-        return {"plain_decoding": self.plain_decoding, "acquisition": self.acquisition,
-                "extra_archsets": [str(p) for p in self.extra_archsets],
-                "region_share": self.region_share}
+        settings = {"plain_decoding": self.plain_decoding, "acquisition": self.acquisition,
+                    "extra_archsets": [str(p) for p in self.extra_archsets],
+                    "region_share": self.region_share}
+        if self.acquisition == "ucb" and self.acquisition_pool:  # folders before it: no key
+            settings["acquisition_pool"] = self.acquisition_pool
+        return settings
 
 
 # What the issue-20 study ran (before anchored search and active refinement existed).

@@ -45,6 +45,7 @@ class Context:
     region_share: float | None = None  # share of the subset from "region:" records
     plain_decoding: bool = False  # the paper's decoding instead of the anchored one
     acquisition: str = "ucb"  # ac_jax_rounds' refinement rule
+    acquisition_pool: int = 0  # ucb: region samples per round besides the search's candidates
     runner: object = None  # an `ac_jax.distributed.RayRunner`: trainings on a cluster
 
     @property
@@ -252,7 +253,8 @@ def run_ac_jax(ctx: Context, repeat: int, seed: int, budget: int, rounds: bool,
         result = refine(result, surrogate, ctx.cfg, search_cfg, constraint, ctx.rounds,
                         ctx.refine_top, work / "refine", ctx.refine_finetune_steps,
                         dataset=ctx.dataset, base_arrays=arrays, log=ctx.log,
-                        acquisition=ctx.acquisition, runner=ctx.runner)
+                        acquisition=ctx.acquisition, runner=ctx.runner,
+                        pool=ctx.acquisition_pool, pool_seed=seed)
         with ArchsetStore(work / "refine" / result.name / "refine.sqlite", readonly=True) as db:
             refined = sorted(db.records(), key=lambda r: r.idx)
         curve += _curve(refined, ctx)

@@ -92,8 +92,15 @@ def _surrogate_ranking(details: dict) -> dict:
 
     held = details["surrogate_holdout"]
     proposals = proposal_ranking(details.get("rounds") or [])
+    fresh = [t for info in details.get("rounds") or [] for t in info.get("trained", ())
+             if t.get("fresh") and not t["original"]]
+    final = (details.get("rounds") or [{}])[-1]
     return {"holdout_tau": held.get("accuracy_kendall_tau"), "holdout_records": held.get("num"),
-            "proposal_tau": proposals["kendall_tau"], "proposals": proposals["count"]}
+            "proposal_tau": proposals["kendall_tau"], "proposals": proposals["count"],
+            # refinement only: how many trained proposals came from the region pool, and
+            # where the final pick was proposed (archset, pool or search)
+            "from_pool": sum(bool(t.get("from_pool")) for t in fresh) if fresh else None,
+            "pick_source": final.get("pick_source")}
 
 
 def _stats(values) -> tuple[float, float, int] | None:
@@ -193,11 +200,15 @@ def markdown(s: dict) -> str:
     ranked = [(method, rows) for method, rows in ranked if rows]
     if ranked:
         lines += ["", "| surrogate of | held-out tau (records) | tau on its trained proposals "
-                  "(count) |", "|---|---|---|"]
+                  "(count) | trained proposals from the region pool | pick proposed by |",
+                  "|---|---|---|---|---|"]
         for method, rows in ranked:
             held = "; ".join(_tau(r["holdout_tau"], r["holdout_records"]) for r in rows)
             own = "; ".join(_tau(r["proposal_tau"], r["proposals"]) for r in rows)
-            lines.append(f"| {names.get(method, method)} | {held} | {own} |")
+            pooled = "; ".join("—" if r.get("from_pool") is None else str(r["from_pool"])
+                               for r in rows)
+            source = "; ".join(r.get("pick_source") or "—" for r in rows)
+            lines.append(f"| {names.get(method, method)} | {held} | {own} | {pooled} | {source} |")
     lines += ["", "Mean ± sample standard deviation over repeats. Val acc.: the pick's proxy validation "
               "accuracy (what the search chose on). Test acc.: the pick retrained with the final "
               "schedule, mean over its seeds; a repeat whose pick breaks the constraint has none "

@@ -250,7 +250,7 @@ def _ac_jax_context(study: StudyConfig) -> dict:
 
     return {"extra_archsets": tuple(repo_path(p) for p in study.extra_archsets),
             "region_share": study.region_share, "plain_decoding": study.plain_decoding,
-            "acquisition": study.acquisition}
+            "acquisition": study.acquisition, "acquisition_pool": study.acquisition_pool}
 
 
 def _network(name: str, dataset) -> Arch:
