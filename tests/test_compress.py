@@ -598,6 +598,10 @@ def test_active_refinement_picks_the_best_trained_record_under_the_cap(surrogate
     assert ranking["count"] == sum(t["status"] == "ok" for t in fresh)
     if ranking["count"] > 1:
         assert -1 <= ranking["kendall_tau"] <= 1 and ranking["mae"] >= 0
+    # Each trained entry keeps its seeds' accuracies, from which the label ceiling is estimated.
+    assert all(len(t["seed_accuracies"]) == cfg.archset.seeds for t in fresh if t["status"] == "ok")
+    if ranking["count"] > 2 and ranking["oracle_tau"] is not None:
+        assert -1 <= ranking["oracle_tau"] <= 1
 
 
 def test_fine_tuning_never_holds_out_the_refined_records(tiny_archset, tiny_surrogate_config,
@@ -692,3 +696,25 @@ def test_region_pool_is_deterministic_scored_and_within_the_limit(surrogate):
     assert [c.arch for c in refine.region_pool(surrogate, arch, 100, seed=4, limit=limit)] != \
         [c.arch for c in a]
     assert refine.region_pool(surrogate, arch, 0, seed=3, limit=limit) == []
+
+
+def test_proposal_ranking_reports_the_label_ceiling_of_the_proposals():
+    def entry(predicted, seeds, fresh=True, original=False):
+        return {"original": original, "status": "ok", "predicted": predicted,
+                "trained": float(np.mean(seeds)), "fresh": fresh, "num_params": 1,
+                "seed_accuracies": list(seeds)}
+
+    # Seeds that agree exactly: a perfect predictor ranks perfectly, so the ceiling is 1.
+    exact = [{"trained": [entry(0.1 * i, (0.5 + 0.1 * i, 0.5 + 0.1 * i)) for i in range(4)]
+                         + [entry(0.9, (0.2, 0.2), original=True), entry(0.3, (0.6, 0.6), False)]}]
+    out = pipeline.proposal_ranking(exact)
+    assert out["count"] == 4 and out["kendall_tau"] == pytest.approx(1.0)
+    assert out["oracle_tau"] == pytest.approx(1.0)
+    # Seeds whose disagreement dwarfs the spread of the means: nothing to rank (ceiling 0).
+    noisy = [{"trained": [entry(0.1 * i, (0.5 + 0.001 * i + 0.2, 0.5 + 0.001 * i - 0.2))
+                          for i in range(5)]}]
+    assert pipeline.proposal_ranking(noisy)["oracle_tau"] == 0.0
+    # Rounds written before seeds were recorded: no ceiling.
+    legacy = [{"trained": [{k: v for k, v in entry(0.1 * i, (0.5, 0.6 + 0.1 * i)).items()
+                            if k != "seed_accuracies"} for i in range(4)]}]
+    assert pipeline.proposal_ranking(legacy)["oracle_tau"] is None

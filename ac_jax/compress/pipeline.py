@@ -226,10 +226,15 @@ def proposal_ranking(rounds: list) -> dict:
     """How well the surrogate ranked the candidates the refinement trained, each judged by the
     prediction made before it was trained (the round's surrogate had not seen it): Kendall tau
     and mean absolute error of predicted vs measured proxy accuracy, over the distinct
-    proposals that trained (the original excluded)."""
+    proposals that trained (the original excluded), and `oracle_tau`, the tau a perfect
+    predictor would be estimated to reach against those two-seed labels (`archset.report.
+    oracle_tau`; None for rounds written before the seeds were recorded): a batch of proposals
+    packed into a narrow accuracy band can be unrankable under the proxy's seed noise."""
     from scipy.stats import kendalltau
 
-    pairs, legacy = [], {}
+    from ac_jax.archset.report import oracle_tau
+
+    pairs, legacy, two_seeds = [], {}, []
     for info in rounds:
         for t in info.get("trained", ()):
             if t["original"] or t["status"] != "ok":
@@ -237,15 +242,18 @@ def proposal_ranking(rounds: list) -> dict:
             if "fresh" in t:
                 if t["fresh"]:
                     pairs.append((t["predicted"], t["trained"]))
+                    two_seeds.append(t.get("seed_accuracies", [])[:2])
             else:  # rounds written before `fresh` existed: each (size, accuracy) once
                 legacy.setdefault((t["num_params"], t["trained"]), t["predicted"])
     pairs += [(predicted, trained) for (_, trained), predicted in legacy.items()]
     if not pairs:
-        return {"count": 0, "kendall_tau": None, "mae": None}
+        return {"count": 0, "kendall_tau": None, "mae": None, "oracle_tau": None}
     predicted, trained = np.asarray(pairs, np.float64).T
     tau = kendalltau(predicted, trained).statistic if len(pairs) > 1 else float("nan")
+    seeded = not legacy and all(len(s) == 2 for s in two_seeds)
     return {"count": len(pairs), "kendall_tau": None if np.isnan(tau) else float(tau),
-            "mae": float(np.abs(predicted - trained).mean())}
+            "mae": float(np.abs(predicted - trained).mean()),
+            "oracle_tau": oracle_tau(two_seeds) if seeded else None}
 
 
 def report_dict(result: CompressResult, surrogate: TrainedSurrogate, extra: dict) -> dict:

@@ -283,6 +283,8 @@ def refine(result, surrogate, cfg, search_cfg, constraint, rounds: int, top: int
                                         "predicted": cand.predicted_accuracy,
                                         "trained": rec.mean_accuracy, "status": rec.status,
                                         "fresh": cand.arch in fresh,
+                                        "seed_accuracies": [float(v) for v in
+                                                            rec.seed_accuracies],
                                         "from_pool": cand.arch in pool_archs})
                 fresh.discard(cand.arch)  # listed twice: counted once
             info["refined_records"] = len(store)  # distinct networks trained so far

@@ -97,6 +97,7 @@ def _surrogate_ranking(details: dict) -> dict:
     final = (details.get("rounds") or [{}])[-1]
     return {"holdout_tau": held.get("accuracy_kendall_tau"), "holdout_records": held.get("num"),
             "proposal_tau": proposals["kendall_tau"], "proposals": proposals["count"],
+            "proposal_ceiling": proposals.get("oracle_tau"),
             # refinement only: how many trained proposals came from the region pool, and
             # where the final pick was proposed (archset, pool or search)
             "from_pool": sum(bool(t.get("from_pool")) for t in fresh) if fresh else None,
@@ -119,8 +120,10 @@ def _pm(values, scale: float = 100.0, digits: int = 2) -> str:
     return f"{scale * mean:,.{digits}f} ± {scale * std:,.{digits}f}" + ("" if n > 1 else " (1)")
 
 
-def _tau(tau, count) -> str:
-    return f"{'—' if tau is None or math.isnan(tau) else f'{tau:.2f}'} ({count or 0})"
+def _tau(tau, count, ceiling=None) -> str:
+    """'tau (count)', with the labels' estimated ceiling for a perfect predictor when known."""
+    text = f"{'—' if tau is None or math.isnan(tau) else f'{tau:.2f}'} ({count or 0}"
+    return text + (f"; ceiling {ceiling:.2f})" if ceiling is not None else ")")
 
 
 def _pct(value) -> str:
@@ -200,11 +203,12 @@ def markdown(s: dict) -> str:
     ranked = [(method, rows) for method, rows in ranked if rows]
     if ranked:
         lines += ["", "| surrogate of | held-out tau (records) | tau on its trained proposals "
-                  "(count) | trained proposals from the region pool | pick proposed by |",
+                  "(count; label ceiling) | trained proposals from the region pool | pick proposed by |",
                   "|---|---|---|---|---|"]
         for method, rows in ranked:
             held = "; ".join(_tau(r["holdout_tau"], r["holdout_records"]) for r in rows)
-            own = "; ".join(_tau(r["proposal_tau"], r["proposals"]) for r in rows)
+            own = "; ".join(_tau(r["proposal_tau"], r["proposals"], r.get("proposal_ceiling"))
+                            for r in rows)
             pooled = "; ".join("—" if r.get("from_pool") is None else str(r["from_pool"])
                                for r in rows)
             source = "; ".join(r.get("pick_source") or "—" for r in rows)
