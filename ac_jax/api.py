@@ -25,7 +25,8 @@ def compress(networks: Arch | Sequence[Arch], surrogate, constraint: Constraint 
              search: SearchConfig = SearchConfig(), names: Sequence[str] | None = None,
              rounds: int = 0, refine_top: int = 6, work_dir="out/compress/refine",
              config=None, acquisition: str = "ucb", kappa: float = 1.0, runner=None,
-             pool: int | None = None, batch: int | None = None, on_batch=None) -> CompressResult | list[CompressResult]:
+             pool: int | None = None, batch: int | None = None,
+             on_batch=None) -> CompressResult | list[CompressResult]:
     """Compresses one network (returns a `CompressResult`) or many (a list, searched together
     in one compiled program per `batch` networks, default 64) with `surrogate` (a
     `TrainedSurrogate` or its directory). Each result has `.chosen`, `.pareto`, `.original`
@@ -33,8 +34,8 @@ def compress(networks: Arch | Sequence[Arch], surrogate, constraint: Constraint 
 
     `rounds` > 0 refines by training candidates (active learning by default, `acquisition`,
     `kappa`, `pool` region samples per round besides the search's candidates, default
-    `refine.DEFAULT_POOL`; on a cluster with `runner`, a `distributed.RayRunner`); it needs the surrogate's
-    dataset and archset schedule, read through `config` (default: the surrogate's own config).
+    `refine.DEFAULT_POOL`; on a cluster with `runner`, a `distributed.RayRunner`); it needs the
+    surrogate's dataset and archset schedule, read through `config` (default: the surrogate's own config).
     """
     from ac_jax.compress import pipeline
     from ac_jax.surrogate.checkpoint import TrainedSurrogate, load_surrogate

@@ -24,6 +24,8 @@ from ac_jax import cli  # noqa: E402
 
 
 def parse_args(argv):
+    from ac_jax.compress.refine import DEFAULT_POOL
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     cli.add_config_args(p)
     p.add_argument("--model", help="zoo name, printout/JSON file, or a PyTorch module file "
@@ -63,10 +65,10 @@ def parse_args(argv):
                         "every trained record, archset included) or pareto (spread along the "
                         "Pareto set, pick among refined records)")
     s.add_argument("--kappa", type=float, default=1.0, help="ucb's weight on the spread")
-    s.add_argument("--pool", type=int, default=600, metavar="N",
+    s.add_argument("--pool", type=int, default=DEFAULT_POOL, metavar="N",
                    help="ucb: networks sampled per round from the input's compression region "
                         "(those within the size limit) that the acquisition ranks besides the "
-                        "search's candidates (default 600; 0: the search's only)")
+                        "search's candidates (default %(default)s; 0: the search's only)")
     v = p.add_argument_group("verification (trains the original and the pick)")
     v.add_argument("--verify", action="store_true")
     v.add_argument("--verify-epochs", type=int, help="default: the paper's schedule (config)")

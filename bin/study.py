@@ -35,6 +35,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def parse_args(argv):
+    from ac_jax.compress.refine import DEFAULT_POOL
     from ac_jax.study.config import METHODS, OPTIONAL_METHODS, REFERENCES
 
     p = argparse.ArgumentParser(description=__doc__,
@@ -67,9 +68,9 @@ def parse_args(argv):
     a.add_argument("--acquisition", choices=("ucb", "pareto"), default="ucb",
                    help="ac_jax_rounds' refinement: ucb (active learning, default) or pareto "
                         "(the issue-20 study's)")
-    a.add_argument("--pool", type=int, default=600, metavar="N",
+    a.add_argument("--pool", type=int, default=DEFAULT_POOL, metavar="N",
                    help="ucb: region samples per round the acquisition ranks besides the "
-                        "search's candidates (default 600; 0: the search's only)")
+                        "search's candidates (default %(default)s; 0: the search's only)")
     a.add_argument("--extra-archsets", nargs="+", default=(), metavar="FILE",
                    help="archset files ac_jax draws from besides the config's (e.g. "
                         "archsets/fashion_mnist_cpu_region.sqlite)")
@@ -110,7 +111,8 @@ def main(argv=None) -> int:
             final_seeds=args.final_seeds, rounds=args.rounds, refine_top=args.refine_top,
             surrogate_steps=args.surrogate_steps, seed=args.seed,
             plain_decoding=args.plain_decoding, acquisition=args.acquisition,
-            acquisition_pool=args.pool, extra_archsets=tuple(args.extra_archsets), region_share=args.region_share)
+            acquisition_pool=args.pool, extra_archsets=tuple(args.extra_archsets),
+            region_share=args.region_share)
     except ValueError as err:
         sys.exit(f"error: {err}")
     if not args.no_compile_cache:

@@ -115,8 +115,6 @@ def region_pool(surrogate, original, num: int, seed: int, limit: int) -> list:
     within the trust region around the input; under a tight size limit it may propose none
     (study of issue 21, repeat 0: none of 327 under 8x), and the acquisition then has nothing to
     choose from. The pool gives the acquisition a broad set of networks that fit the limit."""
-    import dataclasses as dc
-
     from ac_jax.arch.sampler import sample_region
     from ac_jax.compress.candidates import original_candidates
 
@@ -126,7 +124,7 @@ def region_pool(surrogate, original, num: int, seed: int, limit: int) -> list:
              if a.num_params <= limit and len(a) <= surrogate.max_len]
     if not archs:
         return []
-    return [dc.replace(c, step=-1) for c in original_candidates(surrogate, archs)]
+    return [dataclasses.replace(c, step=-1) for c in original_candidates(surrogate, archs)]
 
 
 def archset_candidates(arrays: ArchsetArrays) -> list:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from ac_jax.child.trainer import TrainSchedule
+from ac_jax.compress.refine import DEFAULT_POOL
 from ac_jax.config import Config
 
 # The search methods, each spending `budget` trained architectures per repeat:
@@ -46,7 +47,7 @@ class StudyConfig:
     acquisition: str = "ucb"  # ac_jax_rounds: "ucb" (active learning) or "pareto"
     # ucb: region samples per round the acquisition also ranks (`compress.refine.region_pool`;
     # 0: the search's candidates only, as the study's first repeat-0 run of issue 21 had)
-    acquisition_pool: int = 600
+    acquisition_pool: int = DEFAULT_POOL
     # Archset files drawn from besides the config's (e.g. the compression-region supplement),
     # and the share of ac_jax's subset drawn from their "region:" records (None: uniformly).
     extra_archsets: tuple[str, ...] = ()

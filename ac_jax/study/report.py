@@ -203,7 +203,8 @@ def markdown(s: dict) -> str:
     ranked = [(method, rows) for method, rows in ranked if rows]
     if ranked:
         lines += ["", "| surrogate of | held-out tau (records) | tau on its trained proposals "
-                  "(count; label ceiling) | trained proposals from the region pool | pick proposed by |",
+                  "(count; label ceiling) | trained proposals from the region pool "
+                  "| pick proposed by |",
                   "|---|---|---|---|---|"]
         for method, rows in ranked:
             held = "; ".join(_tau(r["holdout_tau"], r["holdout_records"]) for r in rows)
