@@ -718,3 +718,17 @@ def test_proposal_ranking_reports_the_label_ceiling_of_the_proposals():
     legacy = [{"trained": [{k: v for k, v in entry(0.1 * i, (0.5, 0.6 + 0.1 * i)).items()
                             if k != "seed_accuracies"} for i in range(4)]}]
     assert pipeline.proposal_ranking(legacy)["oracle_tau"] is None
+
+
+def test_proposal_ranking_counts_pool_proposals_among_those_that_trained():
+    def entry(predicted, pool, status="ok"):
+        return {"original": False, "status": status, "predicted": predicted, "trained": predicted,
+                "fresh": True, "num_params": 1, "seed_accuracies": [predicted, predicted],
+                "from_pool": pool}
+
+    rounds = [{"trained": [entry(0.1, True), entry(0.2, False), entry(0.3, True, status="failed")]},
+              {"trained": [entry(0.4, True)]}]
+    out = pipeline.proposal_ranking(rounds)
+    # The failed pool proposal is in neither the count nor the pool share.
+    assert out["count"] == 3 and out["from_pool"] == 2
+    assert pipeline.proposal_ranking([])["from_pool"] == 0

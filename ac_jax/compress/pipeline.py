@@ -229,12 +229,13 @@ def proposal_ranking(rounds: list) -> dict:
     proposals that trained (the original excluded), and `oracle_tau`, the tau a perfect
     predictor would be estimated to reach against those two-seed labels (`archset.report.
     oracle_tau`; None for rounds written before the seeds were recorded): a batch of proposals
-    packed into a narrow accuracy band can be unrankable under the proxy's seed noise."""
+    packed into a narrow accuracy band can be unrankable under the proxy's seed noise.
+    `from_pool` counts those proposals that came from the region pool (`refine.region_pool`)."""
     from scipy.stats import kendalltau
 
     from ac_jax.archset.report import oracle_tau
 
-    pairs, legacy, two_seeds = [], {}, []
+    pairs, legacy, two_seeds, from_pool = [], {}, [], 0
     for info in rounds:
         for t in info.get("trained", ()):
             if t["original"] or t["status"] != "ok":
@@ -243,17 +244,18 @@ def proposal_ranking(rounds: list) -> dict:
                 if t["fresh"]:
                     pairs.append((t["predicted"], t["trained"]))
                     two_seeds.append(t.get("seed_accuracies", [])[:2])
+                    from_pool += bool(t.get("from_pool"))
             else:  # rounds written before `fresh` existed: each (size, accuracy) once
                 legacy.setdefault((t["num_params"], t["trained"]), t["predicted"])
     pairs += [(predicted, trained) for (_, trained), predicted in legacy.items()]
     if not pairs:
-        return {"count": 0, "kendall_tau": None, "mae": None, "oracle_tau": None}
+        return {"count": 0, "kendall_tau": None, "mae": None, "oracle_tau": None, "from_pool": 0}
     predicted, trained = np.asarray(pairs, np.float64).T
     tau = kendalltau(predicted, trained).statistic if len(pairs) > 1 else float("nan")
     seeded = not legacy and all(len(s) == 2 for s in two_seeds)
     return {"count": len(pairs), "kendall_tau": None if np.isnan(tau) else float(tau),
             "mae": float(np.abs(predicted - trained).mean()),
-            "oracle_tau": oracle_tau(two_seeds) if seeded else None}
+            "oracle_tau": oracle_tau(two_seeds) if seeded else None, "from_pool": from_pool}
 
 
 def report_dict(result: CompressResult, surrogate: TrainedSurrogate, extra: dict) -> dict:

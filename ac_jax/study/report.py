@@ -92,15 +92,13 @@ def _surrogate_ranking(details: dict) -> dict:
 
     held = details["surrogate_holdout"]
     proposals = proposal_ranking(details.get("rounds") or [])
-    fresh = [t for info in details.get("rounds") or [] for t in info.get("trained", ())
-             if t.get("fresh") and not t["original"]]
     final = (details.get("rounds") or [{}])[-1]
     return {"holdout_tau": held.get("accuracy_kendall_tau"), "holdout_records": held.get("num"),
             "proposal_tau": proposals["kendall_tau"], "proposals": proposals["count"],
             "proposal_ceiling": proposals.get("oracle_tau"),
-            # refinement only: how many trained proposals came from the region pool, and
+            # refinement only: how many of those proposals came from the region pool, and
             # where the final pick was proposed (archset, pool or search)
-            "from_pool": sum(bool(t.get("from_pool")) for t in fresh) if fresh else None,
+            "from_pool": proposals["from_pool"] if proposals["count"] else None,
             "pick_source": final.get("pick_source")}
 
 
