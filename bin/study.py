@@ -16,6 +16,11 @@ results/study/<dataset>_<model>); with --amortised, also amortised.json / amorti
 
   python bin/study.py --dataset fashion_mnist --model conv7 --budget 100 --amortised lenet5,conv4
 
+With --fidelity-top K, a finished study gets a last stage, alike for every method that measured
+its candidates: each search's K best proxy records are retrained with the final recipe at
+--fidelity-epochs on the whole training split, judged on validation, and the best is final-
+trained (fidelity_top<K>_e<E>x<S>.json / .md; README, "The fidelity stage").
+
 On a CPU backend the variant defaults to "cpu" where the config has one (the shipped archset's
 proxy: 1 epoch x 2 seeds on 4,000 images).
 """
@@ -80,6 +85,13 @@ def parse_args(argv):
                    help="after the study, the amortised case: these networks (zoo names or "
                         "files) compressed with repeat 0's archset subset and surrogate, each "
                         "with its own refinement rounds, vs random search's full budget each")
+    f = p.add_argument_group("the fidelity stage (after the study; README, \"The fidelity stage\")")
+    f.add_argument("--fidelity-top", type=int, default=0, metavar="K",
+                   help="retrain each search's K best proxy records with a longer schedule, "
+                        "judged on validation, and final-train the best (default 0: off)")
+    f.add_argument("--fidelity-epochs", type=int, default=2,
+                   help="its schedule: the final recipe at this length (default 2)")
+    f.add_argument("--fidelity-seeds", type=int, default=2)
     p.add_argument("--out", help="output folder (default results/study/<dataset>_<model>)")
     p.add_argument("--no-compile-cache", action="store_true")
     p.add_argument("--quiet", action="store_true",
@@ -115,6 +127,13 @@ def main(argv=None) -> int:
             region_share=args.region_share)
     except ValueError as err:
         sys.exit(f"error: {err}")
+    if args.fidelity_top:
+        from ac_jax.study.fidelity import FidelityConfig
+
+        try:
+            fidelity = FidelityConfig(args.fidelity_top, args.fidelity_epochs, args.fidelity_seeds)
+        except ValueError as err:
+            sys.exit(f"error: {err}")
     if not args.no_compile_cache:
         cli.enable_compilation_cache()
     out = Path(args.out) if args.out else cli.repo_path(
@@ -132,6 +151,14 @@ def main(argv=None) -> int:
         run_amortised(study, list(args.amortised), out, dataset=dataset,
                       progress=not args.quiet, log=log, runner=runner)
         print((out / "amortised.md").read_text(encoding="utf-8"))
+    if args.fidelity_top:
+        from ac_jax.study.fidelity import run_fidelity
+
+        result = run_fidelity(study, out, fidelity, dataset=dataset, log=log)
+        name = f"fidelity_top{fidelity.top}_{fidelity.tag}"
+        print((out / f"{name}.md").read_text(encoding="utf-8"))
+        print(f"wrote {out}/{name}.json, {name}.md "
+              f"({result['cost']['extra_trainings']} extra trainings per search)")
     print(f"wrote {out}/summary.json, summary.md, anytime.png")
     return 0
 

@@ -374,3 +374,60 @@ def test_final_trainings_batch_on_a_runner_once_per_network(synthetic, fake_trai
     finals.prefetch(items, runner, log=lambda *a: None)  # a rerun submits nothing
     assert runner.batches == [["a_r0"]]
     finals.prefetch(items, None, log=lambda *a: None)  # no runner: `train` trains one by one
+
+
+def test_fidelity_stage_picks_on_the_longer_schedule_and_resumes(synthetic, fake_training,
+                                                                  monkeypatch, tmp_path):
+    from ac_jax.study import run_study
+    from ac_jax.study.fidelity import FidelityConfig, run_fidelity
+
+    study = _study(tmp_path, repeats=1, methods=("ac_jax_rounds", "random_search", "n2n"))
+    out = tmp_path / "study"
+    fid = FidelityConfig(top=3, epochs=3, seeds=1)  # 3 epochs: no other schedule of the study
+    with pytest.raises(ValueError, match="no finished study"):
+        run_fidelity(study, out, fid, dataset=synthetic, log=lambda *a: None)
+    run_study(study, out, dataset=synthetic, progress=False, log=lambda *a: None)
+    proxy_train, fidelity_calls = trainer_lib.ChildTrainer.train, []
+
+    def train(self, arch, seeds, init=None):  # the longer schedule reverses the proxy's order
+        result = proxy_train(self, arch, seeds, init)
+        if self.schedule.epochs != fid.epochs:
+            return result
+        fidelity_calls.append(arch)
+        return dataclasses.replace(result, seed_accuracies=(1 - fake_accuracy(arch),) * len(seeds))
+
+    monkeypatch.setattr(trainer_lib.ChildTrainer, "train", train)
+    calls = fake_training["calls"]
+    calls.clear()
+    result = run_fidelity(study, out, fid, dataset=synthetic, log=lambda *a: None)
+    max_params = result["constraint"]["max_params"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(result["methods"]) == {"ac_jax_rounds", "random_search", "n2n"}
+    for method, m in result["methods"].items():
+        (row,) = m["repeats"]
+        cands = row["candidates"]
+        assert 1 <= len(cands) <= fid.top, method
+        proxies = [c["proxy_val_accuracy"] for c in cands]
+        assert proxies == sorted(proxies, reverse=True)  # the search's best proxy records
+        assert all(c["params"] <= max_params for c in cands)
+        # Picked on the fidelity accuracy, which here ranks them backwards: the last one.
+        assert [c["spec_is_pick"] for c in cands] == [False] * (len(cands) - 1) + [True]
+        assert row["pick"]["changed"] == (len(cands) > 1)
+        pick = parse_json(row["pick"]["spec"])
+        assert row["pick"]["test_accuracy"] == pytest.approx(fake_accuracy(pick))  # final run
+        assert row["search_pick"]["test_accuracy"] == summary["methods"][method]["repeats"][0][
+            "test_accuracy"]
+        if method == "random_search":  # its top-1 is its own pick
+            assert cands[0]["proxy_val_accuracy"] == pytest.approx(
+                row["search_pick"]["val_accuracy"])
+    with ArchsetStore(out / "fidelity_e3x1.sqlite", readonly=True) as db:
+        records = db.records()
+    assert len(records) == len({r.arch for r in records}) == len(fidelity_calls)
+    assert 0 < result["cost"]["fraction_of_budget"]
+    assert "| random search |" in (out / "fidelity_top3_e3x1.md").read_text()
+    calls.clear()  # a rerun reads every training from its store
+    assert run_fidelity(study, out, fid, dataset=synthetic, log=lambda *a: None)["methods"] == \
+        result["methods"]
+    assert calls == []
+    with pytest.raises(ValueError, match="top, epochs and seeds"):
+        FidelityConfig(top=0)
