@@ -155,7 +155,7 @@ def main(argv=None) -> int:
         from ac_jax.study.fidelity import run_fidelity
 
         result = run_fidelity(study, out, fidelity, dataset=dataset, log=log)
-        name = f"fidelity_top{fidelity.top}_{fidelity.tag}"
+        name = fidelity.report_name
         print((out / f"{name}.md").read_text(encoding="utf-8"))
         print(f"wrote {out}/{name}.json, {name}.md "
               f"({result['cost']['extra_trainings']} extra trainings per search)")

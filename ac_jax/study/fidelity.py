@@ -28,10 +28,10 @@ from pathlib import Path
 
 from ac_jax.arch.json_spec import parse_json, to_json
 from ac_jax.archset.report import kendall_tau
-from ac_jax.archset.store import ArchsetStore, Record, record_of
-from ac_jax.child.trainer import ChildTrainer, to_device
+from ac_jax.archset.store import ArchsetStore, Record
+from ac_jax.child.trainer import to_device
 from ac_jax.data import protocol
-from ac_jax.study import report
+from ac_jax.study import report, runner
 from ac_jax.study.config import StudyConfig, final_schedule, refine_trainings
 
 # Methods whose searches trained (and stored) their candidates, and where those records live.
@@ -51,6 +51,10 @@ class FidelityConfig:
     @property
     def tag(self) -> str:
         return f"e{self.epochs}x{self.seeds}"
+
+    @property
+    def report_name(self) -> str:  # the stem of the .json / .md it writes
+        return f"fidelity_top{self.top}_{self.tag}"
 
 
 def search_records(study: StudyConfig, out: Path, method: str, run: dict,
@@ -96,41 +100,25 @@ def top_candidates(records: list[Record], max_params: int, original, top: int) -
     return ranked[:top]
 
 
-class FidelityTrainer:
+class FidelityTrainer(runner.StoredTrainings):
     """The stage's trainings: train minus validation (whole), judged on validation, per arch."""
 
+    stage = "fidelity"
+
     def __init__(self, study: StudyConfig, dataset, out: Path, fid: FidelityConfig):
-        self.schedule = final_schedule(study.cfg, fid.epochs)
-        self.seeds = list(range(fid.seeds))
+        schedule = final_schedule(study.cfg, fid.epochs)
         view = protocol.search_view(dataset)
         self.train_size = len(view.train_y)
-        self.data = to_device(view, self.schedule)
-        self.meta = {"kind": "study_fidelity", "dataset": study.cfg.dataset,
-                     "input_shape": list(self.data.input_shape),
-                     "num_classes": self.data.num_classes,
-                     "schedule": dataclasses.asdict(self.schedule), "seeds": len(self.seeds),
-                     **protocol.SEARCH_META}
-        self.path = out / f"fidelity_{fid.tag}.sqlite"
-        self._trainer = None
+        data = to_device(view, schedule)
+        meta = {"kind": "study_fidelity", "dataset": study.cfg.dataset,
+                "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+                "schedule": dataclasses.asdict(schedule), "seeds": fid.seeds,
+                **protocol.SEARCH_META}
+        super().__init__(data, schedule, list(range(fid.seeds)), out / f"fidelity_{fid.tag}.sqlite",
+                         meta)
 
-    def train(self, arch, label: str, log) -> Record:
-        with ArchsetStore(self.path, self.meta) as db:
-            rec = next((r for r in db.records() if r.arch == arch), None)
-        if rec is not None:
-            return rec
-        log(f"fidelity: {label} ({arch.num_params:,} parameters, {self.schedule.epochs} epochs x "
-            f"{len(self.seeds)} seeds on {self.train_size:,} images)")
-        if self._trainer is None:
-            self._trainer = ChildTrainer(self.data, self.schedule, len(self.seeds))
-        result = self._trainer.train(arch, self.seeds)
-        with ArchsetStore(self.path, self.meta) as db:
-            rec = record_of(len(db), arch, label, result)
-            db.add(rec)  # written as it finishes: a killed stage resumes without retraining
-        return rec
-
-
-def _ok(rec: Record | None) -> float | None:
-    return rec.mean_accuracy if rec is not None and rec.status == "ok" else None
+    def _describe(self) -> str:
+        return f"{super()._describe()} on {self.train_size:,} images"
 
 
 def run_fidelity(study: StudyConfig, out: str | Path, fid: FidelityConfig = FidelityConfig(),
@@ -138,7 +126,6 @@ def run_fidelity(study: StudyConfig, out: str | Path, fid: FidelityConfig = Fide
     """Runs (or resumes) the fidelity stage on the finished study in `out`; returns the summary
     it writes to fidelity_top<K>_e<E>x<S>.json / .md."""
     from ac_jax.data import load
-    from ac_jax.study import runner
 
     out = Path(out)
     summary_path = out / "summary.json"
@@ -160,19 +147,20 @@ def run_fidelity(study: StudyConfig, out: str | Path, fid: FidelityConfig = Fide
     methods, pairs = {}, []
     for method in [m for m in study.methods if m in FIDELITY_METHODS]:
         rows = []
-        for d in sorted((json.loads(p.read_text()) for p in out.glob(f"runs/{method}_r[0-9]*.json")),
-                        key=lambda d: d["repeat"]):
+        runs = (json.loads(p.read_text()) for p in out.glob(f"runs/{method}_r[0-9]*.json"))
+        for d in sorted(runs, key=lambda d: d["repeat"]):
             label = f"{method}_r{d['repeat']}"
             tops = top_candidates(search_records(study, out, method, d, archset_paths),
                                   max_params, original, fid.top)
             cands = []
             for rank, rec in enumerate(tops):
                 frec = fidelity.train(rec.arch, f"{label}_top{rank}", log)
+                val = runner.final_accuracy(frec)
                 cands.append({"params": rec.num_params, "proxy_val_accuracy": rec.mean_accuracy,
-                              "fidelity_status": frec.status,
-                              "fidelity_val_accuracy": _ok(frec), "arch": rec.arch})
-                if _ok(frec) is not None:
-                    pairs.append((rec.mean_accuracy, _ok(frec)))
+                              "fidelity_status": frec.status, "fidelity_val_accuracy": val,
+                              "arch": rec.arch})
+                if val is not None:
+                    pairs.append((rec.mean_accuracy, val))
             trained = [c for c in cands if c["fidelity_val_accuracy"] is not None]
             search_pick = parse_json(d["spec"]) if d["spec"] and d["within_constraint"] else None
             if trained:  # max keeps the first of equals: the better proxy record
@@ -216,7 +204,7 @@ def run_fidelity(study: StudyConfig, out: str | Path, fid: FidelityConfig = Fide
         "methods": methods,
         "machine": report._machine(),
     }
-    name = f"fidelity_top{fid.top}_{fid.tag}"
+    name = fid.report_name
     runner._write_json(out / f"{name}.json", result)
     (out / f"{name}.md").write_text(markdown(result, study_summary.get("ac_jax_settings")),
                                     encoding="utf-8")

@@ -48,26 +48,59 @@ def _run_to_dict(run: methods_lib.MethodRun) -> dict:
 
 
 def final_accuracy(rec: Record) -> float | None:
-    """A final training's test accuracy; None unless it trained without diverging (a diverged
-    seed's weights are NaN, and its "accuracy" is that of a constant prediction)."""
+    """A stored training's accuracy (final: test; fidelity stage: validation); None unless it
+    trained without diverging (a diverged seed's weights are NaN, and its "accuracy" is that of
+    a constant prediction)."""
     return rec.mean_accuracy if rec.status == "ok" else None
 
 
-class FinalTrainer:
+class StoredTrainings:
+    """Trainings under one schedule and seeds on one data view, stored per architecture as each
+    finishes (a network asked for twice trains once; a killed job resumes without retraining)."""
+
+    stage = "training"  # how the log names these trainings
+
+    def __init__(self, data, schedule, seeds: list, path: Path, meta: dict):
+        self.data, self.schedule, self.seeds = data, schedule, seeds
+        self.path, self.meta = path, meta
+        self._trainer = None
+
+    def _describe(self) -> str:
+        return f"{self.schedule.epochs} epochs x {len(self.seeds)} seeds"
+
+    def record(self, arch: Arch) -> Record | None:
+        with ArchsetStore(self.path, self.meta) as db:
+            return next((r for r in db.records() if r.arch == arch), None)
+
+    def train(self, arch: Arch, label: str, log) -> Record:
+        rec = self.record(arch)
+        if rec is not None:
+            return rec
+        log(f"{self.stage}: {label} ({arch.num_params:,} parameters, {self._describe()})")
+        if self._trainer is None:
+            self._trainer = ChildTrainer(self.data, self.schedule, len(self.seeds))
+        out = self._trainer.train(arch, self.seeds)
+        with ArchsetStore(self.path, self.meta) as db:
+            rec = record_of(len(db), arch, label, out)
+            db.add(rec)
+        return rec
+
+
+class FinalTrainer(StoredTrainings):
     """Final-schedule trainings on train minus validation, evaluated on test, stored per arch."""
 
+    stage = "final schedule"
+
     def __init__(self, study: StudyConfig, dataset, out: Path):
-        self.schedule = study.final_schedule
-        self.seeds = list(range(study.final_seeds))
-        self.data = to_device(protocol.final_view(dataset), self.schedule)
+        schedule = study.final_schedule
+        data = to_device(protocol.final_view(dataset), schedule)
         meta = {"kind": "study_final", "dataset": study.cfg.dataset,
-                "input_shape": list(self.data.input_shape), "num_classes": self.data.num_classes,
-                "schedule": dataclasses.asdict(self.schedule), "seeds": len(self.seeds),
+                "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+                "schedule": dataclasses.asdict(schedule), "seeds": study.final_seeds,
                 "evaluation": "test", **{k: v for k, v in protocol.SEARCH_META.items()
                                          if k != "evaluation"}}
-        self.path = out / "final.sqlite"
-        self.meta = meta
-        self._trainer = None
+        super().__init__(data, schedule, list(range(study.final_seeds)), out / "final.sqlite",
+                         meta)
 
     def prefetch(self, items: list, runner, log) -> None:
         """Trains the `(arch, label)` items not yet stored as one batch on `runner` (a
@@ -87,24 +120,6 @@ class FinalTrainer:
                 f"({self.schedule.epochs} epochs x {len(self.seeds)} seeds)")
             runner.run(self.data, self.schedule, len(self.seeds), todo,
                        lambda label, arch, out: db.add(record_of(len(db), arch, label, out)))
-
-    def record(self, arch: Arch) -> Record | None:
-        with ArchsetStore(self.path, self.meta) as db:
-            return next((r for r in db.records() if r.arch == arch), None)
-
-    def train(self, arch: Arch, label: str, log) -> Record:
-        rec = self.record(arch)
-        if rec is not None:
-            return rec
-        log(f"final schedule: {label} ({arch.num_params:,} parameters, "
-            f"{self.schedule.epochs} epochs x {len(self.seeds)} seeds)")
-        if self._trainer is None:
-            self._trainer = ChildTrainer(self.data, self.schedule, len(self.seeds))
-        out = self._trainer.train(arch, self.seeds)
-        with ArchsetStore(self.path, self.meta) as db:
-            rec = record_of(len(db), arch, label, out)
-            db.add(rec)
-        return rec
 
 
 def _references(study: StudyConfig, ctx, finals: FinalTrainer, out: Path, log) -> dict:
