@@ -21,6 +21,11 @@ its candidates: each search's K best proxy records are retrained with the final 
 --fidelity-epochs on the whole training split, judged on validation, and the best is final-
 trained (fidelity_top<K>_e<E>x<S>.json / .md; README, "The fidelity stage").
 
+With --long-final-epochs E, the original and the study's picks (the fidelity stage's with
+--fidelity-top) are retrained with the final recipe at E epochs (the paper's 50), test read
+once, to see whether the comparison holds at the paper's length; each training checkpoints every
+--long-final-chunk epochs, so a run of hours resumes (long_final_e<E>x<S>.json / .md).
+
 On a CPU backend the variant defaults to "cpu" where the config has one (the shipped archset's
 proxy: 1 epoch x 2 seeds on 4,000 images).
 """
@@ -92,6 +97,20 @@ def parse_args(argv):
     f.add_argument("--fidelity-epochs", type=int, default=2,
                    help="its schedule: the final recipe at this length (default 2)")
     f.add_argument("--fidelity-seeds", type=int, default=2)
+    lf = p.add_argument_group("the long final schedule (after the study; README, \"The long "
+                              "final schedule\")")
+    lf.add_argument("--long-final-epochs", type=int, default=0, metavar="E",
+                    help="retrain the original and the study's picks with the final recipe at E "
+                         "epochs (the paper's: 50), test read once (default 0: off)")
+    lf.add_argument("--long-final-seeds", type=int, default=2)
+    lf.add_argument("--long-final-chunk", type=int, default=5, metavar="K",
+                    help="checkpoint each of its trainings every K epochs (default 5): a "
+                         "killed run continues from the last checkpoint")
+    lf.add_argument("--long-final-picks", choices=("search", "fidelity"),
+                    help="whose picks: the searches' or the fidelity stage's (default: the "
+                         "fidelity stage's when --fidelity-top is given)")
+    lf.add_argument("--long-final-methods", type=_names, default=(), metavar="M1,M2",
+                    help="only these methods' picks (default: all; the original always)")
     p.add_argument("--out", help="output folder (default results/study/<dataset>_<model>)")
     p.add_argument("--no-compile-cache", action="store_true")
     p.add_argument("--quiet", action="store_true",
@@ -134,6 +153,20 @@ def main(argv=None) -> int:
             fidelity = FidelityConfig(args.fidelity_top, args.fidelity_epochs, args.fidelity_seeds)
         except ValueError as err:
             sys.exit(f"error: {err}")
+    if args.long_final_epochs:
+        from ac_jax.study.long_final import LongFinalConfig
+
+        use_fidelity = (args.long_final_picks or ("fidelity" if args.fidelity_top else
+                                                  "search")) == "fidelity"
+        if use_fidelity and not args.fidelity_top:
+            sys.exit("error: --long-final-picks fidelity needs the fidelity stage's settings "
+                     "(--fidelity-top K ...)")
+        try:
+            long_final = LongFinalConfig(
+                args.long_final_epochs, args.long_final_seeds, args.long_final_chunk,
+                fidelity.report_name if use_fidelity else "search", args.long_final_methods)
+        except ValueError as err:
+            sys.exit(f"error: {err}")
     if not args.no_compile_cache:
         cli.enable_compilation_cache()
     out = Path(args.out) if args.out else cli.repo_path(
@@ -159,6 +192,16 @@ def main(argv=None) -> int:
         print((out / f"{name}.md").read_text(encoding="utf-8"))
         print(f"wrote {out}/{name}.json, {name}.md "
               f"({result['cost']['extra_trainings']} extra trainings per search)")
+    if args.long_final_epochs:
+        from ac_jax.study.long_final import run_long_final
+
+        try:
+            run_long_final(study, out, long_final, dataset=dataset, log=log)
+        except ValueError as err:
+            sys.exit(f"error: {err}")
+        name = long_final.report_name
+        print((out / f"{name}.md").read_text(encoding="utf-8"))
+        print(f"wrote {out}/{name}.json, {name}.md")
     print(f"wrote {out}/summary.json, summary.md, anytime.png")
     return 0
 

@@ -431,3 +431,74 @@ def test_fidelity_stage_picks_on_the_longer_schedule_and_resumes(synthetic, fake
     assert calls == []
     with pytest.raises(ValueError, match="top, epochs and seeds"):
         FidelityConfig(top=0)
+
+
+def test_long_final_schedule_retrains_the_fixed_picks_original_first_and_resumes(
+        synthetic, fake_training, monkeypatch, tmp_path):
+    from ac_jax.study import run_study
+    from ac_jax.study.long_final import LongFinalConfig, run_long_final
+
+    # Listed against the stage's order (random search's picks before N2N's); ac_jax's searches
+    # are left out for the suite's time: the order and the stores are what is tested here.
+    study = _study(tmp_path, repeats=2, methods=("n2n", "random_search"))
+    out = tmp_path / "study"
+    lf = LongFinalConfig(epochs=4, seeds=1, chunk_epochs=3)  # 4 epochs: no other schedule here
+    with pytest.raises(ValueError, match="no finished study"):
+        run_long_final(study, out, lf, dataset=synthetic, log=lambda *a: None)
+    run_study(study, out, dataset=synthetic, progress=False, log=lambda *a: None)
+    with pytest.raises(ValueError, match="no fidelity_top3_e2x2.json"):
+        run_long_final(study, out, dataclasses.replace(lf, picks="fidelity_top3_e2x2"),
+                       dataset=synthetic, log=lambda *a: None)
+    summary = json.loads((out / "summary.json").read_text())
+    calls, checkpoints = [], []
+
+    def long_accuracy(arch):  # the longer schedule's made-up outcome: not the short one's
+        return 0.5 + 0.4 * (zlib.crc32(to_json(arch).encode()) % 1000) / 1000
+
+    def train_resumable(self, arch, seeds, checkpoint, chunk_epochs, init=None, log=print,
+                        remove_checkpoint=True):
+        assert (self.schedule.epochs, chunk_epochs, remove_checkpoint) == (4, 3, False)
+        assert self.schedule.lr_decay_epochs == (2,)  # the recipe's decay at 60%, rounded
+        assert self.data.evaluation == "final"  # the test set: picks are fixed, this reports
+        if len(calls) == 2 and kill["now"]:
+            raise Interrupted
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_bytes(b"state")  # as a real one leaves it, for the store to discard
+        checkpoints.append(checkpoint)
+        calls.append(arch)
+        return TrainResult("ok", "", (long_accuracy(arch),) * len(seeds), ((1.0,) * 4,) *
+                           len(seeds), 0.0, 1.0)
+
+    monkeypatch.setattr(trainer_lib.ChildTrainer, "train_resumable", train_resumable)
+    kill = {"now": True}
+    with pytest.raises(Interrupted):  # killed during its third training
+        run_long_final(study, out, lf, dataset=synthetic, log=lambda *a: None)
+    partial = json.loads((out / "long_final_e4x1.json").read_text())
+    assert partial["original"]["status"] == "ok" and partial["pending"] > 0
+    original = zoo.get("tinycnn", synthetic.input_shape, synthetic.num_classes)
+    first = parse_json(summary["methods"]["random_search"]["repeats"][0]["spec"])
+    assert calls[0] == original and calls[1] == first  # the original, then the stage's order
+    kill["now"] = False
+    result = run_long_final(study, out, lf, dataset=synthetic, log=lambda *a: None)
+    picks = {m: [parse_json(r["spec"]) for r in summary["methods"][m]["repeats"]
+                 if r["spec"] and r["within_constraint"]] for m in study.methods}
+    distinct = {original, *picks["n2n"], *picks["random_search"]}
+    assert len(calls) == len(set(calls)) == len(distinct)  # each network trained once
+    assert not any(c.exists() for c in checkpoints)  # discarded once stored
+    assert result["pending"] == 0
+    assert result["original"]["test_accuracy"] == pytest.approx(long_accuracy(original))
+    assert result["original"]["study_test_accuracy"] == summary["original"]["test_accuracy"]
+    for method in study.methods:
+        rows = result["methods"][method]["repeats"]
+        assert [r["study_test_accuracy"] for r in rows] == [
+            r["test_accuracy"] for r in summary["methods"][method]["repeats"]]
+        assert [r["test_accuracy"] for r in rows] == pytest.approx(
+            [long_accuracy(a) for a in picks[method]])
+    assert list(result["methods"]) == ["random_search", "n2n"]
+    assert "| random search |" in (out / "long_final_e4x1.md").read_text()
+    calls.clear()  # a rerun reads every training from its store
+    assert run_long_final(study, out, lf, dataset=synthetic, log=lambda *a: None)["methods"] \
+        == result["methods"]
+    assert calls == []
+    with pytest.raises(ValueError, match="chunk_epochs"):
+        LongFinalConfig(chunk_epochs=0)

@@ -1,7 +1,9 @@
 """The compiled training program of one architecture (`build_program`): all seeds in one
 `jax.vmap`, epochs and minibatches in `lax.scan`, evaluation at the end; its optimizer, the
 per-seed random streams (`seed_streams`), and the options beyond plain cross-entropy
-(distillation, warm starts, kept weights). `trainer.ChildTrainer` compiles and runs it."""
+(distillation, warm starts, kept weights). `trainer.ChildTrainer` compiles and runs it.
+`build_chunk_programs` cuts the same training into stretches of epochs whose state can be
+checkpointed between them (`ChildTrainer.train_resumable`, for schedules of hours)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
@@ -102,6 +105,118 @@ def kd_loss(student_logits, teacher_logits, labels, temperature: float = 4.0,
     return (alpha * t * t * soft + (1.0 - alpha) * hard).mean()
 
 
+class _Parts:
+    """The pieces every training program of one architecture is made of: initialisation, the
+    scan over epochs and minibatches, and evaluation, all per seed (`build_program` composes
+    them into one whole training, `build_chunk_programs` into resumable stretches of epochs)."""
+
+    def __init__(self, arch: Arch, schedule: TrainSchedule, data: DeviceData,
+                 options: TrainOptions):
+        self.arch, self.schedule, self.options = arch, schedule, options
+        self.model = ChildNet(arch, jnp.dtype(schedule.compute_dtype), schedule.conv_impl)
+        distill = options.distill
+        self.teacher_model = (None if distill is None else
+                              ChildNet(distill.teacher, jnp.dtype(schedule.compute_dtype),
+                                       schedule.conv_impl))
+        self.num_test = data.num_test
+        self.augment = data.augment
+        self.eval_batch = min(schedule.eval_batch_size, data.test_x.shape[0])
+        self.eval_steps = data.test_x.shape[0] // self.eval_batch
+        self.tx = make_optimizer(schedule, data.train_x.shape[0] // schedule.batch_size)
+        # The parameters live as one flat vector, so that the optimizer's update is one fused
+        # elementwise pass instead of one per tensor (a 7-conv net has 30 tensors); `unflatten`
+        # gives the model its tree. Same values: slicing and concatenation move numbers without
+        # arithmetic.
+        self.layout = {}  # ravel_pytree's inverse, recorded while `init` is traced
+
+    def unflatten(self, flat):
+        return self.layout["unravel"](flat)
+
+    def record_layout(self) -> None:
+        """Records the flat vector's layout without tracing `init` (a resumed training runs no
+        initialisation); from the parameters' shapes only."""
+        if "unravel" not in self.layout:
+            dummy = jnp.zeros((1, *self.arch.input_shape), jnp.float32)
+            shapes = jax.eval_shape(
+                lambda k: self.model.init({"params": k}, dummy, train=False), jax.random.key(0))
+            zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"])
+            self.layout["unravel"] = ravel_pytree(zeros)[1]
+
+    def init(self, key, extra):
+        if self.options.warm_start:
+            variables = extra["init"]
+        else:
+            dummy = jnp.zeros((1, *self.arch.input_shape), jnp.float32)
+            variables = self.model.init({"params": key}, dummy, train=False)
+        params, self.layout["unravel"] = ravel_pytree(variables["params"])
+        return params, variables.get("batch_stats", {}), self.tx.init(params)
+
+    def loss_of(self, logits, x, y, extra):
+        distill = self.options.distill
+        if distill is None:
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        teacher_logits = jax.lax.stop_gradient(
+            self.teacher_model.apply(extra["teacher"], x, train=False))
+        return kd_loss(logits, teacher_logits, y, distill.temperature, distill.alpha)
+
+    def train_step(self, state, batch_idx, key, train_x, train_y, extra):
+        TRACE_COUNTS["train_step"] += 1
+        params, batch_stats, opt_state = state
+        aug_key, dropout_key = jax.random.split(key)
+        x = preprocess(aug_key, train_x[batch_idx], self.augment)
+        y = train_y[batch_idx]
+
+        def loss_fn(flat):
+            logits, updates = self.model.apply(
+                {"params": self.unflatten(flat), "batch_stats": batch_stats},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": dropout_key},
+            )
+            return self.loss_of(logits, x, y, extra), updates.get("batch_stats", {})
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = self.tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
+
+    def train_epochs(self, state, batches, step_keys, train_x, train_y, extra):
+        """`state` after the epochs of `batches` / `step_keys` ([E, steps, ...]); per-epoch mean
+        losses [E]."""
+        def epoch(state, xs):
+            def step(state, xs):
+                return self.train_step(state, xs[0], xs[1], train_x, train_y, extra)
+
+            state, losses = jax.lax.scan(step, state, xs)
+            return state, losses.mean()
+
+        return jax.lax.scan(epoch, state, (batches, step_keys))
+
+    def evaluate(self, params, batch_stats, test_x, test_y, test_mask):
+        eval_batch = self.eval_batch
+
+        def body(correct, i):
+            x = jax.lax.dynamic_slice_in_dim(test_x, i * eval_batch, eval_batch)
+            y = jax.lax.dynamic_slice_in_dim(test_y, i * eval_batch, eval_batch)
+            m = jax.lax.dynamic_slice_in_dim(test_mask, i * eval_batch, eval_batch)
+            variables = {"params": self.unflatten(params), "batch_stats": batch_stats}
+            logits = self.model.apply(variables, preprocess(None, x, False), train=False)
+            hits = (jnp.argmax(logits, -1) == y).astype(jnp.float32) * m
+            return correct + hits.sum(), None
+
+        correct, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), jnp.arange(self.eval_steps))
+        return correct / self.num_test
+
+    def over_seeds(self, fn, per_seed: tuple, shared: tuple):
+        """`fn(*per_seed_i, *shared)` for every seed i: vmapped, or one after another."""
+        axis = self.schedule.seed_axis
+        if axis == "vmap":
+            return jax.vmap(lambda *s: fn(*s, *shared))(*per_seed)
+        if axis == "map":
+            return jax.lax.map(lambda s: fn(*s, *shared), per_seed)
+        raise ValueError(f"unknown seed_axis {axis!r}; use 'vmap' or 'map'")
+
+
 def build_program(arch: Arch, schedule: TrainSchedule, data: DeviceData,
                   options: TrainOptions = TrainOptions()):
     """The un-jitted function ``(init_keys, batches, step_keys, *data, extra) -> (accuracy [S],
@@ -114,89 +229,14 @@ def build_program(arch: Arch, schedule: TrainSchedule, data: DeviceData,
     executable and one compiled program serves any data of the same shapes. The program's
     ``layout`` attribute unflattens a flat parameter vector once it has been traced.
     """
-    model = ChildNet(arch, jnp.dtype(schedule.compute_dtype), schedule.conv_impl)
-    distill = options.distill
-    teacher_model = (None if distill is None else
-                     ChildNet(distill.teacher, jnp.dtype(schedule.compute_dtype),
-                              schedule.conv_impl))
-    num_train = data.train_x.shape[0]
-    steps = num_train // schedule.batch_size
-    eval_batch = min(schedule.eval_batch_size, data.test_x.shape[0])
-    eval_steps = data.test_x.shape[0] // eval_batch
-    tx = make_optimizer(schedule, steps)
-    augment = data.augment
-
-    # The parameters live as one flat vector, so that the optimizer's update is one fused
-    # elementwise pass instead of one per tensor (a 7-conv net has 30 tensors); `unflatten` gives
-    # the model its tree. Same values: slicing and concatenation move numbers without arithmetic.
-    layout = {}  # ravel_pytree's inverse, recorded while `init` is traced
-
-    def unflatten(flat):
-        return layout["unravel"](flat)
-
-    def init(key, extra):
-        if options.warm_start:
-            variables = extra["init"]
-        else:
-            dummy = jnp.zeros((1, *arch.input_shape), jnp.float32)
-            variables = model.init({"params": key}, dummy, train=False)
-        params, layout["unravel"] = ravel_pytree(variables["params"])
-        return params, variables.get("batch_stats", {}), tx.init(params)
-
-    def loss_of(logits, x, y, extra):
-        if distill is None:
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        teacher_logits = jax.lax.stop_gradient(teacher_model.apply(extra["teacher"], x, train=False))
-        return kd_loss(logits, teacher_logits, y, distill.temperature, distill.alpha)
-
-    def train_step(state, batch_idx, key, train_x, train_y, extra):
-        TRACE_COUNTS["train_step"] += 1
-        params, batch_stats, opt_state = state
-        aug_key, dropout_key = jax.random.split(key)
-        x = preprocess(aug_key, train_x[batch_idx], augment)
-        y = train_y[batch_idx]
-
-        def loss_fn(flat):
-            logits, updates = model.apply(
-                {"params": unflatten(flat), "batch_stats": batch_stats},
-                x,
-                train=True,
-                mutable=["batch_stats"],
-                rngs={"dropout": dropout_key},
-            )
-            return loss_of(logits, x, y, extra), updates.get("batch_stats", {})
-
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
-
-    def evaluate(params, batch_stats, test_x, test_y, test_mask):
-        def body(correct, i):
-            x = jax.lax.dynamic_slice_in_dim(test_x, i * eval_batch, eval_batch)
-            y = jax.lax.dynamic_slice_in_dim(test_y, i * eval_batch, eval_batch)
-            m = jax.lax.dynamic_slice_in_dim(test_mask, i * eval_batch, eval_batch)
-            variables = {"params": unflatten(params), "batch_stats": batch_stats}
-            logits = model.apply(variables, preprocess(None, x, False), train=False)
-            hits = (jnp.argmax(logits, -1) == y).astype(jnp.float32) * m
-            return correct + hits.sum(), None
-
-        correct, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), jnp.arange(eval_steps))
-        return correct / data.num_test
+    parts = _Parts(arch, schedule, data, options)
 
     def one_seed(init_key, batches, step_keys, train_x, train_y, test_x, test_y, test_mask,
                  extra):
-        state = init(init_key, extra)
-
-        def epoch(state, xs):
-            def step(state, xs):
-                return train_step(state, xs[0], xs[1], train_x, train_y, extra)
-
-            state, losses = jax.lax.scan(step, state, xs)
-            return state, losses.mean()
-
-        state, epoch_loss = jax.lax.scan(epoch, state, (batches, step_keys))
+        state = parts.init(init_key, extra)
+        state, epoch_loss = parts.train_epochs(state, batches, step_keys, train_x, train_y, extra)
         params, batch_stats, _ = state
-        accuracy = evaluate(params, batch_stats, test_x, test_y, test_mask)
+        accuracy = parts.evaluate(params, batch_stats, test_x, test_y, test_mask)
         if options.keep_weights:
             return accuracy, epoch_loss, params, batch_stats
         return accuracy, epoch_loss
@@ -204,12 +244,47 @@ def build_program(arch: Arch, schedule: TrainSchedule, data: DeviceData,
     def program(init_keys, batches, step_keys, train_x, train_y, test_x, test_y, test_mask,
                 extra):
         TRACE_COUNTS["program"] += 1
-        data_args = (train_x, train_y, test_x, test_y, test_mask, extra)
-        if schedule.seed_axis == "vmap":
-            return jax.vmap(lambda *s: one_seed(*s, *data_args))(init_keys, batches, step_keys)
-        if schedule.seed_axis == "map":
-            return jax.lax.map(lambda s: one_seed(*s, *data_args), (init_keys, batches, step_keys))
-        raise ValueError(f"unknown seed_axis {schedule.seed_axis!r}; use 'vmap' or 'map'")
+        return parts.over_seeds(one_seed, (init_keys, batches, step_keys),
+                                (train_x, train_y, test_x, test_y, test_mask, extra))
 
-    program.layout = unflatten
+    program.layout = parts.unflatten
     return program
+
+
+def build_chunk_programs(arch: Arch, schedule: TrainSchedule, data: DeviceData,
+                         options: TrainOptions = TrainOptions()):
+    """The same training as `build_program`, cut into stretches of epochs that hand their state
+    on (`ChildTrainer.train_resumable` checkpoints it between them):
+
+    - ``init(init_keys, extra) -> state``, the seeds' starting state ``(flat params [S, P],
+      batch stats, optimizer state)``;
+    - ``chunk(state, batches, step_keys, *data, extra, last) -> (state, epoch_loss [S, e],
+      accuracy [S])`` for the epochs of `batches` / `step_keys` ([S, e, steps, ...], a slice
+      of `seed_streams`' epochs); evaluates only where the traced flag `last` is true (zeros
+      otherwise). The optimizer state carries its step count, so the learning-rate decay
+      lands on the same step as in one whole training.
+
+    Returns ``(init, chunk, layout)``, `layout` unflattening a flat parameter vector.
+    """
+    parts = _Parts(arch, schedule, data, options)
+    parts.record_layout()
+
+    def init_program(init_keys, extra):
+        return parts.over_seeds(lambda key, extra: parts.init(key, extra), (init_keys,), (extra,))
+
+    def one_seed(state, batches, step_keys, train_x, train_y, test_x, test_y, test_mask, extra,
+                 last):
+        state, epoch_loss = parts.train_epochs(state, batches, step_keys, train_x, train_y, extra)
+        params, batch_stats, _ = state
+        accuracy = jax.lax.cond(
+            last, lambda: parts.evaluate(params, batch_stats, test_x, test_y, test_mask),
+            lambda: jnp.zeros((), jnp.float32))
+        return state, epoch_loss, accuracy
+
+    def chunk_program(state, batches, step_keys, train_x, train_y, test_x, test_y, test_mask,
+                      extra, last):
+        TRACE_COUNTS["chunk_program"] += 1
+        return parts.over_seeds(one_seed, (state, batches, step_keys),
+                                (train_x, train_y, test_x, test_y, test_mask, extra, last))
+
+    return init_program, chunk_program, parts.unflatten

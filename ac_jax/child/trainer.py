@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -20,10 +21,12 @@ import numpy as np
 from ac_jax.arch import shapes
 from ac_jax.arch.spec import Arch
 from ac_jax.child.model import ChildNet
+from ac_jax.child import resume
 from ac_jax.child.program import (  # noqa: F401 (re-exported: the training API)
     TRACE_COUNTS,
     Distillation,
     TrainOptions,
+    build_chunk_programs,
     build_program,
     kd_loss,
     make_optimizer,
@@ -274,12 +277,102 @@ class ChildTrainer:
             return TrainResult(*failure, (), (), 0.0, 0.0)
         finally:
             self.forget(arch)
-        accuracy, epoch_loss = out[:2]
+        kept = out[2:] if self.options.keep_weights else None
+        return self._result(out[0], out[1], seeds, compile_seconds, train_seconds, kept,
+                            executable.layout)
+
+    def train_resumable(self, arch: Arch, seeds: Sequence[int], checkpoint: str | Path,
+                        chunk_epochs: int, init=None, log=print,
+                        remove_checkpoint: bool = True) -> TrainResult:
+        """`train`, in stretches of `chunk_epochs` epochs with the state checkpointed to
+        `checkpoint` after each (`ac_jax.child.resume`): rerun after a kill, it continues from
+        the last finished stretch. The same seeds' data order, dropout keys and learning-rate
+        steps as one whole training, so the same result up to float rounding; costs a host copy
+        of the state per stretch and one more compile when the last stretch is shorter.
+
+        `log` gets a line per stretch (and one when it resumes or sets a checkpoint aside).
+        `remove_checkpoint=False` leaves the file for the caller to delete once it has stored
+        the result (`resume.discard`), so that a kill in between costs only the last stretch.
+        """
+        if len(seeds) != self.num_seeds:
+            raise ValueError(f"trainer was built for {self.num_seeds} seeds, got {len(seeds)}")
+        if self.options.warm_start and init is None:
+            raise ValueError("a warm-start trainer needs the variables to start from (init=)")
+        if chunk_epochs < 1:
+            raise ValueError(f"chunk_epochs must be at least 1, got {chunk_epochs}")
+        shapes.validate(arch)
+        checkpoint = Path(checkpoint)
+        epochs = self.schedule.epochs
+        init_program, chunk_program, layout = build_chunk_programs(
+            arch, self.schedule, self.data, self.options)
+        init_keys, batches, step_keys = self._seed_streams(_seed_keys(seeds))
+        extra = self._extra(arch, init)
+        ident = resume.identity(arch, self.schedule, seeds, self.data, self.options)
+        state_shape = jax.eval_shape(init_program, init_keys, extra)
+        progress = resume.load(checkpoint, ident, state_shape, log)
+        if progress is not None:
+            log(f"resuming from {checkpoint.name} after epoch {progress.epochs_done} of {epochs}")
+        compile_seconds, executables = 0.0, {}
+
+        def compiled(length: int):
+            nonlocal compile_seconds
+            if length not in executables:
+                start = time.perf_counter()
+                args = (state_shape, batches[:, :length], step_keys[:, :length],
+                        *self._data_args(), extra, jnp.bool_(True))
+                shaped = jax.tree_util.tree_map(
+                    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
+                executables[length] = jax.jit(chunk_program).lower(*shaped).compile(
+                    compiler_options())
+                compile_seconds += time.perf_counter() - start
+            return executables[length]
+
+        try:
+            if progress is None:
+                progress = resume.Progress(jax.jit(init_program)(init_keys, extra), 0,
+                                           np.zeros((len(seeds), 0), np.float32), 0.0)
+            accuracy = None
+            while progress.epochs_done < epochs:
+                done = progress.epochs_done
+                length = min(chunk_epochs, epochs - done)
+                last = done + length == epochs
+                run = compiled(length)
+                start = time.perf_counter()
+                state, loss, accuracy = run(progress.state, batches[:, done:done + length],
+                                            step_keys[:, done:done + length],
+                                            *self._data_args(), extra, jnp.bool_(last))
+                loss = np.asarray(jax.device_get(loss))  # the stretch's host sync
+                progress = resume.Progress(
+                    state, done + length, np.concatenate([progress.epoch_losses, loss], axis=1),
+                    progress.train_seconds + time.perf_counter() - start)
+                if not last:
+                    resume.save(checkpoint, ident, progress)
+                log(f"epoch {progress.epochs_done}/{epochs} ({progress.train_seconds:.0f} s of "
+                    "training)")
+        except (jax.errors.JaxRuntimeError, MemoryError) as err:
+            failure = classify_failure(err)
+            if failure is None:
+                raise
+            return TrainResult(*failure, (), (), 0.0, 0.0)
+        if accuracy is None:  # a checkpoint at the last epoch is never written
+            raise AssertionError("resumable training ended without its evaluating stretch")
+        if remove_checkpoint:
+            resume.discard(checkpoint)
+        params, batch_stats, _ = progress.state
+        kept = (params, batch_stats) if self.options.keep_weights else None
+        return self._result(jax.device_get(accuracy), progress.epoch_losses, seeds,
+                            compile_seconds, progress.train_seconds, kept, layout)
+
+    def _result(self, accuracy, epoch_loss, seeds, compile_seconds, train_seconds, kept,
+                layout) -> TrainResult:
+        """A finished training's result; `kept`: its (flat params, batch stats) with
+        `keep_weights`, unflattened by `layout`."""
+        epoch_loss = np.asarray(epoch_loss)
         variables = None
-        if self.options.keep_weights:
-            flat, batch_stats = out[2:]
+        if kept is not None:
+            flat, batch_stats = jax.device_get(kept)
             variables = tuple(
-                {"params": jax.device_get(executable.layout(flat[i])),
+                {"params": jax.device_get(layout(flat[i])),
                  "batch_stats": jax.tree_util.tree_map(lambda v, i=i: v[i], batch_stats)}
                 for i in range(len(seeds)))
         finite = np.isfinite(epoch_loss).all(axis=1)

@@ -17,6 +17,7 @@ Layout of the output folder (resumable: rerun the same command after a kill):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -25,7 +26,8 @@ from pathlib import Path
 from ac_jax.arch import zoo
 from ac_jax.arch.spec import Arch
 from ac_jax.arch.json_spec import parse_json, to_json
-from ac_jax.archset.store import ArchsetStore, Record, record_of
+from ac_jax.archset.store import ArchsetStore, Record, arch_key, record_of
+from ac_jax.child import resume
 from ac_jax.child.trainer import ChildTrainer, to_device
 from ac_jax.data import protocol
 from ac_jax.study import methods as methods_lib
@@ -56,13 +58,18 @@ def final_accuracy(rec: Record) -> float | None:
 
 class StoredTrainings:
     """Trainings under one schedule and seeds on one data view, stored per architecture as each
-    finishes (a network asked for twice trains once; a killed job resumes without retraining)."""
+    finishes (a network asked for twice trains once; a killed job resumes without retraining).
+    With `chunk_epochs`, each training also checkpoints its state every that many epochs under
+    `<store>.partial/` (`ChildTrainer.train_resumable`): a training of hours killed midway
+    continues from its last checkpoint."""
 
     stage = "training"  # how the log names these trainings
 
-    def __init__(self, data, schedule, seeds: list, path: Path, meta: dict):
+    def __init__(self, data, schedule, seeds: list, path: Path, meta: dict,
+                 chunk_epochs: int | None = None):
         self.data, self.schedule, self.seeds = data, schedule, seeds
         self.path, self.meta = path, meta
+        self.chunk_epochs = chunk_epochs
         self._trainer = None
 
     def _describe(self) -> str:
@@ -72,6 +79,10 @@ class StoredTrainings:
         with ArchsetStore(self.path, self.meta) as db:
             return next((r for r in db.records() if r.arch == arch), None)
 
+    def checkpoint_path(self, arch: Arch) -> Path:
+        digest = hashlib.sha256(arch_key(arch).encode()).hexdigest()[:20]
+        return self.path.with_name(self.path.stem + ".partial") / f"{digest}.npz"
+
     def train(self, arch: Arch, label: str, log) -> Record:
         rec = self.record(arch)
         if rec is not None:
@@ -79,10 +90,18 @@ class StoredTrainings:
         log(f"{self.stage}: {label} ({arch.num_params:,} parameters, {self._describe()})")
         if self._trainer is None:
             self._trainer = ChildTrainer(self.data, self.schedule, len(self.seeds))
-        out = self._trainer.train(arch, self.seeds)
+        if self.chunk_epochs:
+            checkpoint = self.checkpoint_path(arch)
+            out = self._trainer.train_resumable(
+                arch, self.seeds, checkpoint, self.chunk_epochs,
+                log=lambda line: log(f"{self.stage}: {label}: {line}"), remove_checkpoint=False)
+        else:
+            out = self._trainer.train(arch, self.seeds)
         with ArchsetStore(self.path, self.meta) as db:
             rec = record_of(len(db), arch, label, out)
             db.add(rec)
+        if self.chunk_epochs:  # only once the record is stored: a kill before costs one stretch
+            resume.discard(checkpoint)
         return rec
 
 

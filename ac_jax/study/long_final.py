@@ -1,0 +1,215 @@
+"""The long final schedule (`bin/study.py ... --long-final-epochs 50`): a finished study's
+final picks and the original retrained with the same recipe at another length, test read once.
+
+The study's final schedule (6 epochs, lr /10 after 4) is the paper's Fashion-MNIST recipe
+(50 epochs, lr /10 at 30: Section 5.2.1) cut to what a 2-core CPU affords. Who wins can depend
+on the length: a large network fits fast and may overfit later, a small one may still be
+learning after 6 epochs (the paper's CONV-7 reaches 91.46% under its recipe; ours 92.92% at 6
+epochs). This stage answers that question for the networks the study already chose, so it
+selects nothing: the picks are fixed (the search's, or the fidelity stage's), every one gets the
+same longer schedule and seeds, and the test set is read once per network, for the report.
+
+Order: the original first, then the methods' picks repeat by repeat (ac_jax first), so a
+partial run already holds the comparison the issue asks about. Every training is stored in
+``final_e<E>x<S>.sqlite`` as it finishes and checkpoints its state every `chunk_epochs` epochs
+(`StoredTrainings`), so the stage can span sessions; the report (``long_final_e<E>x<S>.json /
+.md``) is rewritten after every training and says how many are still pending.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from ac_jax.arch.json_spec import parse_json
+from ac_jax.child.trainer import to_device
+from ac_jax.data import protocol
+from ac_jax.study import report, runner
+from ac_jax.study.config import StudyConfig, final_schedule
+
+# The order picks are trained in: ac_jax's first (the question is about it), then the
+# baselines the README compares it with.
+ORDER = ("ac_jax_rounds", "random_search_region", "random_search", "n2n", "ac_jax")
+
+
+@dataclasses.dataclass(frozen=True)
+class LongFinalConfig:
+    epochs: int = 50  # the paper's Fashion-MNIST length (its lr decay at 60%: epoch 30)
+    seeds: int = 2
+    chunk_epochs: int = 5  # checkpoint interval of each training
+    # Whose picks: "search" (summary.json) or a fidelity report's name (its stage's picks).
+    picks: str = "search"
+    methods: tuple[str, ...] = ()  # () : every method of the study
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.seeds < 1 or self.chunk_epochs < 1:
+            raise ValueError("the long final schedule needs epochs, seeds and chunk_epochs >= 1")
+        if not self.picks:
+            raise ValueError("picks must be 'search' or a fidelity report's name")
+
+    @property
+    def tag(self) -> str:
+        return f"e{self.epochs}x{self.seeds}"
+
+    @property
+    def report_name(self) -> str:
+        return f"long_final_{self.tag}"
+
+
+class LongFinalTrainer(runner.StoredTrainings):
+    """The stage's trainings: train minus validation, read on test, per arch, resumable."""
+
+    stage = "long final schedule"
+
+    def __init__(self, study: StudyConfig, dataset, out: Path, lf: LongFinalConfig):
+        schedule = final_schedule(study.cfg, lf.epochs)
+        data = to_device(protocol.final_view(dataset), schedule)
+        meta = {"kind": "study_final", "dataset": study.cfg.dataset,
+                "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+                "schedule": dataclasses.asdict(schedule), "seeds": lf.seeds,
+                "evaluation": "test", **{k: v for k, v in protocol.SEARCH_META.items()
+                                         if k != "evaluation"}}
+        super().__init__(data, schedule, list(range(lf.seeds)), out / f"final_{lf.tag}.sqlite",
+                         meta, chunk_epochs=lf.chunk_epochs)
+
+
+def picks(study: StudyConfig, out: Path, lf: LongFinalConfig) -> dict[str, list[dict]]:
+    """Per method, per repeat: the network the study reports for it (spec, params, its test
+    accuracy under the study's final schedule); None where the repeat failed."""
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    if lf.picks == "search":
+        return {m: [{"repeat": r["repeat"], "params": r["params"], "spec": r["spec"],
+                     "study_test_accuracy": r["test_accuracy"]}
+                    if r["spec"] and r["within_constraint"] else {"repeat": r["repeat"]}
+                    for r in summary["methods"][m]["repeats"]]
+                for m in summary["methods"]}
+    path = out / f"{lf.picks}.json"
+    if not path.is_file():
+        raise ValueError(f"{out} holds no {path.name}: run that fidelity stage first, or take "
+                         "the search's picks (picks='search')")
+    stage = json.loads(path.read_text(encoding="utf-8"))
+    return {m: [{"repeat": r["repeat"], "params": r["pick"]["params"], "spec": r["pick"]["spec"],
+                 "study_test_accuracy": r["pick"]["test_accuracy"]}
+                if r["pick"] else {"repeat": r["repeat"]} for r in v["repeats"]]
+            for m, v in stage["methods"].items()}
+
+
+def run_long_final(study: StudyConfig, out: str | Path, lf: LongFinalConfig = LongFinalConfig(),
+                   dataset=None, log=print) -> dict:
+    """Runs (or resumes) the stage on the finished study in `out`; returns the summary it
+    writes (and rewrites after every training) to long_final_e<E>x<S>.json / .md."""
+    from ac_jax.data import load
+
+    out = Path(out)
+    if not (out / "summary.json").is_file():
+        raise ValueError(f"{out} holds no finished study (summary.json); run the study first")
+    runner._check_study_meta(study, out)
+    study_summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    chosen = picks(study, out, lf)
+    unknown = set(lf.methods) - set(chosen)
+    if unknown:
+        raise ValueError(f"the study has no method(s) {sorted(unknown)}: {', '.join(chosen)}")
+    methods = [m for m in ORDER + tuple(chosen) if m in chosen
+               and (not lf.methods or m in lf.methods)]
+    methods = list(dict.fromkeys(methods))
+    if dataset is None:
+        dataset = load(study.cfg.dataset, study.cfg.data_dir)
+    original = runner._network(study.model, dataset)
+    trainer = LongFinalTrainer(study, dataset, out, lf)
+    todo = [(original, "original")] + [
+        (parse_json(p["spec"]), f"{m}_r{p['repeat']}") for m in methods for p in chosen[m]
+        if p.get("spec")]
+
+    def write() -> dict:
+        result = summarise(study, study_summary, lf, trainer, original, chosen, methods)
+        runner._write_json(out / f"{lf.report_name}.json", result)
+        (out / f"{lf.report_name}.md").write_text(markdown(result, study_summary.get(
+            "ac_jax_settings")), encoding="utf-8")
+        return result
+
+    for arch, label in todo:
+        if trainer.record(arch) is None:
+            trainer.train(arch, label, log)
+            write()
+    return write()
+
+
+def summarise(study, study_summary, lf, trainer, original, chosen, methods) -> dict:
+    def trained(spec_or_arch):
+        arch = parse_json(spec_or_arch) if isinstance(spec_or_arch, str) else spec_or_arch
+        rec = trainer.record(arch)
+        if rec is None:
+            return {"status": "pending"}
+        return {"status": rec.status, "test_accuracy": runner.final_accuracy(rec),
+                "test_seed_accuracies": list(rec.seed_accuracies),
+                "train_seconds": rec.train_seconds}
+
+    rows = {m: [{**{k: v for k, v in p.items() if k != "spec"},
+                 **(trained(p["spec"]) if p.get("spec") else {"status": "failed search"})}
+                for p in chosen[m]] for m in methods}
+    orig = trained(original)
+    pending = sum(r["status"] == "pending" for m in rows.values() for r in m) + (
+        orig["status"] == "pending")
+    return {
+        "study": str(trainer.path.parent), "model": study.model,
+        "constraint": study_summary["constraint"],
+        "picks": lf.picks,
+        "schedule": dataclasses.asdict(trainer.schedule), "seeds": lf.seeds,
+        "train_images": int(trainer.data.train_x.shape[0]), "evaluation": "test",
+        "study_final_schedule": study_summary["final_schedule"],
+        "original": {"params": original.num_params, **orig,
+                     "study_test_accuracy": study_summary["original"]["test_accuracy"]},
+        "methods": {m: {"repeats": r} for m, r in rows.items()},
+        "pending": pending,
+        "machine": report._machine(),
+    }
+
+
+def markdown(s: dict, settings: dict | None = None) -> str:
+    titles = report.titles(settings)
+    sched, study_sched = s["schedule"], s["study_final_schedule"]
+    pct = report._pct
+    orig = s["original"]
+
+    def length(d):
+        decay = ", ".join(map(str, d["lr_decay_epochs"]))
+        return f"{d['epochs']} epochs ({f'lr /10 after {decay}' if decay else 'constant lr'})"
+
+    lines = [
+        f"# Long final schedule: the study's picks and the original at {length(sched)} x "
+        f"{s['seeds']} seeds",
+        "",
+        f"Study: {s['study']} ({s['model']}, at most {s['constraint']['max_params']:,} "
+        f"parameters). Picks: {'the searches' if s['picks'] == 'search' else s['picks']}'s, "
+        f"fixed before this stage; each trained on {s['train_images']:,} images, test read once. "
+        f"The study's final schedule: {length(study_sched)}."
+        + (f" **{s['pending']} training(s) still pending**: rerun the same command to continue."
+           if s["pending"] else ""),
+        "",
+        f"Original ({orig['params']:,} parameters): {pct(orig.get('test_accuracy'))}% "
+        f"(study schedule {pct(orig['study_test_accuracy'])}%).",
+        "",
+        "| method | repeats done | test % at this length | per repeat | study schedule % "
+        "| >= original | params |",
+        "|---|---:|---:|---|---:|---:|---|",
+    ]
+    base = orig.get("test_accuracy")
+    for method, m in s["methods"].items():
+        reps = m["repeats"]
+        done = [r["test_accuracy"] for r in reps if r.get("test_accuracy") is not None]
+        before = [r["study_test_accuracy"] for r in reps
+                  if r.get("test_accuracy") is not None]
+        per = " / ".join(pct(r["test_accuracy"]) if r.get("test_accuracy") is not None
+                         else r["status"] for r in reps)
+        at_least = (f"{sum(a >= base for a in done)}/{len(done)}"
+                    if base is not None and done else "—")
+        params = " / ".join(f"{r['params']:,}" if r.get("params") else "—" for r in reps)
+        lines.append(
+            f"| {titles.get(method, method)} | {len(done)} of {len(reps)} | {report._pm(done)} | "
+            f"{per} | {report._pm(before)} | {at_least} | {params} |")
+    lines += ["", "Mean ± sample std over the finished repeats; the study-schedule column is the "
+              "same picks' test accuracy under the study's final schedule (same repeats).",
+              "", f"Machine: {s['machine']['backend']} {s['machine']['cpu']} "
+              f"({s['machine']['cores']} cores), jax {s['machine']['jax']}."]
+    return "\n".join(lines) + "\n"

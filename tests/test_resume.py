@@ -1,0 +1,126 @@
+"""Resumable trainings (`ChildTrainer.train_resumable`): stretches of epochs give one whole
+training's result, a killed training continues from its checkpoint, and a checkpoint that does
+not belong is moved aside instead of being continued."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from ac_jax.arch.spec import Arch, batchnorm, conv, linear, maxpool, relu
+from ac_jax.child import resume
+from ac_jax.child.trainer import ChildTrainer, TrainSchedule, to_device
+from ac_jax.data import load
+
+from conftest import training_seeds
+
+# Plain SGD over few steps keeps two float orderings of one computation at rounding level (no
+# Adam normalisation to blow a rounding-sized gradient up); a large learning rate divided by 10
+# after epoch 2 makes a misplaced decay visible far above that level.
+SCHEDULE = TrainSchedule(epochs=3, batch_size=32, lr=0.2, lr_decay_epochs=(2,),
+                         optimizer="sgd", train_subset=96, eval_batch_size=128)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return load("synthetic")
+
+
+@pytest.fixture(scope="module")
+def data(synthetic):
+    return to_device(synthetic, SCHEDULE)
+
+
+def arch_of(ds, width=8):
+    return Arch(ds.input_shape, ds.num_classes,
+                (conv(3, width, 1, 1), batchnorm(), relu(), maxpool(2), linear(ds.num_classes)))
+
+
+@pytest.fixture(scope="module")
+def whole(synthetic, data):
+    return ChildTrainer(data, SCHEDULE, 2).train(arch_of(synthetic), training_seeds(2))
+
+
+def assert_same_training(result, reference, num_test):
+    assert result.ok, result.reason
+    np.testing.assert_allclose(result.epoch_losses, reference.epoch_losses, rtol=1e-5)
+    # Weights equal to rounding classify every test image alike, bar a tie on a boundary.
+    np.testing.assert_allclose(result.seed_accuracies, reference.seed_accuracies,
+                               atol=1.01 / num_test)
+
+
+def test_stretches_of_epochs_give_the_whole_training(synthetic, data, whole, tmp_path):
+    log = []
+    chunked = ChildTrainer(data, SCHEDULE, 2).train_resumable(
+        arch_of(synthetic), training_seeds(2), tmp_path / "ckpt.npz", chunk_epochs=2,
+        log=lambda line: log.append(line.split(" (")[0]))
+    assert_same_training(chunked, whole, data.num_test)
+    assert not (tmp_path / "ckpt.npz").exists()  # removed once the training is done
+    assert log == ["epoch 2/3", "epoch 3/3"]  # a line per stretch; nothing to resume
+    # The decay matters at this tolerance: without it the third epoch's loss is elsewhere.
+    no_decay = ChildTrainer(data, dataclasses.replace(SCHEDULE, lr_decay_epochs=()), 2)
+    plain = no_decay.train(arch_of(synthetic), training_seeds(2))
+    assert not np.allclose(np.array(plain.epoch_losses)[:, 2],
+                           np.array(whole.epoch_losses)[:, 2], rtol=1e-3)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_training_continues_from_its_last_stretch(synthetic, data, whole, tmp_path,
+                                                           monkeypatch):
+    path = tmp_path / "ckpt.npz"
+    real_save = resume.save
+    saves = []
+
+    def save_then_die(*args):
+        real_save(*args)
+        saves.append(args[2].epochs_done)
+        raise Killed  # the process dies right after its first checkpoint
+
+    trainer = ChildTrainer(data, SCHEDULE, 2)
+    monkeypatch.setattr(resume, "save", save_then_die)
+    with pytest.raises(Killed):
+        trainer.train_resumable(arch_of(synthetic), training_seeds(2), path, chunk_epochs=1)
+    assert saves == [1] and path.exists()
+    monkeypatch.setattr(resume, "save", real_save)
+
+    log = []
+    resumed = ChildTrainer(data, SCHEDULE, 2).train_resumable(
+        arch_of(synthetic), training_seeds(2), path, chunk_epochs=1,
+        log=lambda line: log.append(line.split(" (")[0]))
+    assert log == [f"resuming from ckpt.npz after epoch 1 of {SCHEDULE.epochs}", "epoch 2/3",
+                   "epoch 3/3"]
+    assert_same_training(resumed, whole, data.num_test)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "other_training"])
+def test_a_checkpoint_that_does_not_belong_is_moved_aside(synthetic, data, whole, tmp_path,
+                                                          monkeypatch, damage):
+    path = tmp_path / "ckpt.npz"
+    if damage == "garbage":
+        path.write_bytes(b"not a checkpoint")
+    else:  # a real checkpoint, of a wider network, left at this path
+        real_save = resume.save
+
+        def save_then_die(*args):
+            real_save(*args)
+            raise Killed
+
+        trainer = ChildTrainer(data, SCHEDULE, 2)
+        monkeypatch.setattr(resume, "save", save_then_die)
+        with pytest.raises(Killed):
+            trainer.train_resumable(arch_of(synthetic, width=12), training_seeds(2), path,
+                                    chunk_epochs=1)
+        monkeypatch.undo()
+        assert path.exists()
+    log = []
+    result = ChildTrainer(data, SCHEDULE, 2).train_resumable(
+        arch_of(synthetic), training_seeds(2), path, chunk_epochs=2,
+        log=lambda line: log.append(line if "not used" in line else line.split(" (")[0]))
+    assert_same_training(result, whole, data.num_test)
+    assert (tmp_path / "ckpt.npz.unusable").exists() and not path.exists()
+    assert "not used" in log[0] and "training from the start" in log[0]
+    assert log[1:] == ["epoch 2/3", "epoch 3/3"]
