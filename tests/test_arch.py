@@ -196,6 +196,26 @@ def test_region_sampler_covers_the_network_down_to_the_smallest_ratio(name):
     assert [layer.t for layer in archs[1].layers] == [layer.t for layer in seed_arch.layers]
 
 
+@pytest.mark.parametrize("name", ["conv7", "lenet5"])
+def test_region_edits_drawn_together_equal_edits_drawn_one_by_one(name):
+    """The region sampler draws its edits in chunks, with one vectorised bisection for all their
+    widths; the plan must be the one-by-one plan (shipped archsets and studies were drawn so)."""
+    from ac_jax.arch import sampler
+
+    seed_arch = zoo.get(name, (28, 28, 1), 10)
+    together = sampler._region_edits(np.random.default_rng(4), seed_arch, 20.0, 24)
+    rng = np.random.default_rng(4)
+    alone = [sampler._region_edits(rng, seed_arch, 20.0, 1)[0] for _ in range(24)]
+    assert all(np.array_equal(a, b) for a, b in zip(together, alone))
+    # Each width is the bisection's: params of the scaled network bracket the target ratio.
+    ratios = np.array([0.05, 0.2, 0.7, 1.3])
+    widths = sampler._widths_for_ratios(seed_arch, ratios)
+    for ratio, width in zip(ratios, widths):
+        near = [Arch.from_matrix(sampler._scale_widths(seed_arch, width * f), seed_arch.input_shape,
+                                 seed_arch.num_classes).num_params for f in (0.97, 1.03)]
+        assert near[0] <= ratio * seed_arch.num_params <= near[1], (ratio, width, near)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     matrix=st.lists(
