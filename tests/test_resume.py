@@ -22,23 +22,18 @@ SCHEDULE = TrainSchedule(epochs=3, batch_size=32, lr=0.2, lr_decay_epochs=(2,),
 
 
 @pytest.fixture(scope="module")
-def synthetic():
-    return load("synthetic")
+def data():
+    return to_device(load("synthetic"), SCHEDULE)
+
+
+def arch_of(data, width=8):
+    return Arch(data.input_shape, data.num_classes,
+                (conv(3, width, 1, 1), batchnorm(), relu(), maxpool(2), linear(data.num_classes)))
 
 
 @pytest.fixture(scope="module")
-def data(synthetic):
-    return to_device(synthetic, SCHEDULE)
-
-
-def arch_of(ds, width=8):
-    return Arch(ds.input_shape, ds.num_classes,
-                (conv(3, width, 1, 1), batchnorm(), relu(), maxpool(2), linear(ds.num_classes)))
-
-
-@pytest.fixture(scope="module")
-def whole(synthetic, data):
-    return ChildTrainer(data, SCHEDULE, 2).train(arch_of(synthetic), training_seeds(2))
+def whole(data):
+    return ChildTrainer(data, SCHEDULE, 2).train(arch_of(data), training_seeds(2))
 
 
 def assert_same_training(result, reference, num_test):
@@ -49,17 +44,17 @@ def assert_same_training(result, reference, num_test):
                                atol=1.01 / num_test)
 
 
-def test_stretches_of_epochs_give_the_whole_training(synthetic, data, whole, tmp_path):
+def test_stretches_of_epochs_give_the_whole_training(data, whole, tmp_path):
     log = []
     chunked = ChildTrainer(data, SCHEDULE, 2).train_resumable(
-        arch_of(synthetic), training_seeds(2), tmp_path / "ckpt.npz", chunk_epochs=2,
+        arch_of(data), training_seeds(2), tmp_path / "ckpt.npz", chunk_epochs=2,
         log=lambda line: log.append(line.split(" (")[0]))
     assert_same_training(chunked, whole, data.num_test)
     assert not (tmp_path / "ckpt.npz").exists()  # removed once the training is done
     assert log == ["epoch 2/3", "epoch 3/3"]  # a line per stretch; nothing to resume
     # The decay matters at this tolerance: without it the third epoch's loss is elsewhere.
     no_decay = ChildTrainer(data, dataclasses.replace(SCHEDULE, lr_decay_epochs=()), 2)
-    plain = no_decay.train(arch_of(synthetic), training_seeds(2))
+    plain = no_decay.train(arch_of(data), training_seeds(2))
     assert not np.allclose(np.array(plain.epoch_losses)[:, 2],
                            np.array(whole.epoch_losses)[:, 2], rtol=1e-3)
 
@@ -68,7 +63,7 @@ class Killed(Exception):
     pass
 
 
-def test_a_killed_training_continues_from_its_last_stretch(synthetic, data, whole, tmp_path,
+def test_a_killed_training_continues_from_its_last_stretch(data, whole, tmp_path,
                                                            monkeypatch):
     path = tmp_path / "ckpt.npz"
     real_save = resume.save
@@ -82,13 +77,13 @@ def test_a_killed_training_continues_from_its_last_stretch(synthetic, data, whol
     trainer = ChildTrainer(data, SCHEDULE, 2)
     monkeypatch.setattr(resume, "save", save_then_die)
     with pytest.raises(Killed):
-        trainer.train_resumable(arch_of(synthetic), training_seeds(2), path, chunk_epochs=1)
+        trainer.train_resumable(arch_of(data), training_seeds(2), path, chunk_epochs=1)
     assert saves == [1] and path.exists()
     monkeypatch.setattr(resume, "save", real_save)
 
     log = []
     resumed = ChildTrainer(data, SCHEDULE, 2).train_resumable(
-        arch_of(synthetic), training_seeds(2), path, chunk_epochs=1,
+        arch_of(data), training_seeds(2), path, chunk_epochs=1,
         log=lambda line: log.append(line.split(" (")[0]))
     assert log == [f"resuming from ckpt.npz after epoch 1 of {SCHEDULE.epochs}", "epoch 2/3",
                    "epoch 3/3"]
@@ -97,7 +92,7 @@ def test_a_killed_training_continues_from_its_last_stretch(synthetic, data, whol
 
 
 @pytest.mark.parametrize("damage", ["garbage", "other_training"])
-def test_a_checkpoint_that_does_not_belong_is_moved_aside(synthetic, data, whole, tmp_path,
+def test_a_checkpoint_that_does_not_belong_is_moved_aside(data, whole, tmp_path,
                                                           monkeypatch, damage):
     path = tmp_path / "ckpt.npz"
     if damage == "garbage":
@@ -112,13 +107,13 @@ def test_a_checkpoint_that_does_not_belong_is_moved_aside(synthetic, data, whole
         trainer = ChildTrainer(data, SCHEDULE, 2)
         monkeypatch.setattr(resume, "save", save_then_die)
         with pytest.raises(Killed):
-            trainer.train_resumable(arch_of(synthetic, width=12), training_seeds(2), path,
+            trainer.train_resumable(arch_of(data, width=12), training_seeds(2), path,
                                     chunk_epochs=1)
         monkeypatch.undo()
         assert path.exists()
     log = []
     result = ChildTrainer(data, SCHEDULE, 2).train_resumable(
-        arch_of(synthetic), training_seeds(2), path, chunk_epochs=2,
+        arch_of(data), training_seeds(2), path, chunk_epochs=2,
         log=lambda line: log.append(line if "not used" in line else line.split(" (")[0]))
     assert_same_training(result, whole, data.num_test)
     assert (tmp_path / "ckpt.npz.unusable").exists() and not path.exists()

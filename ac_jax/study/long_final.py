@@ -23,8 +23,6 @@ import json
 from pathlib import Path
 
 from ac_jax.arch.json_spec import parse_json
-from ac_jax.child.trainer import to_device
-from ac_jax.data import protocol
 from ac_jax.study import report, runner
 from ac_jax.study.config import StudyConfig, final_schedule
 
@@ -57,21 +55,14 @@ class LongFinalConfig:
         return f"long_final_{self.tag}"
 
 
-class LongFinalTrainer(runner.StoredTrainings):
+class LongFinalTrainer(runner.FinalTrainer):
     """The stage's trainings: train minus validation, read on test, per arch, resumable."""
 
     stage = "long final schedule"
 
     def __init__(self, study: StudyConfig, dataset, out: Path, lf: LongFinalConfig):
-        schedule = final_schedule(study.cfg, lf.epochs)
-        data = to_device(protocol.final_view(dataset), schedule)
-        meta = {"kind": "study_final", "dataset": study.cfg.dataset,
-                "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-                "schedule": dataclasses.asdict(schedule), "seeds": lf.seeds,
-                "evaluation": "test", **{k: v for k, v in protocol.SEARCH_META.items()
-                                         if k != "evaluation"}}
-        super().__init__(data, schedule, list(range(lf.seeds)), out / f"final_{lf.tag}.sqlite",
-                         meta, chunk_epochs=lf.chunk_epochs)
+        super().__init__(study, dataset, out, final_schedule(study.cfg, lf.epochs), lf.seeds,
+                         f"final_{lf.tag}.sqlite", chunk_epochs=lf.chunk_epochs)
 
 
 def picks(study: StudyConfig, out: Path, lf: LongFinalConfig) -> dict[str, list[dict]]:

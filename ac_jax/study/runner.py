@@ -106,20 +106,25 @@ class StoredTrainings:
 
 
 class FinalTrainer(StoredTrainings):
-    """Final-schedule trainings on train minus validation, evaluated on test, stored per arch."""
+    """Final-schedule trainings on train minus validation, evaluated on test, stored per arch
+    (the study's schedule and seeds in final.sqlite; another length and seeds in their own
+    store, e.g. the long final schedule's)."""
 
     stage = "final schedule"
 
-    def __init__(self, study: StudyConfig, dataset, out: Path):
-        schedule = study.final_schedule
+    def __init__(self, study: StudyConfig, dataset, out: Path, schedule=None,
+                 seeds: int | None = None, name: str = "final.sqlite",
+                 chunk_epochs: int | None = None):
+        schedule = schedule or study.final_schedule
+        seeds = seeds or study.final_seeds
         data = to_device(protocol.final_view(dataset), schedule)
         meta = {"kind": "study_final", "dataset": study.cfg.dataset,
                 "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-                "schedule": dataclasses.asdict(schedule), "seeds": study.final_seeds,
+                "schedule": dataclasses.asdict(schedule), "seeds": seeds,
                 "evaluation": "test", **{k: v for k, v in protocol.SEARCH_META.items()
                                          if k != "evaluation"}}
-        super().__init__(data, schedule, list(range(study.final_seeds)), out / "final.sqlite",
-                         meta)
+        super().__init__(data, schedule, list(range(seeds)), out / name, meta,
+                         chunk_epochs=chunk_epochs)
 
     def prefetch(self, items: list, runner, log) -> None:
         """Trains the `(arch, label)` items not yet stored as one batch on `runner` (a
