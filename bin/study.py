@@ -161,6 +161,13 @@ def main(argv=None) -> int:
         if use_fidelity and not args.fidelity_top:
             sys.exit("error: --long-final-picks fidelity needs the fidelity stage's settings "
                      "(--fidelity-top K ...)")
+        from ac_jax.study.fidelity import FIDELITY_METHODS
+
+        have = [m for m in study.methods if not use_fidelity or m in FIDELITY_METHODS]
+        unknown = set(args.long_final_methods) - set(have)
+        if unknown:
+            sys.exit(f"error: --long-final-methods {','.join(sorted(unknown))}: no such picks "
+                     f"({'fidelity stage' if use_fidelity else 'study'}: {','.join(have)})")
         try:
             long_final = LongFinalConfig(
                 args.long_final_epochs, args.long_final_seeds, args.long_final_chunk,
@@ -195,10 +202,7 @@ def main(argv=None) -> int:
     if args.long_final_epochs:
         from ac_jax.study.long_final import run_long_final
 
-        try:
-            run_long_final(study, out, long_final, dataset=dataset, log=log)
-        except ValueError as err:
-            sys.exit(f"error: {err}")
+        run_long_final(study, out, long_final, dataset=dataset, log=log)
         name = long_final.report_name
         print((out / f"{name}.md").read_text(encoding="utf-8"))
         print(f"wrote {out}/{name}.json, {name}.md")

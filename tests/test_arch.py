@@ -196,6 +196,27 @@ def test_region_sampler_covers_the_network_down_to_the_smallest_ratio(name):
     assert [layer.t for layer in archs[1].layers] == [layer.t for layer in seed_arch.layers]
 
 
+def test_region_sampler_reproduces_the_shipped_region_archset_plan():
+    """The shipped region archset was drawn (2026-12-02) by the one-edit-at-a-time sampler;
+    today's chunked sampler must give the same networks at the same plan positions."""
+    from pathlib import Path
+
+    from ac_jax.archset.store import ArchsetStore
+
+    path = Path(__file__).resolve().parent.parent / "archsets/fashion_mnist_cpu2_region.sqlite"
+    with ArchsetStore(path, readonly=True) as db:
+        meta, records = db.meta, db.records()
+    assert meta["neighbourhood_kind"] == "region" and meta["neighbourhood_fraction"] == 1.0
+    plan = sample_region(zoo.get(meta["neighbourhood_of"], meta["input_shape"],
+                                 meta["num_classes"]),
+                         120, meta["sample_seed"], SamplerConfig(**meta["sampler"]),
+                         meta["region_min_ratio"], meta["region_max_macs"])
+    shipped = {r.idx - meta["idx_offset"]: r.arch for r in records}
+    checked = [i for i in range(len(plan)) if i in shipped]
+    assert len(checked) >= 100
+    assert all(plan[i] == shipped[i] for i in checked)
+
+
 @pytest.mark.parametrize("name", ["conv7", "lenet5"])
 def test_region_edits_drawn_together_equal_edits_drawn_one_by_one(name):
     """The region sampler draws its edits in chunks, with one vectorised bisection for all their
@@ -206,6 +227,7 @@ def test_region_edits_drawn_together_equal_edits_drawn_one_by_one(name):
     together = sampler._region_edits(np.random.default_rng(4), seed_arch, 20.0, 24)
     rng = np.random.default_rng(4)
     alone = [sampler._region_edits(rng, seed_arch, 20.0, 1)[0] for _ in range(24)]
+    assert len(together) == len(alone) == 24
     assert all(np.array_equal(a, b) for a, b in zip(together, alone))
     # Each width is the bisection's: params of the scaled network bracket the target ratio.
     ratios = np.array([0.05, 0.2, 0.7, 1.3])

@@ -4,6 +4,7 @@ not belong is moved aside instead of being continued."""
 
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -91,24 +92,30 @@ def test_a_killed_training_continues_from_its_last_stretch(data, whole, tmp_path
     assert not path.exists()
 
 
-@pytest.mark.parametrize("damage", ["garbage", "other_training"])
+@pytest.mark.parametrize("damage", ["garbage", "meta_not_a_dict", "other_network",
+                                    "other_data"])
 def test_a_checkpoint_that_does_not_belong_is_moved_aside(data, whole, tmp_path,
                                                           monkeypatch, damage):
     path = tmp_path / "ckpt.npz"
     if damage == "garbage":
         path.write_bytes(b"not a checkpoint")
-    else:  # a real checkpoint, of a wider network, left at this path
+    elif damage == "meta_not_a_dict":  # a readable archive whose contents make no sense
+        with open(path, "wb") as f:
+            np.savez(f, meta=np.frombuffer(b"[1]", np.uint8), epoch_losses=np.zeros((2, 1)))
+    else:  # a real checkpoint left at this path: of a wider network, or of other same-shaped data
         real_save = resume.save
 
         def save_then_die(*args):
             real_save(*args)
             raise Killed
 
-        trainer = ChildTrainer(data, SCHEDULE, 2)
+        other = (data if damage == "other_network" else
+                 dataclasses.replace(data, train_y=jnp.roll(data.train_y, 1)))
+        trainer = ChildTrainer(other, SCHEDULE, 2)
         monkeypatch.setattr(resume, "save", save_then_die)
         with pytest.raises(Killed):
-            trainer.train_resumable(arch_of(data, width=12), training_seeds(2), path,
-                                    chunk_epochs=1)
+            trainer.train_resumable(arch_of(data, width=12 if damage == "other_network" else 8),
+                                    training_seeds(2), path, chunk_epochs=1)
         monkeypatch.undo()
         assert path.exists()
     log = []
@@ -119,3 +126,20 @@ def test_a_checkpoint_that_does_not_belong_is_moved_aside(data, whole, tmp_path,
     assert (tmp_path / "ckpt.npz.unusable").exists() and not path.exists()
     assert "not used" in log[0] and "training from the start" in log[0]
     assert log[1:] == ["epoch 2/3", "epoch 3/3"]
+
+
+def test_a_failure_after_a_finished_stretch_is_raised_not_recorded(data, tmp_path, monkeypatch):
+    """Out of memory once a stretch has run is the machine's trouble, not the network's: the
+    training must not be stored as "oom" (and its checkpoint thrown away) but stop, resumable."""
+    path = tmp_path / "ckpt.npz"
+    real_save = resume.save
+
+    def save_then_run_out(*args):
+        real_save(*args)
+        raise MemoryError
+
+    monkeypatch.setattr(resume, "save", save_then_run_out)
+    with pytest.raises(MemoryError):
+        ChildTrainer(data, SCHEDULE, 2).train_resumable(arch_of(data), training_seeds(2), path,
+                                                         chunk_epochs=1)
+    assert path.exists()

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
@@ -131,16 +130,6 @@ class _Parts:
 
     def unflatten(self, flat):
         return self.layout["unravel"](flat)
-
-    def record_layout(self) -> None:
-        """Records the flat vector's layout without tracing `init` (a resumed training runs no
-        initialisation); from the parameters' shapes only."""
-        if "unravel" not in self.layout:
-            dummy = jnp.zeros((1, *self.arch.input_shape), jnp.float32)
-            shapes = jax.eval_shape(
-                lambda k: self.model.init({"params": k}, dummy, train=False), jax.random.key(0))
-            zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"])
-            self.layout["unravel"] = ravel_pytree(zeros)[1]
 
     def init(self, key, extra):
         if self.options.warm_start:
@@ -264,10 +253,10 @@ def build_chunk_programs(arch: Arch, schedule: TrainSchedule, data: DeviceData,
       otherwise). The optimizer state carries its step count, so the learning-rate decay
       lands on the same step as in one whole training.
 
-    Returns ``(init, chunk, layout)``, `layout` unflattening a flat parameter vector.
+    Returns ``(init, chunk, layout)``, `layout` unflattening a flat parameter vector once `init`
+    has been traced (`jax.eval_shape` of it will do).
     """
     parts = _Parts(arch, schedule, data, options)
-    parts.record_layout()
 
     def init_program(init_keys, extra):
         return parts.over_seeds(lambda key, extra: parts.init(key, extra), (init_keys,), (extra,))

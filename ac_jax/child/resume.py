@@ -38,9 +38,13 @@ class Progress:
     train_seconds: float
 
 
-def identity(arch, schedule, seeds, data, options) -> dict:
-    """What a checkpoint must match to be continued."""
+def identity(arch, schedule, seeds, data, options, extra=None) -> dict:
+    """What a checkpoint must match to be continued: the training's settings, and a digest of
+    the arrays it reads (the data, and a teacher's or a warm start's variables in `extra`), so
+    that same-shaped other data never continues it."""
     return {
+        "digest": _digest([data.train_x, data.train_y, data.test_x, data.test_y,
+                           *jax.tree_util.tree_leaves(extra or {})]),
         "arch": json.loads(to_json(arch)),
         "schedule": dataclasses.asdict(schedule),
         "seeds": [int(s) for s in seeds],
@@ -54,10 +58,13 @@ def identity(arch, schedule, seeds, data, options) -> dict:
     }
 
 
-def default_name(ident: dict) -> str:
-    """A file name for the training `ident` names (its content's hash)."""
-    text = json.dumps(ident, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:20] + ".npz"
+def _digest(arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.asarray(jax.device_get(a))
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 def save(path: Path, ident: dict, progress: Progress) -> None:
@@ -97,7 +104,8 @@ def load(path: Path, ident: dict, state_shape, log=print) -> Progress | None:
             problem = "its arrays do not fit this training's state"
         elif losses.shape != (len(ident["seeds"]), meta["epochs_done"]):
             problem = "its epoch losses do not match its epoch count"
-    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:  # damaged file
+    except (OSError, EOFError, KeyError, ValueError, TypeError, AttributeError,
+            zipfile.BadZipFile) as err:  # a damaged file, whatever part of it
         problem = f"it cannot be read ({type(err).__name__}: {err})"
     if problem is not None:
         aside = path.with_name(path.name + ".unusable")

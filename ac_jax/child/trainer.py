@@ -307,7 +307,7 @@ class ChildTrainer:
             arch, self.schedule, self.data, self.options)
         init_keys, batches, step_keys = self._seed_streams(_seed_keys(seeds))
         extra = self._extra(arch, init)
-        ident = resume.identity(arch, self.schedule, seeds, self.data, self.options)
+        ident = resume.identity(arch, self.schedule, seeds, self.data, self.options, extra)
         state_shape = jax.eval_shape(init_program, init_keys, extra)
         progress = resume.load(checkpoint, ident, state_shape, log)
         if progress is not None:
@@ -351,7 +351,9 @@ class ChildTrainer:
                     "training)")
         except (jax.errors.JaxRuntimeError, MemoryError) as err:
             failure = classify_failure(err)
-            if failure is None:
+            # After a finished stretch the program is known to fit: a failure now is the
+            # machine's (another process's memory, say), not the network's; the checkpoint stays.
+            if failure is None or progress is not None and progress.epochs_done > 0:
                 raise
             return TrainResult(*failure, (), (), 0.0, 0.0)
         if accuracy is None:  # a checkpoint at the last epoch is never written

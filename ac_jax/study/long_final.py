@@ -100,7 +100,7 @@ def run_long_final(study: StudyConfig, out: str | Path, lf: LongFinalConfig = Lo
     chosen = picks(study, out, lf)
     unknown = set(lf.methods) - set(chosen)
     if unknown:
-        raise ValueError(f"the study has no method(s) {sorted(unknown)}: {', '.join(chosen)}")
+        raise ValueError(f"no picks of {sorted(unknown)} in {lf.picks}: {', '.join(chosen)}")
     methods = [m for m in ORDER + tuple(chosen) if m in chosen
                and (not lf.methods or m in lf.methods)]
     methods = list(dict.fromkeys(methods))
@@ -165,14 +165,15 @@ def markdown(s: dict, settings: dict | None = None) -> str:
 
     def length(d):
         decay = ", ".join(map(str, d["lr_decay_epochs"]))
-        return f"{d['epochs']} epochs ({f'lr /10 after {decay}' if decay else 'constant lr'})"
+        factor = f"{d['lr_decay_factor']:g}"
+        return f"{d['epochs']} epochs ({f'lr /{factor} after {decay}' if decay else 'constant lr'})"
 
     lines = [
         f"# Long final schedule: the study's picks and the original at {length(sched)} x "
         f"{s['seeds']} seeds",
         "",
         f"Study: {s['study']} ({s['model']}, at most {s['constraint']['max_params']:,} "
-        f"parameters). Picks: {'the searches' if s['picks'] == 'search' else s['picks']}'s, "
+        f"parameters). Picks: {'the searches' if s['picks'] == 'search' else s['picks']}, "
         f"fixed before this stage; each trained on {s['train_images']:,} images, test read once. "
         f"The study's final schedule: {length(study_sched)}."
         + (f" **{s['pending']} training(s) still pending**: rerun the same command to continue."
@@ -189,8 +190,10 @@ def markdown(s: dict, settings: dict | None = None) -> str:
     for method, m in s["methods"].items():
         reps = m["repeats"]
         done = [r["test_accuracy"] for r in reps if r.get("test_accuracy") is not None]
-        before = [r["study_test_accuracy"] for r in reps
-                  if r.get("test_accuracy") is not None]
+        # The same repeats in both columns (a repeat missing either is in neither).
+        pairs = [(r["test_accuracy"], r["study_test_accuracy"]) for r in reps
+                 if r.get("test_accuracy") is not None and r.get("study_test_accuracy") is not None]
+        done_pairs, before = [a for a, _ in pairs], [b for _, b in pairs]
         per = " / ".join(pct(r["test_accuracy"]) if r.get("test_accuracy") is not None
                          else r["status"] for r in reps)
         at_least = (f"{sum(a >= base for a in done)}/{len(done)}"
@@ -198,9 +201,10 @@ def markdown(s: dict, settings: dict | None = None) -> str:
         params = " / ".join(f"{r['params']:,}" if r.get("params") else "—" for r in reps)
         lines.append(
             f"| {titles.get(method, method)} | {len(done)} of {len(reps)} | {report._pm(done)} | "
-            f"{per} | {report._pm(before)} | {at_least} | {params} |")
+            f"{per} | {report._pm(before)} (vs {report._pm(done_pairs)}) | {at_least} | {params} |")
     lines += ["", "Mean ± sample std over the finished repeats; the study-schedule column is the "
-              "same picks' test accuracy under the study's final schedule (same repeats).",
+              "same picks' test accuracy under the study's final schedule, beside this length's "
+              "over the same repeats.",
               "", f"Machine: {s['machine']['backend']} {s['machine']['cpu']} "
               f"({s['machine']['cores']} cores), jax {s['machine']['jax']}."]
     return "\n".join(lines) + "\n"

@@ -86,6 +86,8 @@ class StoredTrainings:
     def train(self, arch: Arch, label: str, log) -> Record:
         rec = self.record(arch)
         if rec is not None:
+            if self.chunk_epochs:  # left by a kill between storing and discarding
+                resume.discard(self.checkpoint_path(arch))
             return rec
         log(f"{self.stage}: {label} ({arch.num_params:,} parameters, {self._describe()})")
         if self._trainer is None:
