@@ -185,10 +185,7 @@ def sample_neighbourhood(
 def _legalized(raw: np.ndarray, seed_arch: Arch, max_len: int, ranges: FieldRanges):
     """An edit's raw ``[T, 5]`` matrix, legalised for `seed_arch`'s task: the `Arch` and its
     `batch_analyze` record (one row) for the caller's acceptance rules."""
-    legal, lengths = batch_legalize(raw[None], seed_arch.input_shape, seed_arch.num_classes,
-                                    max_len, ranges)
-    info = batch_analyze(legal, seed_arch.input_shape, seed_arch.num_classes)
-    arch = Arch.from_matrix(legal[0, : lengths[0]], seed_arch.input_shape, seed_arch.num_classes)
+    (arch,), info = _legalized_batch([raw], seed_arch, max_len, ranges)
     return arch, info
 
 

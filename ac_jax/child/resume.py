@@ -7,9 +7,10 @@ are written to one ``.npz`` file, atomically (a kill mid-write leaves the previo
 A rerun of the same training finds it and continues from the next epoch.
 
 The file names what it continues (`identity`: architecture, schedule, seeds, data shapes and
-split, options, and a digest of the data and of any teacher's or warm start's variables); a file that does not match, or cannot be read, is moved aside to
-``<name>.unusable`` with a log line and the training starts over: a checkpoint never continues
-another training, and a damaged one costs its epochs, not the job.
+split, options, and a digest of the data and of any teacher's or warm start's variables); a
+file that does not match, or cannot be read, is moved aside to ``<name>.unusable`` with a log
+line and the training starts over: a checkpoint never continues another training, and a damaged
+one costs its epochs, not the job.
 """
 
 from __future__ import annotations

@@ -251,6 +251,15 @@ class ChildTrainer:
         with self._lock:
             self._compiled.pop(arch, None)
 
+    def _check_call(self, arch: Arch, seeds: Sequence[int], init) -> None:
+        """What every training call needs: this trainer's seed count, the variables a warm
+        start starts from, and a valid architecture (`shapes.InvalidArchError` otherwise)."""
+        if len(seeds) != self.num_seeds:
+            raise ValueError(f"trainer was built for {self.num_seeds} seeds, got {len(seeds)}")
+        if self.options.warm_start and init is None:
+            raise ValueError("a warm-start trainer needs the variables to start from (init=)")
+        shapes.validate(arch)
+
     def train(self, arch: Arch, seeds: Sequence[int], init=None) -> TrainResult:
         """Trains `arch` once per seed (from `init`'s variables with `warm_start`).
 
@@ -259,11 +268,7 @@ class ChildTrainer:
         `shapes.InvalidArchError` (callers train only valid ones) and any other exception
         propagates: a bug must stop the run, not be stored as a training outcome.
         """
-        if len(seeds) != self.num_seeds:
-            raise ValueError(f"trainer was built for {self.num_seeds} seeds, got {len(seeds)}")
-        if self.options.warm_start and init is None:
-            raise ValueError("a warm-start trainer needs the variables to start from (init=)")
-        shapes.validate(arch)
+        self._check_call(arch, seeds, init)
         try:
             executable, compile_seconds = self.compile(arch)
             start = time.perf_counter()
@@ -294,13 +299,9 @@ class ChildTrainer:
         `remove_checkpoint=False` leaves the file for the caller to delete once it has stored
         the result (`resume.discard`), so that a kill in between costs only the last stretch.
         """
-        if len(seeds) != self.num_seeds:
-            raise ValueError(f"trainer was built for {self.num_seeds} seeds, got {len(seeds)}")
-        if self.options.warm_start and init is None:
-            raise ValueError("a warm-start trainer needs the variables to start from (init=)")
+        self._check_call(arch, seeds, init)
         if chunk_epochs < 1:
             raise ValueError(f"chunk_epochs must be at least 1, got {chunk_epochs}")
-        shapes.validate(arch)
         checkpoint = Path(checkpoint)
         epochs = self.schedule.epochs
         init_program, chunk_program, layout = build_chunk_programs(
