@@ -488,10 +488,16 @@ def test_long_final_schedule_retrains_the_fixed_picks_original_first_and_resumes
     assert result["pending"] == 0
     assert result["original"]["test_accuracy"] == pytest.approx(long_accuracy(original))
     assert result["original"]["study_test_accuracy"] == summary["original"]["test_accuracy"]
+    # One seed here against the study's seeds: the like-for-like study figure is seed 0's.
+    assert study.final_seeds > lf.seeds
+    assert result["original"]["study_same_seeds_accuracy"] == pytest.approx(
+        summary["original"]["test_seed_accuracies"][0])
     for method in study.methods:
         rows = result["methods"][method]["repeats"]
         assert [r["study_test_accuracy"] for r in rows] == [
             r["test_accuracy"] for r in summary["methods"][method]["repeats"]]
+        assert [r["study_same_seeds_accuracy"] for r in rows] == pytest.approx(
+            [r["test_seed_accuracies"][0] for r in summary["methods"][method]["repeats"]])
         assert [r["test_accuracy"] for r in rows] == pytest.approx(
             [long_accuracy(a) for a in picks[method]])
     assert list(result["methods"]) == ["random_search", "n2n"]

@@ -71,7 +71,8 @@ def picks(study: StudyConfig, out: Path, lf: LongFinalConfig) -> dict[str, list[
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     if lf.picks == "search":
         return {m: [{"repeat": r["repeat"], "params": r["params"], "spec": r["spec"],
-                     "study_test_accuracy": r["test_accuracy"]}
+                     "study_test_accuracy": r["test_accuracy"],
+                     "study_test_seed_accuracies": r.get("test_seed_accuracies")}
                     if r["spec"] and r["within_constraint"] else {"repeat": r["repeat"]}
                     for r in summary["methods"][m]["repeats"]]
                 for m in summary["methods"]}
@@ -81,7 +82,8 @@ def picks(study: StudyConfig, out: Path, lf: LongFinalConfig) -> dict[str, list[
                          "the search's picks (picks='search')")
     stage = json.loads(path.read_text(encoding="utf-8"))
     return {m: [{"repeat": r["repeat"], "params": r["pick"]["params"], "spec": r["pick"]["spec"],
-                 "study_test_accuracy": r["pick"]["test_accuracy"]}
+                 "study_test_accuracy": r["pick"]["test_accuracy"],
+                 "study_test_seed_accuracies": r["pick"].get("test_seed_accuracies")}
                 if r["pick"] else {"repeat": r["repeat"]} for r in v["repeats"]]
             for m, v in stage["methods"].items()}
 
@@ -136,10 +138,19 @@ def summarise(study, study_summary, lf, trainer, original, chosen, methods) -> d
                 "test_seed_accuracies": list(rec.seed_accuracies),
                 "train_seconds": rec.train_seconds}
 
+    def same_seeds(seed_accuracies):
+        # Seeds are 0..n-1 at every length: with fewer seeds here than the study's, the study's
+        # mean over these same seeds is the like-for-like figure (init and data order alike).
+        if not seed_accuracies or len(seed_accuracies) < lf.seeds:
+            return None
+        return sum(seed_accuracies[:lf.seeds]) / lf.seeds
+
     rows = {m: [{**{k: v for k, v in p.items() if k != "spec"},
+                 "study_same_seeds_accuracy": same_seeds(p.get("study_test_seed_accuracies")),
                  **(trained(p["spec"]) if p.get("spec") else {"status": "failed search"})}
                 for p in chosen[m]] for m in methods}
     orig = trained(original)
+    study_original = study_summary["original"]
     pending = sum(r["status"] == "pending" for m in rows.values() for r in m) + (
         orig["status"] == "pending")
     return {
@@ -150,7 +161,9 @@ def summarise(study, study_summary, lf, trainer, original, chosen, methods) -> d
         "train_images": int(trainer.data.train_x.shape[0]), "evaluation": "test",
         "study_final_schedule": study_summary["final_schedule"],
         "original": {"params": original.num_params, **orig,
-                     "study_test_accuracy": study_summary["original"]["test_accuracy"]},
+                     "study_test_accuracy": study_original["test_accuracy"],
+                     "study_same_seeds_accuracy": same_seeds(
+                         study_original.get("test_seed_accuracies"))},
         "methods": {m: {"repeats": r} for m, r in rows.items()},
         "pending": pending,
         "machine": report._machine(),
@@ -180,11 +193,12 @@ def markdown(s: dict, settings: dict | None = None) -> str:
            if s["pending"] else ""),
         "",
         f"Original ({orig['params']:,} parameters): {pct(orig.get('test_accuracy'))}% "
-        f"(study schedule {pct(orig['study_test_accuracy'])}%).",
+        f"(study schedule {pct(orig['study_test_accuracy'])}%; over the same "
+        f"{s['seeds']} seed(s): {pct(orig.get('study_same_seeds_accuracy'))}%).",
         "",
         "| method | repeats done | test % at this length | per repeat | study schedule % "
-        "| >= original | params |",
-        "|---|---:|---:|---|---:|---:|---|",
+        "| study schedule, same seeds % | >= original | params |",
+        "|---|---:|---:|---|---:|---:|---:|---|",
     ]
     base = orig.get("test_accuracy")
     for method, m in s["methods"].items():
@@ -194,6 +208,11 @@ def markdown(s: dict, settings: dict | None = None) -> str:
         pairs = [(r["test_accuracy"], r["study_test_accuracy"]) for r in reps
                  if r.get("test_accuracy") is not None and r.get("study_test_accuracy") is not None]
         done_pairs, before = [a for a, _ in pairs], [b for _, b in pairs]
+        same = [(r["test_accuracy"], r["study_same_seeds_accuracy"]) for r in reps
+                if r.get("test_accuracy") is not None
+                and r.get("study_same_seeds_accuracy") is not None]
+        same_cell = (f"{report._pm([b for _, b in same])} (vs {report._pm([a for a, _ in same])})"
+                     if same else "—")
         per = " / ".join(pct(r["test_accuracy"]) if r.get("test_accuracy") is not None
                          else r["status"] for r in reps)
         at_least = (f"{sum(a >= base for a in done)}/{len(done)}"
@@ -201,10 +220,11 @@ def markdown(s: dict, settings: dict | None = None) -> str:
         params = " / ".join(f"{r['params']:,}" if r.get("params") else "—" for r in reps)
         lines.append(
             f"| {titles.get(method, method)} | {len(done)} of {len(reps)} | {report._pm(done)} | "
-            f"{per} | {report._pm(before)} (vs {report._pm(done_pairs)}) | {at_least} | {params} |")
-    lines += ["", "Mean ± sample std over the finished repeats; the study-schedule column is the "
-              "same picks' test accuracy under the study's final schedule, beside this length's "
-              "over the same repeats.",
+            f"{per} | {report._pm(before)} (vs {report._pm(done_pairs)}) | {same_cell} | "
+            f"{at_least} | {params} |")
+    lines += ["", "Mean ± sample std over the finished repeats; the study-schedule columns are the "
+              "same picks' test accuracy under the study's final schedule (over all its seeds, "
+              "then over this stage's seeds only), beside this length's over the same repeats.",
               "", f"Machine: {s['machine']['backend']} {s['machine']['cpu']} "
               f"({s['machine']['cores']} cores), jax {s['machine']['jax']}."]
     return "\n".join(lines) + "\n"
