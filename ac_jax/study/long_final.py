@@ -204,15 +204,14 @@ def markdown(s: dict, settings: dict | None = None) -> str:
     for method, m in s["methods"].items():
         reps = m["repeats"]
         done = [r["test_accuracy"] for r in reps if r.get("test_accuracy") is not None]
-        # The same repeats in both columns (a repeat missing either is in neither).
-        pairs = [(r["test_accuracy"], r["study_test_accuracy"]) for r in reps
-                 if r.get("test_accuracy") is not None and r.get("study_test_accuracy") is not None]
-        done_pairs, before = [a for a, _ in pairs], [b for _, b in pairs]
-        same = [(r["test_accuracy"], r["study_same_seeds_accuracy"]) for r in reps
-                if r.get("test_accuracy") is not None
-                and r.get("study_same_seeds_accuracy") is not None]
-        same_cell = (f"{report._pm([b for _, b in same])} (vs {report._pm([a for a, _ in same])})"
-                     if same else "—")
+
+        def beside(study_key):  # the study's figure vs this length's, over the same repeats
+            pairs = [(r[study_key], r["test_accuracy"]) for r in reps
+                     if r.get("test_accuracy") is not None and r.get(study_key) is not None]
+            if not pairs:
+                return "—"
+            return (f"{report._pm([b for b, _ in pairs])} "
+                    f"(vs {report._pm([a for _, a in pairs])})")
         per = " / ".join(pct(r["test_accuracy"]) if r.get("test_accuracy") is not None
                          else r["status"] for r in reps)
         at_least = (f"{sum(a >= base for a in done)}/{len(done)}"
@@ -220,7 +219,7 @@ def markdown(s: dict, settings: dict | None = None) -> str:
         params = " / ".join(f"{r['params']:,}" if r.get("params") else "—" for r in reps)
         lines.append(
             f"| {titles.get(method, method)} | {len(done)} of {len(reps)} | {report._pm(done)} | "
-            f"{per} | {report._pm(before)} (vs {report._pm(done_pairs)}) | {same_cell} | "
+            f"{per} | {beside('study_test_accuracy')} | {beside('study_same_seeds_accuracy')} | "
             f"{at_least} | {params} |")
     lines += ["", "Mean ± sample std over the finished repeats; the study-schedule columns are the "
               "same picks' test accuracy under the study's final schedule (over all its seeds, "
