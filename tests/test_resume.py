@@ -10,7 +10,7 @@ import pytest
 
 from ac_jax.arch.spec import Arch, batchnorm, conv, linear, maxpool, relu
 from ac_jax.child import resume
-from ac_jax.child.trainer import ChildTrainer, TrainSchedule, to_device
+from ac_jax.child.trainer import ChildTrainer, TrainSchedule, stretch_summary, to_device
 from ac_jax.data import load
 
 from conftest import training_seeds
@@ -58,6 +58,16 @@ def test_stretches_of_epochs_give_the_whole_training(data, whole, tmp_path):
     plain = no_decay.train(arch_of(data), training_seeds(2))
     assert not np.allclose(np.array(plain.epoch_losses)[:, 2],
                            np.array(whole.epoch_losses)[:, 2], rtol=1e-3)
+
+
+def test_a_stretch_line_gives_pace_time_to_go_and_loss():
+    """The line a long training is watched by: its figures follow from the progress alone."""
+    progress = resume.Progress(None, 2, np.array([[1.0, 0.5], [1.0, 0.25]], np.float32), 7200.0)
+    assert stretch_summary(progress, 5) == ("7,200 s of training, 3,600 s/epoch, ~3.0 h to go; "
+                                            "loss 0.3750")
+    quick = dataclasses.replace(progress, train_seconds=60.0)
+    assert "30 s/epoch, ~2 min to go;" in stretch_summary(quick, 6)
+    assert "to go" not in stretch_summary(quick, 2)  # the last stretch has nothing left
 
 
 class Killed(Exception):

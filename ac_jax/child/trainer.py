@@ -182,6 +182,18 @@ def classify_failure(err: BaseException) -> tuple[str, str] | None:
     return None
 
 
+def stretch_summary(progress, epochs: int) -> str:
+    """How a resumable training stands, for its log line after a stretch: seconds so far, the
+    mean pace, the time to go at that pace (a training of hours is watched through these lines)
+    and the last epoch's training loss over the seeds (a diverging network shows here first)."""
+    pace = progress.train_seconds / progress.epochs_done
+    left = pace * (epochs - progress.epochs_done)
+    to_go = f"~{left / 3600:.1f} h to go" if left >= 3600 else f"~{left / 60:.0f} min to go"
+    loss = float(np.mean(progress.epoch_losses[:, -1]))
+    return (f"{progress.train_seconds:,.0f} s of training, {pace:,.0f} s/epoch"
+            + (f", {to_go}" if left > 0 else "") + f"; loss {loss:.4f}")
+
+
 class ChildTrainer:
     """Compiles (and caches) one program per architecture and trains seeds together.
 
@@ -348,8 +360,7 @@ class ChildTrainer:
                     progress.train_seconds + time.perf_counter() - start)
                 if not last:
                     resume.save(checkpoint, ident, progress)
-                log(f"epoch {progress.epochs_done}/{epochs} ({progress.train_seconds:.0f} s of "
-                    "training)")
+                log(f"epoch {progress.epochs_done}/{epochs} ({stretch_summary(progress, epochs)})")
         except (jax.errors.JaxRuntimeError, MemoryError) as err:
             failure = classify_failure(err)
             # After a finished stretch the program is known to fit: a failure now is the
