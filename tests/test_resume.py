@@ -153,3 +153,13 @@ def test_a_failure_after_a_finished_stretch_is_raised_not_recorded(data, tmp_pat
         ChildTrainer(data, SCHEDULE, 2).train_resumable(arch_of(data), training_seeds(2), path,
                                                          chunk_epochs=1)
     assert path.exists()
+
+
+def test_peek_reads_a_checkpoints_progress_and_leaves_any_file_alone(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    assert resume.peek(path) is None  # none yet
+    resume.save(path, {"any": "identity"}, resume.Progress(
+        {"w": np.zeros(3, np.float32)}, 4, np.ones((2, 4), np.float32), 12.5))
+    assert resume.peek(path) == {"epochs_done": 4, "train_seconds": 12.5}
+    path.write_bytes(b"not a checkpoint")
+    assert resume.peek(path) is None and path.read_bytes() == b"not a checkpoint"

@@ -13,6 +13,7 @@ import pytest
 from ac_jax.arch import zoo
 from ac_jax.arch.json_spec import parse_json, to_json
 from ac_jax.archset.store import ArchsetStore
+from ac_jax.child import resume
 from ac_jax.child import trainer as trainer_lib
 from ac_jax.child.trainer import (
     ChildTrainer,
@@ -460,7 +461,10 @@ def test_long_final_schedule_retrains_the_fixed_picks_original_first_and_resumes
         assert (self.schedule.epochs, chunk_epochs, remove_checkpoint) == (4, 3, False)
         assert self.schedule.lr_decay_epochs == (2,)  # the recipe's decay at 60%, rounded
         assert self.data.evaluation == "final"  # the test set: picks are fixed, this reports
-        if len(calls) == 2 and kill["now"]:
+        if len(calls) == 2 and kill["now"]:  # killed after its first stretch's checkpoint
+            resume.save(checkpoint, {}, resume.Progress({"w": np.zeros(2, np.float32)}, 3,
+                                                        np.ones((1, 3), np.float32), 7.0))
+            checkpoints.append(checkpoint)
             raise Interrupted
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         checkpoint.write_bytes(b"state")  # as a real one leaves it, for the store to discard
@@ -475,6 +479,19 @@ def test_long_final_schedule_retrains_the_fixed_picks_original_first_and_resumes
         run_long_final(study, out, lf, dataset=synthetic, log=lambda *a: None)
     partial = json.loads((out / "long_final_e4x1.json").read_text())
     assert partial["original"]["status"] == "ok" and partial["pending"] > 0
+    # Killed again at once: the report written as the rerun starts shows the checkpoint's progress.
+    with pytest.raises(Interrupted):
+        run_long_final(study, out, lf, dataset=synthetic, log=lambda *a: None)
+    partial = json.loads((out / "long_final_e4x1.json").read_text())
+    started = [(f"{m}_r{r['repeat']}", r) for m, v in partial["methods"].items()
+               for r in v["repeats"] if "checkpointed_epochs" in r]
+    assert len(started) == 1  # the killed training, the stage's third
+    label, killed = started[0]
+    assert (killed["status"], killed["checkpointed_epochs"],
+            killed["checkpoint_train_seconds"]) == ("pending", 3, 7.0)
+    text = (out / "long_final_e4x1.md").read_text()
+    assert f"(in progress: {label} 3 of 4 epochs)" in text
+    assert "pending (3 epochs checkpointed)" in text
     original = zoo.get("tinycnn", synthetic.input_shape, synthetic.num_classes)
     first = parse_json(summary["methods"]["random_search"]["repeats"][0]["spec"])
     assert calls[0] == original and calls[1] == first  # the original, then the stage's order

@@ -119,6 +119,20 @@ def load(path: Path, ident: dict, state_shape, log=print) -> Progress | None:
                     float(meta["train_seconds"]))
 
 
+def peek(path: Path) -> dict | None:
+    """How far the checkpoint at `path` got (`epochs_done`, `train_seconds`), for reports; None
+    if there is none or it cannot be read. Reads only its metadata, checks nothing against any
+    training and never moves the file (`load` decides whether it is continued)."""
+    try:
+        with np.load(path) as f:
+            meta = json.loads(bytes(f["meta"]).decode())
+        return {"epochs_done": int(meta["epochs_done"]),
+                "train_seconds": float(meta["train_seconds"])}
+    except (OSError, EOFError, KeyError, ValueError, TypeError, AttributeError,
+            zipfile.BadZipFile):
+        return None
+
+
 def discard(path: Path) -> None:
     path.unlink(missing_ok=True)
     path.with_name(path.name + ".tmp").unlink(missing_ok=True)

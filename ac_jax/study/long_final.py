@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 from ac_jax.arch.json_spec import parse_json
+from ac_jax.child import resume
 from ac_jax.study import report, runner
 from ac_jax.study.config import StudyConfig, final_schedule
 
@@ -121,6 +122,7 @@ def run_long_final(study: StudyConfig, out: str | Path, lf: LongFinalConfig = Lo
             "ac_jax_settings")), encoding="utf-8")
         return result
 
+    write()  # pending counts and checkpointed progress before anything else trains
     for arch, label in todo:
         if trainer.record(arch) is None:
             trainer.train(arch, label, log)
@@ -132,8 +134,11 @@ def summarise(study, study_summary, lf, trainer, original, chosen, methods) -> d
     def trained(spec_or_arch):
         arch = parse_json(spec_or_arch) if isinstance(spec_or_arch, str) else spec_or_arch
         rec = trainer.record(arch)
-        if rec is None:
-            return {"status": "pending"}
+        if rec is None:  # how far a training killed midway got (it spans sessions)
+            got = resume.peek(trainer.checkpoint_path(arch))
+            return {"status": "pending", **({} if got is None else {
+                "checkpointed_epochs": got["epochs_done"],
+                "checkpoint_train_seconds": got["train_seconds"]})}
         return {"status": rec.status, "test_accuracy": runner.final_accuracy(rec),
                 "test_seed_accuracies": list(rec.seed_accuracies),
                 "train_seconds": rec.train_seconds}
@@ -170,6 +175,24 @@ def summarise(study, study_summary, lf, trainer, original, chosen, methods) -> d
     }
 
 
+def status(row: dict) -> str:
+    """A training without a test figure: its status, and for a pending one its checkpoint."""
+    if "checkpointed_epochs" not in row:
+        return row["status"]
+    return f"{row['status']} ({row['checkpointed_epochs']} epochs checkpointed)"
+
+
+def in_progress(s: dict) -> str:
+    """' (in progress: original 30 of 50 epochs, ...)' for the pending trainings that have a
+    checkpoint; '' when none has."""
+    epochs = s["schedule"]["epochs"]
+    rows = [("original", s["original"])] + [
+        (f"{m}_r{r['repeat']}", r) for m, v in s["methods"].items() for r in v["repeats"]]
+    started = [f"{label} {r['checkpointed_epochs']} of {epochs} epochs" for label, r in rows
+               if "checkpointed_epochs" in r]
+    return f" (in progress: {', '.join(started)})" if started else ""
+
+
 def markdown(s: dict, settings: dict | None = None) -> str:
     titles = report.titles(settings)
     sched, study_sched = s["schedule"], s["study_final_schedule"]
@@ -189,10 +212,11 @@ def markdown(s: dict, settings: dict | None = None) -> str:
         f"parameters). Picks: {'the searches' if s['picks'] == 'search' else s['picks']}, "
         f"fixed before this stage; each trained on {s['train_images']:,} images, test read once. "
         f"The study's final schedule: {length(study_sched)}."
-        + (f" **{s['pending']} training(s) still pending**: rerun the same command to continue."
-           if s["pending"] else ""),
+        + (f" **{s['pending']} training(s) still pending**{in_progress(s)}: rerun the same "
+           "command to continue." if s["pending"] else ""),
         "",
-        f"Original ({orig['params']:,} parameters): {pct(orig.get('test_accuracy'))}% "
+        f"Original ({orig['params']:,} parameters): "
+        f"{pct(orig['test_accuracy']) + '%' if 'test_accuracy' in orig else status(orig)} "
         f"(study schedule {pct(orig['study_test_accuracy'])}%; over the same "
         f"{s['seeds']} seed(s): {pct(orig.get('study_same_seeds_accuracy'))}%).",
         "",
@@ -213,7 +237,7 @@ def markdown(s: dict, settings: dict | None = None) -> str:
             return (f"{report._pm([b for b, _ in pairs])} "
                     f"(vs {report._pm([a for _, a in pairs])})")
         per = " / ".join(pct(r["test_accuracy"]) if r.get("test_accuracy") is not None
-                         else r["status"] for r in reps)
+                         else status(r) for r in reps)
         at_least = (f"{sum(a >= base for a in done)}/{len(done)}"
                     if base is not None and done else "—")
         params = " / ".join(f"{r['params']:,}" if r.get("params") else "—" for r in reps)
