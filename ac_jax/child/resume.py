@@ -83,6 +83,16 @@ def save(path: Path, ident: dict, progress: Progress) -> None:
     os.replace(tmp, path)
 
 
+# What reading a damaged checkpoint raises, whatever part of it is damaged.
+UNREADABLE = (OSError, EOFError, KeyError, ValueError, TypeError, AttributeError,
+              zipfile.BadZipFile)
+
+
+def _meta(f) -> dict:
+    """The metadata of an open checkpoint (`np.load`): identity, epochs_done, train_seconds."""
+    return json.loads(bytes(f["meta"]).decode())
+
+
 def load(path: Path, ident: dict, state_shape, log=print) -> Progress | None:
     """The checkpoint at `path` if it continues the training `ident` names and its arrays have
     `state_shape`'s structure, shapes and dtypes; None if there is none. An unusable file is
@@ -92,7 +102,7 @@ def load(path: Path, ident: dict, state_shape, log=print) -> Progress | None:
     leaves_shape, treedef = jax.tree_util.tree_flatten(state_shape)
     try:
         with np.load(path) as f:
-            meta = json.loads(bytes(f["meta"]).decode())
+            meta = _meta(f)
             leaves = [f[f"leaf{i}"] for i in range(len(leaves_shape))]
             losses = f["epoch_losses"]
             extra_leaves = any(k.startswith("leaf") and int(k[4:]) >= len(leaves_shape)
@@ -105,8 +115,7 @@ def load(path: Path, ident: dict, state_shape, log=print) -> Progress | None:
             problem = "its arrays do not fit this training's state"
         elif losses.shape != (len(ident["seeds"]), meta["epochs_done"]):
             problem = "its epoch losses do not match its epoch count"
-    except (OSError, EOFError, KeyError, ValueError, TypeError, AttributeError,
-            zipfile.BadZipFile) as err:  # a damaged file, whatever part of it
+    except UNREADABLE as err:
         problem = f"it cannot be read ({type(err).__name__}: {err})"
     if problem is not None:
         aside = path.with_name(path.name + ".unusable")
@@ -125,11 +134,10 @@ def peek(path: Path) -> dict | None:
     training and never moves the file (`load` decides whether it is continued)."""
     try:
         with np.load(path) as f:
-            meta = json.loads(bytes(f["meta"]).decode())
+            meta = _meta(f)
         return {"epochs_done": int(meta["epochs_done"]),
                 "train_seconds": float(meta["train_seconds"])}
-    except (OSError, EOFError, KeyError, ValueError, TypeError, AttributeError,
-            zipfile.BadZipFile):
+    except UNREADABLE:
         return None
 
 
