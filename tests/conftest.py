@@ -16,6 +16,9 @@ too.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -28,6 +31,29 @@ TINY_SHAPE, TINY_CLASSES = (12, 12, 1), 4
 
 if os.environ.get("AC_JAX_TEST_OPTIMIZED") != "1":
     jax.config.update("jax_disable_most_optimizations", True)
+
+# One persistent XLA cache per run, shared by the xdist workers: many tests compile the same tiny
+# programs again (a surrogate step, a child's training step rebuilt for each trainer), and
+# reading one back is cheaper than compiling it. The run's first process (xdist's controller, or
+# the only one) makes a fresh folder and removes it at the end; the workers it starts inherit
+# the variable. `AC_JAX_TEST_CACHE=0` turns the in-process cache off.
+_RUN_CACHE = "AC_JAX_TEST_RUN_CACHE"
+_OWNS_CACHE = _RUN_CACHE not in os.environ
+if _OWNS_CACHE:
+    os.environ[_RUN_CACHE] = tempfile.mkdtemp(prefix="ac_jax_test_xla_")
+TEST_COMPILE_CACHE = Path(os.environ[_RUN_CACHE])
+# The scripts the tests run in subprocesses (bin/*.py) use it too, never the user's own cache.
+os.environ["AC_JAX_COMPILE_CACHE"] = str(TEST_COMPILE_CACHE)
+if os.environ.get("AC_JAX_TEST_CACHE", "1") != "0":
+    jax.config.update("jax_compilation_cache_dir", str(TEST_COMPILE_CACHE))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_sessionfinish(session):
+    if _OWNS_CACHE:  # after the workers have finished
+        shutil.rmtree(TEST_COMPILE_CACHE, ignore_errors=True)
+
 
 # Added to every training seed of the suite (see the module docstring).
 TEST_SEED = int(os.environ.get("AC_JAX_TEST_SEED", "0"))
@@ -75,10 +101,24 @@ TINY_TASK = {"dataset": "synthetic", "input_shape": list(TINY_SHAPE), "num_class
 
 @pytest.fixture(scope="session")
 def tiny_surrogate_dir(tiny_archset, tiny_surrogate_config, tmp_path_factory):
+    """The tiny surrogate, trained once per run: the xdist workers share it (the first to ask
+    trains it holding a lock; the other waits for it instead of training its own copy).
+    Tests only read it or copy it."""
+    import fcntl
+
     from ac_jax.archset.store import load_arrays
     from ac_jax.surrogate.train import train
 
-    run_dir = tmp_path_factory.mktemp("surrogate") / "run"
-    arrays = load_arrays(tiny_archset, max_len=16)
-    train(tiny_surrogate_config, arrays, run_dir, TINY_TASK, progress=False)
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder above each worker's own
+    home = root / "tiny_surrogate"
+    run_dir, done = home / "run", home / "trained"
+    with open(root / "tiny_surrogate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            shutil.rmtree(home, ignore_errors=True)  # a half-trained one from a failed worker
+            arrays = load_arrays(tiny_archset, max_len=16)
+            train(tiny_surrogate_config, arrays, run_dir, TINY_TASK, progress=False)
+            done.touch()
     return run_dir

@@ -561,19 +561,30 @@ def test_acquisition_takes_the_highest_bound_under_the_size_limit(surrogate, net
 
 
 def test_active_refinement_picks_the_best_trained_record_under_the_cap(surrogate, tiny_archset,
-                                                                       tmp_path):
+                                                                       tmp_path, monkeypatch):
+    import zlib
+
     from ac_jax.archset.store import ArchsetStore, load_arrays
+    from ac_jax.child import trainer as trainer_lib
     from ac_jax.compress import refine
     from configs import get_config
     from ac_jax.data import load
 
+    def train(self, arch, seeds, init=None):  # made-up accuracies: the pick rule is tested here
+        acc = 0.5 + 0.4 * (zlib.crc32(repr(arch.layers).encode()) % 1000) / 1000  # (real training:
+        return trainer_lib.TrainResult("ok", "", (acc,) * len(seeds),  # the test above)
+                                       ((1.0,),) * len(seeds), 0.0, 0.0)
+
+    monkeypatch.setattr(trainer_lib.ChildTrainer, "train", train)
+    monkeypatch.setattr(trainer_lib.ChildTrainer, "compile", lambda self, arch: (None, 0.0))
     cfg = get_config("tiny")
     arch = zoo.get("tinycnn", SHAPE, CLASSES)
     cap = Constraint(max_params=arch.num_params // 2)
     (first,) = pipeline.compress_batch(surrogate, [arch], ["tiny"], CFG, cap)
     result = refine.refine(first, surrogate, cfg, CFG, cap, rounds=1, top=2, work_dir=tmp_path,
                            finetune_steps=50, dataset=load("synthetic"),
-                           archset_path=tiny_archset, log=lambda s: None, acquisition="ucb")
+                           archset_path=tiny_archset, log=lambda s: None, acquisition="ucb",
+                           pool=60)  # a tenth of the default pool: the same path, a tenth of the draw
     info, final = result.rounds
     # Under a cap the original's accuracy decides nothing: it is not trained.
     assert not any(t["original"] for t in info["trained"] + final["trained"])
@@ -643,7 +654,7 @@ def test_active_refinement_never_retrains_a_failed_candidate(surrogate, tiny_arc
     (first,) = pipeline.compress_batch(surrogate, [arch], ["tiny"], CFG, cap)
     refine.refine(first, surrogate, get_config("tiny"), CFG, cap, rounds=3, top=2,
                   work_dir=tmp_path, finetune_steps=20, dataset=load("synthetic"),
-                  archset_path=tiny_archset, log=lambda s: None, acquisition="ucb")
+                  archset_path=tiny_archset, log=lambda s: None, acquisition="ucb", pool=60)
     assert len(calls) == len(set(calls))  # a failed network is never picked again
     with ArchsetStore(tmp_path / "tiny" / "refine.sqlite", readonly=True) as store:
         assert len(store) == len(calls) and all(r.status == "diverged" for r in store.records())

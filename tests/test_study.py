@@ -159,7 +159,8 @@ def _study(tmp_path, **changes):
     cfg = cfg.replace(archset=dataclasses.replace(cfg.archset, path=str(tmp_path / "none.sqlite")))
     base = dict(cfg=cfg, model="tinycnn", target_ratio=4, budget=8, repeats=2,
                 references=(), final_schedule=final_schedule(cfg, 1), rounds=1, refine_top=1,
-                refine_finetune_steps=20, surrogate_steps=40, seed=TEST_SEED)
+                refine_finetune_steps=20, surrogate_steps=40, seed=TEST_SEED,
+                acquisition_pool=60)  # a tenth of the default pool: drawing 600 took ~20 s here
     base.update(changes)
     return StudyConfig(**base)
 
@@ -269,7 +270,7 @@ def test_report_arithmetic():
 
 
 def test_ac_jax_settings_are_pinned_and_the_issue_20_folders_still_resume(tmp_path):
-    from ac_jax.study.config import LEGACY_AC_JAX
+    from ac_jax.study.config import LEGACY_AC_JAX, StudyConfig
     from ac_jax.study.runner import _check_study_meta, study_meta
 
     legacy = _study(tmp_path, plain_decoding=True, acquisition="pareto")
@@ -278,7 +279,8 @@ def test_ac_jax_settings_are_pinned_and_the_issue_20_folders_still_resume(tmp_pa
     new = _study(tmp_path)
     assert study_meta(new)["ac_jax"]["acquisition"] == "ucb"
     # The acquisition's region pool is pinned; folders made before it (no pool) hold no key.
-    assert study_meta(new)["ac_jax"]["acquisition_pool"] == 600
+    assert study_meta(new)["ac_jax"]["acquisition_pool"] == 60
+    assert StudyConfig.__dataclass_fields__["acquisition_pool"].default == 600  # the default
     assert "acquisition_pool" not in study_meta(_study(tmp_path, acquisition_pool=0))["ac_jax"]
     out = tmp_path / "s"
     out.mkdir()
