@@ -570,10 +570,12 @@ def test_active_refinement_picks_the_best_trained_record_under_the_cap(surrogate
     from configs import get_config
     from ac_jax.data import load
 
-    def train(self, arch, seeds, init=None):  # made-up accuracies: the pick rule is tested here
-        acc = 0.5 + 0.4 * (zlib.crc32(repr(arch.layers).encode()) % 1000) / 1000  # (real training:
-        return trainer_lib.TrainResult("ok", "", (acc,) * len(seeds),  # the test above)
-                                       ((1.0,),) * len(seeds), 0.0, 0.0)
+    # Made-up accuracies, one per network: the pick rule is what is tested here (the Pareto
+    # refinement test above trains for real).
+    def train(self, arch, seeds, init=None):
+        acc = 0.5 + 0.4 * (zlib.crc32(repr(arch.layers).encode()) % 1000) / 1000
+        return trainer_lib.TrainResult("ok", "", (acc,) * len(seeds), ((1.0,),) * len(seeds),
+                                       0.0, 0.0)
 
     monkeypatch.setattr(trainer_lib.ChildTrainer, "train", train)
     monkeypatch.setattr(trainer_lib.ChildTrainer, "compile", lambda self, arch: (None, 0.0))
