@@ -26,6 +26,7 @@ import pytest
 
 from ac_jax.arch.sampler import SamplerConfig, sample
 from ac_jax.archset.store import ArchsetStore, Record
+from ac_jax.runtime import enable_compilation_cache
 
 TINY_SHAPE, TINY_CLASSES = (12, 12, 1), 4
 
@@ -45,9 +46,8 @@ TEST_COMPILE_CACHE = Path(os.environ[_RUN_CACHE])
 # The scripts the tests run in subprocesses (bin/*.py) use it too, never the user's own cache.
 os.environ["AC_JAX_COMPILE_CACHE"] = str(TEST_COMPILE_CACHE)
 if os.environ.get("AC_JAX_TEST_CACHE", "1") != "0":
-    jax.config.update("jax_compilation_cache_dir", str(TEST_COMPILE_CACHE))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    # Every program: with optimizations off most compile in well under the scripts' 0.5 s.
+    enable_compilation_cache(TEST_COMPILE_CACHE, min_compile_seconds=0.0)
 
 
 def pytest_sessionfinish(session):
