@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import zlib
 import tempfile
 from pathlib import Path
 
@@ -67,6 +68,39 @@ def training_seeds(n: int) -> list[int]:
 def fake_accuracy(arch) -> float:
     """A smooth made-up target (more parameters, higher accuracy) so regressors have signal."""
     return float(0.3 + 0.6 * (1.0 - np.exp(-arch.num_params / 20_000.0)))
+
+
+def made_up_accuracy(arch) -> float:
+    """A trained accuracy for `fake_training`: grows with the parameter count, plus a fixed
+    per-network offset (so networks of one size differ)."""
+    noise = (zlib.crc32(repr(arch.layers).encode()) % 1000) / 1000.0
+    return float(0.4 + 0.4 * (1 - np.exp(-arch.num_params / 800.0)) + 0.1 * noise)
+
+
+class Interrupted(Exception):
+    """What `fake_training` raises in place of a kill."""
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """Child training without XLA: ChildTrainer's compile and train replaced, each network's
+    accuracy `made_up_accuracy`; `calls` lists the trainings, `stop_after` makes the n-th one
+    raise `Interrupted` (a kill)."""
+    from ac_jax.child import trainer as trainer_lib
+
+    state = {"calls": [], "stop_after": None}
+
+    def train(self, arch, seeds, init=None):
+        if state["stop_after"] is not None and len(state["calls"]) >= state["stop_after"]:
+            raise Interrupted
+        state["calls"].append(arch)
+        acc = made_up_accuracy(arch)
+        return trainer_lib.TrainResult("ok", "", (acc,) * len(seeds), ((1.0,),) * len(seeds),
+                                       0.0, 0.0)
+
+    monkeypatch.setattr(trainer_lib.ChildTrainer, "train", train)
+    monkeypatch.setattr(trainer_lib.ChildTrainer, "compile", lambda self, arch: (None, 0.0))
+    return state
 
 
 @pytest.fixture(scope="session")

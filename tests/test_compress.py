@@ -561,24 +561,14 @@ def test_acquisition_takes_the_highest_bound_under_the_size_limit(surrogate, net
 
 
 def test_active_refinement_picks_the_best_trained_record_under_the_cap(surrogate, tiny_archset,
-                                                                       tmp_path, monkeypatch):
-    import zlib
-
+                                                                       tmp_path, fake_training):
+    # Made-up accuracies (`fake_training`): the pick rule is what is tested here (the Pareto
+    # refinement test above trains for real).
     from ac_jax.archset.store import ArchsetStore, load_arrays
-    from ac_jax.child import trainer as trainer_lib
     from ac_jax.compress import refine
     from configs import get_config
     from ac_jax.data import load
 
-    # Made-up accuracies, one per network: the pick rule is what is tested here (the Pareto
-    # refinement test above trains for real).
-    def train(self, arch, seeds, init=None):
-        acc = 0.5 + 0.4 * (zlib.crc32(repr(arch.layers).encode()) % 1000) / 1000
-        return trainer_lib.TrainResult("ok", "", (acc,) * len(seeds), ((1.0,),) * len(seeds),
-                                       0.0, 0.0)
-
-    monkeypatch.setattr(trainer_lib.ChildTrainer, "train", train)
-    monkeypatch.setattr(trainer_lib.ChildTrainer, "compile", lambda self, arch: (None, 0.0))
     cfg = get_config("tiny")
     arch = zoo.get("tinycnn", SHAPE, CLASSES)
     cap = Constraint(max_params=arch.num_params // 2)

@@ -24,7 +24,7 @@ from ac_jax.child.trainer import (
     to_device,
 )
 from ac_jax.data import load, protocol
-from conftest import TEST_SEED
+from conftest import TEST_SEED, Interrupted, made_up_accuracy
 
 SCHEDULE = TrainSchedule(epochs=1, batch_size=32, lr=0.01, eval_batch_size=128)
 
@@ -115,38 +115,6 @@ def test_kept_weights_warm_start_and_distillation(synthetic):
 
 
 # --------------------------------------------------------------------------------------------
-# Fake child training: a deterministic accuracy per architecture, no XLA compile
-# --------------------------------------------------------------------------------------------
-
-
-def fake_accuracy(arch) -> float:
-    noise = (zlib.crc32(repr(arch.layers).encode()) % 1000) / 1000.0
-    return float(0.4 + 0.4 * (1 - np.exp(-arch.num_params / 800.0)) + 0.1 * noise)
-
-
-class Interrupted(Exception):
-    pass
-
-
-@pytest.fixture
-def fake_training(monkeypatch):
-    """Replaces ChildTrainer's compile and train; `calls` counts trainings, `stop_after` makes
-    the n-th training raise (a kill)."""
-    state = {"calls": [], "stop_after": None}
-
-    def train(self, arch, seeds, init=None):
-        if state["stop_after"] is not None and len(state["calls"]) >= state["stop_after"]:
-            raise Interrupted
-        state["calls"].append(arch)
-        acc = fake_accuracy(arch)
-        return TrainResult("ok", "", (acc,) * len(seeds), ((1.0,),) * len(seeds), 0.0, 0.0)
-
-    monkeypatch.setattr(trainer_lib.ChildTrainer, "train", train)
-    monkeypatch.setattr(trainer_lib.ChildTrainer, "compile", lambda self, arch: (None, 0.0))
-    return state
-
-
-# --------------------------------------------------------------------------------------------
 # The study
 # --------------------------------------------------------------------------------------------
 
@@ -200,7 +168,7 @@ def test_study_end_to_end_resumes_without_duplicates(synthetic, fake_training, t
     for r in summary["methods"]["random_search"]["repeats"]:
         assert r["trained_archs"] == budget  # exactly N under the constraint
         # The pick is the best validation accuracy among its own trainings (fake: per arch).
-        assert r["val_accuracy"] == pytest.approx(fake_accuracy(parse_json(r["spec"])))
+        assert r["val_accuracy"] == pytest.approx(made_up_accuracy(parse_json(r["spec"])))
     for r in summary["methods"]["ac_jax"]["repeats"]:
         assert r["trained_archs"] == budget  # the archset subset is the whole spend
     for repeat in (0, 1):  # N2N's store: its teacher's proxy run first, then students
@@ -372,7 +340,7 @@ def test_final_trainings_batch_on_a_runner_once_per_network(synthetic, fake_trai
     finals.prefetch(items, runner, log=lambda *a: None)
     assert runner.batches == [["a_r0"]]
     fake_training["calls"].clear()
-    assert finals.train(big, "b_r0", log=lambda *a: None).mean_accuracy == fake_accuracy(big)
+    assert finals.train(big, "b_r0", log=lambda *a: None).mean_accuracy == made_up_accuracy(big)
     assert fake_training["calls"] == []  # read from the store
     finals.prefetch(items, runner, log=lambda *a: None)  # a rerun submits nothing
     assert runner.batches == [["a_r0"]]
@@ -397,7 +365,7 @@ def test_fidelity_stage_picks_on_the_longer_schedule_and_resumes(synthetic, fake
         if self.schedule.epochs != fid.epochs:
             return result
         fidelity_calls.append(arch)
-        return dataclasses.replace(result, seed_accuracies=(1 - fake_accuracy(arch),) * len(seeds))
+        return dataclasses.replace(result, seed_accuracies=(1 - made_up_accuracy(arch),) * len(seeds))
 
     monkeypatch.setattr(trainer_lib.ChildTrainer, "train", train)
     calls = fake_training["calls"]
@@ -417,7 +385,7 @@ def test_fidelity_stage_picks_on_the_longer_schedule_and_resumes(synthetic, fake
         assert [c["spec_is_pick"] for c in cands] == [False] * (len(cands) - 1) + [True]
         assert row["pick"]["changed"] == (len(cands) > 1)
         pick = parse_json(row["pick"]["spec"])
-        assert row["pick"]["test_accuracy"] == pytest.approx(fake_accuracy(pick))  # final run
+        assert row["pick"]["test_accuracy"] == pytest.approx(made_up_accuracy(pick))  # final run
         assert row["search_pick"]["test_accuracy"] == summary["methods"][method]["repeats"][0][
             "test_accuracy"]
         if method == "random_search":  # its top-1 is its own pick
