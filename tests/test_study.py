@@ -489,6 +489,21 @@ def test_long_final_schedule_retrains_the_fixed_picks_original_first_and_resumes
             [long_accuracy(a) for a in picks[method]])
     assert list(result["methods"]) == ["random_search", "n2n"]
     assert "| random search |" in (out / "long_final_e4x1.md").read_text()
+    # The lengths plot: the study's schedule (same seed) and this length, per fixed network.
+    from ac_jax.study import lengths
+
+    curves = lengths.collect(out, "search", 1)
+    study_epochs = summary["final_schedule"]["epochs"]
+    assert curves["lengths"] == sorted({study_epochs, 4})
+    assert curves["original"] == pytest.approx({
+        study_epochs: summary["original"]["test_seed_accuracies"][0],
+        4: long_accuracy(original)})
+    for method in study.methods:
+        got = curves["methods"][method]
+        for r, arch in zip(result["methods"][method]["repeats"], picks[method]):
+            assert got[r["repeat"]][4] == pytest.approx(long_accuracy(arch))
+    assert (out / "lengths_search_x1.png").stat().st_size > 0
+    assert lengths.collect(out, "fidelity_top3_e2x2", 1)["lengths"] == []  # other picks: none
     calls.clear()  # a rerun reads every training from its store
     assert run_long_final(study, out, lf, dataset=synthetic, log=lambda *a: None)["methods"] \
         == result["methods"]

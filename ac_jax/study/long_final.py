@@ -13,7 +13,8 @@ Order: the original first, then the methods' picks repeat by repeat (ac_jax firs
 partial run already holds the comparison the issue asks about. Every training is stored in
 ``final_e<E>x<S>.sqlite`` as it finishes and checkpoints its state every `chunk_epochs` epochs
 (`StoredTrainings`), so the stage can span sessions; the report (``long_final_e<E>x<S>.json /
-.md``) is rewritten after every training and says how many are still pending.
+.md``) is rewritten after every training and says how many are still pending, and the plot of
+accuracy against length over every such report (`lengths`) is redrawn with it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from ac_jax.arch.json_spec import parse_json
 from ac_jax.child import resume
-from ac_jax.study import report, runner
+from ac_jax.study import lengths, report, runner
 from ac_jax.study.config import StudyConfig, final_schedule
 
 # The order picks are trained in: ac_jax's first (the question is about it), then the
@@ -118,8 +119,9 @@ def run_long_final(study: StudyConfig, out: str | Path, lf: LongFinalConfig = Lo
     def write() -> dict:
         result = summarise(study, study_summary, lf, trainer, original, chosen, methods)
         runner._write_json(out / f"{lf.report_name}.json", result)
-        (out / f"{lf.report_name}.md").write_text(markdown(result, study_summary.get(
-            "ac_jax_settings")), encoding="utf-8")
+        settings = study_summary.get("ac_jax_settings")
+        (out / f"{lf.report_name}.md").write_text(markdown(result, settings), encoding="utf-8")
+        lengths.write(out, lf.picks, lf.seeds, report.titles(settings))
         return result
 
     write()  # pending counts and checkpointed progress before anything else trains
