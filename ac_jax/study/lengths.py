@@ -1,5 +1,6 @@
 """Test accuracy against the final schedule's length: the study's schedule and every long final
-stage run on the same picks with the same seed count, one line per network (lengths_<picks>_x<S>.png).
+stage run on the same picks with the same seed count, one line per network
+(lengths_<picks>_x<S>.png).
 
 The long final reports answer "who wins at E epochs?" one length at a time; this puts the lengths
 side by side, because the question behind them is a trend (does the gap to the original close as
