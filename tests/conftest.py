@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import zlib
 import tempfile
+import zlib
 from pathlib import Path
 
 import jax

@@ -17,11 +17,10 @@ from pathlib import Path
 
 def collect(out: Path, picks: str, seeds: int) -> dict:
     """{'lengths': sorted epochs, 'original': {epochs: acc}, 'methods': {method: {repeat:
-    {epochs: acc}}}, 'params': {method: {repeat: params}}} from every long_final_e*x<seeds>.json
-    in `out` made on `picks`; a network without a figure at a length has no entry there."""
+    {epochs: acc}}}} from every long_final_e*x<seeds>.json in `out` made on `picks`; a network
+    without a figure at a length has no entry there."""
     original: dict[int, float] = {}
     methods: dict[str, dict[int, dict[int, float]]] = {}
-    params: dict[str, dict[int, int]] = {}
 
     def put(curve: dict, epochs: int, acc) -> None:
         if acc is not None:
@@ -39,12 +38,11 @@ def collect(out: Path, picks: str, seeds: int) -> dict:
                 if not r.get("params"):
                     continue  # the search failed: no network to follow
                 curve = methods.setdefault(method, {}).setdefault(r["repeat"], {})
-                params.setdefault(method, {})[r["repeat"]] = r["params"]
                 put(curve, study_length, r.get("study_same_seeds_accuracy"))
                 put(curve, length, r.get("test_accuracy"))
     lengths = sorted({e for e in original} | {e for m in methods.values() for c in m.values()
                                               for e in c})
-    return {"lengths": lengths, "original": original, "methods": methods, "params": params}
+    return {"lengths": lengths, "original": original, "methods": methods}
 
 
 def plot(curves: dict, path: Path, seeds: int, titles: dict | None = None) -> bool:

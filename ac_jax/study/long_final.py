@@ -14,7 +14,7 @@ partial run already holds the comparison the issue asks about. Every training is
 ``final_e<E>x<S>.sqlite`` as it finishes and checkpoints its state every `chunk_epochs` epochs
 (`StoredTrainings`), so the stage can span sessions; the report (``long_final_e<E>x<S>.json /
 .md``) is rewritten after every training and says how many are still pending, and the plot of
-accuracy against length over every such report (`lengths`) is redrawn with it.
+accuracy against length over every such report (`lengths`) is redrawn after every training.
 """
 
 from __future__ import annotations
@@ -116,15 +116,18 @@ def run_long_final(study: StudyConfig, out: str | Path, lf: LongFinalConfig = Lo
         (parse_json(p["spec"]), f"{m}_r{p['repeat']}") for m in methods for p in chosen[m]
         if p.get("spec")]
 
-    def write() -> dict:
+    def write(plot: bool = True) -> dict:
         result = summarise(study, study_summary, lf, trainer, original, chosen, methods)
         runner._write_json(out / f"{lf.report_name}.json", result)
         settings = study_summary.get("ac_jax_settings")
         (out / f"{lf.report_name}.md").write_text(markdown(result, settings), encoding="utf-8")
-        lengths.write(out, lf.picks, lf.seeds, report.titles(settings))
+        if plot:
+            lengths.write(out, lf.picks, lf.seeds, report.titles(settings))
         return result
 
-    write()  # pending counts and checkpointed progress before anything else trains
+    # Pending counts and checkpointed progress before anything else trains; the plot shows
+    # finished trainings only, so it was already drawn after the last one.
+    write(plot=False)
     for arch, label in todo:
         if trainer.record(arch) is None:
             trainer.train(arch, label, log)
