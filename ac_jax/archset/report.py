@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ac_jax.archset.store import ArchsetStore, arch_key
+from ac_jax.plotting import figure
 
 
 def summarize(path: str | Path) -> dict:
@@ -96,11 +97,6 @@ def kendall_tau(a, b) -> float | None:
 
 def plot(path: str | Path, out_dir: str | Path) -> list[Path]:
     """Accuracy histogram and accuracy vs log10(params) scatter, as PNG files."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     with ArchsetStore(path, readonly=True) as store:
         records = store.records(("ok",))
         dataset = store.meta.get("dataset")
@@ -111,30 +107,23 @@ def plot(path: str | Path, out_dir: str | Path) -> list[Path]:
     neighbour = np.array([r.source != "appendix9" for r in records], bool)
     stem = Path(path).stem
     paths = [out_dir / f"{stem}_accuracy_hist.png", out_dir / f"{stem}_accuracy_vs_params.png"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    groups = [(acc[m], label) for m, label in ((~neighbour, "Appendix 9 sampler"),
-                                                (neighbour, "neighbourhood")) if m.any()]
-    ax.hist([g for g, _ in groups], bins=40, stacked=True, label=[label for _, label in groups])
-    # The label is the archset's evaluation split: validation for archsets made since the
-    # protocol (issue 20), so "test" would misname it.
-    ax.set_xlabel("accuracy (mean over seeds, the archset's evaluation split)")
-    ax.set_ylabel("architectures")
-    ax.set_title(f"{dataset}: {len(acc)} trained architectures")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(paths[0], dpi=120)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for mask, label in ((~neighbour, "Appendix 9 sampler"), (neighbour, "neighbourhood")):
-        if mask.any():
-            ax.scatter(np.log10(params[mask]), acc[mask], s=8, alpha=0.6, label=label)
-    ax.set_xlabel("log10(parameters)")
-    ax.set_ylabel("accuracy (mean over seeds)")
-    ax.set_title(f"{dataset}: accuracy vs size")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(paths[1], dpi=120)
-    plt.close(fig)
+    with figure(paths[0], (6, 4), grid=False, legend_size=10) as (_, ax, _):
+        groups = [(acc[m], label) for m, label in ((~neighbour, "Appendix 9 sampler"),
+                                                    (neighbour, "neighbourhood")) if m.any()]
+        ax.hist([g for g, _ in groups], bins=40, stacked=True,
+                label=[label for _, label in groups])
+        # The label is the archset's evaluation split: validation for archsets made since the
+        # protocol (issue 20), so "test" would misname it.
+        ax.set_xlabel("accuracy (mean over seeds, the archset's evaluation split)")
+        ax.set_ylabel("architectures")
+        ax.set_title(f"{dataset}: {len(acc)} trained architectures")
+    with figure(paths[1], (6, 4), grid=False, legend_size=10) as (_, ax, _):
+        for mask, label in ((~neighbour, "Appendix 9 sampler"), (neighbour, "neighbourhood")):
+            if mask.any():
+                ax.scatter(np.log10(params[mask]), acc[mask], s=8, alpha=0.6, label=label)
+        ax.set_xlabel("log10(parameters)")
+        ax.set_ylabel("accuracy (mean over seeds)")
+        ax.set_title(f"{dataset}: accuracy vs size")
     return paths
 
 

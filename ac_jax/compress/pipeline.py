@@ -26,6 +26,7 @@ from ac_jax.compress.candidates import (
     timed_items,
 )
 from ac_jax.compress.search import SearchConfig, search
+from ac_jax.plotting import figure
 from ac_jax.surrogate.checkpoint import TrainedSurrogate
 from ac_jax.surrogate.encoding import encode_matrices
 
@@ -309,12 +310,11 @@ def write_outputs(
 
 
 def plot_pareto(result: CompressResult, path: Path) -> None:
-    import matplotlib
+    with figure(path, legend_size=7) as (_, ax, _):
+        _draw_pareto(result, ax)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+def _draw_pareto(result: CompressResult, ax) -> None:
     params, acc = columns(result.candidates, "num_params", "predicted_accuracy")
     if len(params):
         ax.scatter(params, acc, s=9, c="0.65", label=f"candidates ({len(params)})")
@@ -334,8 +334,3 @@ def plot_pareto(result: CompressResult, path: Path) -> None:
     ax.set_xlabel("parameters (exact)")
     ax.set_ylabel("predicted accuracy (surrogate)")
     ax.set_title(f"{result.name}: {result.constraint.describe()}", fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ac_jax.plotting import figure
+
 
 def collect(out: Path, picks: str, seeds: int) -> dict:
     """{'lengths': sorted epochs, 'original': {epochs: acc}, 'methods': {method: {repeat:
@@ -49,13 +51,12 @@ def plot(curves: dict, path: Path, seeds: int, titles: dict | None = None) -> bo
     """Writes the figure; False (and nothing written) while fewer than two lengths have figures."""
     if len(curves["lengths"]) < 2:
         return False
-    import matplotlib
+    with figure(path, (6.4, 4.6)) as (_, ax, plt):
+        _draw(curves, ax, plt, seeds, titles or {})
+    return True
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    titles = titles or {}
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+def _draw(curves: dict, ax, plt, seeds: int, titles: dict) -> None:
     if curves["original"]:
         xs = sorted(curves["original"])
         ax.plot(xs, [100 * curves["original"][e] for e in xs], "k-o", lw=2.2,
@@ -83,12 +84,6 @@ def plot(curves: dict, path: Path, seeds: int, titles: dict | None = None) -> bo
                   f"{f'-{seeds - 1}' if seeds > 1 else ''})")
     ax.set_title("the same fixed networks trained longer: thin lines are single picks",
                  fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
 
 
 def write(out: Path, picks: str, seeds: int, titles: dict | None = None) -> Path | None:

@@ -10,6 +10,9 @@ import warnings
 
 import numpy as np
 
+from ac_jax.plotting import figure
+
+
 def titles(settings: dict | None) -> dict:
     """Row names; ac_jax's say which decoding and refinement ran (None: the issue-20 study's,
     the paper's decoding and Pareto-spread rounds)."""
@@ -251,29 +254,20 @@ def best_so_far(curve: list, budget: int) -> np.ndarray:
 
 
 def plot_anytime(runs: dict, path, budget: int, settings: dict | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     x = np.arange(1, budget + 1)
-    for method, method_runs in runs.items():
-        curves = np.stack([best_so_far(d["curve"], budget) for d in method_runs])
-        with warnings.catch_warnings():  # all-NaN columns before any valid training
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(curves, axis=0)
-            lo, hi = np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
-        (line,) = ax.plot(x, mean, label=f"{titles(settings).get(method, method)} ({len(curves)} repeats)")
-        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("architectures trained")
-    ax.set_ylabel("best validation accuracy so far (within the constraint)")
-    ax.set_title("anytime performance: mean, min-max over repeats", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path) as (_, ax, _):
+        for method, method_runs in runs.items():
+            curves = np.stack([best_so_far(d["curve"], budget) for d in method_runs])
+            with warnings.catch_warnings():  # all-NaN columns before any valid training
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(curves, axis=0)
+                lo, hi = np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
+            label = f"{titles(settings).get(method, method)} ({len(curves)} repeats)"
+            (line,) = ax.plot(x, mean, label=label)
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+        ax.set_xlabel("architectures trained")
+        ax.set_ylabel("best validation accuracy so far (within the constraint)")
+        ax.set_title("anytime performance: mean, min-max over repeats", fontsize=9)
 
 
 def amortised_summary(study, rows: list) -> dict:
