@@ -24,7 +24,9 @@ trained (fidelity_top<K>_e<E>x<S>.json / .md; README, "The fidelity stage").
 With --long-final-epochs E, the original and the study's picks (the fidelity stage's with
 --fidelity-top) are retrained with the final recipe at E epochs (the paper's 50), test read
 once, to see whether the comparison holds at the paper's length; each training checkpoints every
---long-final-chunk epochs, so a run of hours resumes (long_final_e<E>x<S>.json / .md).
+--long-final-chunk epochs, so a run of hours resumes (long_final_e<E>x<S>.json / .md). With
+--long-final-distill as well, every pick learns from the original by knowledge distillation
+(long_final_e<E>x<S>_kd.json / .md; the teacher's weights in teacher_e<E>.msgpack).
 
 On a CPU backend the variant defaults to "cpu" where the config has one (the shipped archset's
 proxy: 1 epoch x 2 seeds on 4,000 images).
@@ -111,6 +113,10 @@ def parse_args(argv):
                          "fidelity stage's when --fidelity-top is given)")
     lf.add_argument("--long-final-methods", type=_names, default=(), metavar="M1,M2",
                     help="only these methods' picks (default: all; the original always)")
+    lf.add_argument("--long-final-distill", action="store_true",
+                    help="train every pick (and, last, the original itself) by knowledge "
+                         "distillation from the original, trained plainly with the same "
+                         "schedule, seed 0 (T=4, alpha=0.9; long_final_e<E>x<S>_kd.*)")
     p.add_argument("--out", help="output folder (default results/study/<dataset>_<model>)")
     p.add_argument("--no-compile-cache", action="store_true")
     p.add_argument("--quiet", action="store_true",
@@ -171,7 +177,8 @@ def main(argv=None) -> int:
         try:
             long_final = LongFinalConfig(
                 args.long_final_epochs, args.long_final_seeds, args.long_final_chunk,
-                fidelity.report_name if use_fidelity else "search", args.long_final_methods)
+                fidelity.report_name if use_fidelity else "search", args.long_final_methods,
+                distill=args.long_final_distill)
         except ValueError as err:
             sys.exit(f"error: {err}")
     if not args.no_compile_cache:

@@ -9,6 +9,7 @@ import zlib
 
 import numpy as np
 import pytest
+from flax import serialization
 
 from ac_jax.arch import zoo
 from ac_jax.arch.json_spec import parse_json, to_json
@@ -510,3 +511,93 @@ def test_long_final_schedule_retrains_the_fixed_picks_original_first_and_resumes
     assert calls == []
     with pytest.raises(ValueError, match="chunk_epochs"):
         LongFinalConfig(chunk_epochs=0)
+
+
+def test_distilled_long_final_learns_from_one_stored_teacher_and_refuses_a_wrong_one(
+        synthetic, fake_training, monkeypatch, tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from ac_jax.child.model import ChildNet
+    from ac_jax.study import lengths, run_study, teacher
+    from ac_jax.study.long_final import LongFinalConfig, run_long_final
+
+    study = _study(tmp_path, repeats=2, methods=("random_search",))
+    out = tmp_path / "study"
+    run_study(study, out, dataset=synthetic, progress=False, log=lambda *a: None)
+    summary = json.loads((out / "summary.json").read_text())
+    lf = LongFinalConfig(epochs=4, seeds=1, chunk_epochs=3, distill=True)
+    original = zoo.get("tinycnn", synthetic.input_shape, synthetic.num_classes)
+    picks = [parse_json(r["spec"]) for r in summary["methods"]["random_search"]["repeats"]
+             if r["spec"] and r["within_constraint"]]
+    calls = []  # (arch, its teacher's arch or None, the teacher's variables, weights kept)
+
+    def init_variables(arch, seed):  # real shapes, no training
+        model = ChildNet(arch, jnp.float32)
+        v = model.init({"params": jax.random.key(seed)}, jnp.zeros((1, *arch.input_shape)),
+                       train=False)
+        return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
+
+    def outcome(arch, distilled):  # made up; the distilled figure differs from the plain one
+        return 0.5 + 0.4 * (zlib.crc32(to_json(arch).encode()) % 1000) / 1000 + 0.01 * distilled
+
+    def train_resumable(self, arch, seeds, checkpoint, chunk_epochs, init=None, log=print,
+                        remove_checkpoint=True):
+        assert self.data.evaluation == "final" and remove_checkpoint is False
+        if kill["at"] is not None and len(calls) == kill["at"]:
+            raise Interrupted
+        distill = self.options.distill
+        calls.append((arch, distill and distill.teacher, self.teacher_variables,
+                      self.options.keep_weights))
+        kept = tuple(init_variables(arch, s) for s in seeds) if self.options.keep_weights \
+            else None
+        return TrainResult("ok", "", (outcome(arch, distill is not None),) * len(seeds),
+                           ((1.0,) * 4,) * len(seeds), 0.0, 2.0, kept)
+
+    monkeypatch.setattr(trainer_lib.ChildTrainer, "train_resumable", train_resumable)
+    kill = {"at": 1}  # killed as the first student starts: the teacher is already stored
+    with pytest.raises(Interrupted):
+        run_long_final(study, out, lf, dataset=synthetic, log=lambda *a: None)
+    stored = out / "teacher_e4.msgpack"
+    assert stored.is_file() and calls[0][0] == original and calls[0][1:] == (None, None, True)
+    kill["at"] = None
+    result = run_long_final(study, out, lf, dataset=synthetic, log=lambda *a: None)
+    # The teacher trained once (the rerun read its file); then the picks in order, and the
+    # original as its own student last; every student learnt from the stored teacher.
+    assert [c[0] for c in calls] == [original, *dict.fromkeys(picks), original]
+    kept_teacher = init_variables(original, teacher.SEED)
+    for arch, teacher_arch, variables, keep in calls[1:]:
+        assert teacher_arch == original and not keep
+        same = jax.tree_util.tree_map(np.array_equal, variables, kept_teacher)
+        assert all(jax.tree_util.tree_leaves(same))
+    assert result["pending"] == 0
+    assert result["original"]["test_accuracy"] == pytest.approx(outcome(original, False))
+    kd = result["distill"]
+    assert (kd["temperature"], kd["alpha"], kd["teacher_seed"]) == (4.0, 0.9, 0)
+    assert kd["original_distilled"]["test_accuracy"] == pytest.approx(outcome(original, True))
+    assert [r["test_accuracy"] for r in result["methods"]["random_search"]["repeats"]] == \
+        pytest.approx([outcome(a, True) for a in picks])
+    with ArchsetStore(out / "final_e4x1_kd.sqlite", readonly=True) as db:
+        assert db.meta["distill"]["alpha"] == 0.9
+    text = (out / "long_final_e4x1_kd.md").read_text()
+    assert "distilled from the original" in text and "born again" in text
+    # The lengths plot is about plain schedules: a distilled report is not on it.
+    assert lengths.collect(out, "search", 1)["lengths"] == []
+    assert not list(out.glob("lengths_*.png"))
+
+    # A damaged or foreign teacher file stops the stage with a message; nothing is retrained.
+    calls.clear()
+    good = stored.read_bytes()
+    stored.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="not a readable teacher file"):
+        run_long_final(study, out, lf, dataset=synthetic, log=lambda *a: None)
+    info = json.loads(serialization.msgpack_restore(good)["info"])
+    teacher.write(stored, kept_teacher, {**info, "train_images": 7})
+    with pytest.raises(ValueError, match="other settings .*train_images"):
+        run_long_final(study, out, lf, dataset=synthetic, log=lambda *a: None)
+    teacher.write(stored, init_variables(picks[0], 0), info)
+    with pytest.raises(ValueError, match="not the original's"):
+        run_long_final(study, out, lf, dataset=synthetic, log=lambda *a: None)
+    assert calls == []
+    with pytest.raises(ValueError, match="temperature"):
+        LongFinalConfig(distill=True, temperature=0)

@@ -30,8 +30,8 @@ def collect(out: Path, picks: str, seeds: int) -> dict:
 
     for path in sorted(out.glob(f"long_final_e*x{seeds}.json")):
         s = json.loads(path.read_text(encoding="utf-8"))
-        if s.get("picks") != picks or s.get("seeds") != seeds:
-            continue
+        if s.get("picks") != picks or s.get("seeds") != seeds or s.get("distill"):
+            continue  # other networks, other seeds, or another recipe (distilled)
         length, study_length = s["schedule"]["epochs"], s["study_final_schedule"]["epochs"]
         put(original, study_length, s["original"].get("study_same_seeds_accuracy"))
         put(original, length, s["original"].get("test_accuracy"))

@@ -15,6 +15,14 @@ partial run already holds the comparison the issue asks about. Every training is
 (`StoredTrainings`), so the stage can span sessions; the report (``long_final_e<E>x<S>.json /
 .md``) is rewritten after every training and says how many are still pending, and the plot of
 accuracy against length over every such report (`lengths`) is redrawn after every training.
+
+With ``distill`` every pick (and, last, the original itself) is trained with knowledge
+distillation from the original: Hinton et al.'s loss with the KD reference's T = 4, alpha = 0.9
+(`ac_jax.baselines.distill`; not tuned here). The teacher is the original trained plainly with
+this same schedule and seed 0 (`teacher`), and it is the report's "original": the network a
+user hands in, trained the usual way. The original distilled from itself ("born again") is the
+like-for-like row for a reader who holds both sides to the same recipe. Those stores and reports
+carry ``_kd`` in their names, and the lengths plot (plain schedules) leaves them out.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ from pathlib import Path
 
 from ac_jax.arch.json_spec import parse_json
 from ac_jax.child import resume
-from ac_jax.study import lengths, report, runner
+from ac_jax.child.trainer import Distillation, TrainOptions
+from ac_jax.study import lengths, report, runner, teacher
 from ac_jax.study.config import StudyConfig, final_schedule
 
 # The order picks are trained in: ac_jax's first (the question is about it), then the
@@ -41,16 +50,21 @@ class LongFinalConfig:
     # Whose picks: "search" (summary.json) or a fidelity report's name (its stage's picks).
     picks: str = "search"
     methods: tuple[str, ...] = ()  # () : every method of the study
+    distill: bool = False  # KD from the original (trained plainly, seed 0) for every training
+    temperature: float = 4.0
+    alpha: float = 0.9  # weight of the soft (teacher) term
 
     def __post_init__(self):
         if self.epochs < 1 or self.seeds < 1 or self.chunk_epochs < 1:
             raise ValueError("the long final schedule needs epochs, seeds and chunk_epochs >= 1")
         if not self.picks:
             raise ValueError("picks must be 'search' or a fidelity report's name")
+        if self.temperature <= 0 or not 0 <= self.alpha <= 1:
+            raise ValueError("distillation needs a temperature > 0 and 0 <= alpha <= 1")
 
     @property
     def tag(self) -> str:
-        return f"e{self.epochs}x{self.seeds}"
+        return f"e{self.epochs}x{self.seeds}" + ("_kd" if self.distill else "")
 
     @property
     def report_name(self) -> str:
@@ -65,6 +79,18 @@ class LongFinalTrainer(runner.FinalTrainer):
     def __init__(self, study: StudyConfig, dataset, out: Path, lf: LongFinalConfig):
         super().__init__(study, dataset, out, final_schedule(study.cfg, lf.epochs), lf.seeds,
                          f"final_{lf.tag}.sqlite", chunk_epochs=lf.chunk_epochs)
+        self.lf = lf
+        if lf.distill:  # a distilled record is never mixed with a plain one
+            self.meta = {**self.meta, "distill": {
+                "teacher": f"the original, trained plainly with this schedule, seed "
+                           f"{teacher.SEED}", "temperature": lf.temperature, "alpha": lf.alpha}}
+
+    def distil_from(self, original, variables) -> None:
+        """Every training from now on learns from `original` with these trained variables."""
+        self.options = TrainOptions(distill=Distillation(original, self.lf.temperature,
+                                                         self.lf.alpha))
+        self.teacher_variables = variables
+        self._trainer = None
 
 
 def picks(study: StudyConfig, out: Path, lf: LongFinalConfig) -> dict[str, list[dict]]:
@@ -112,16 +138,26 @@ def run_long_final(study: StudyConfig, out: str | Path, lf: LongFinalConfig = Lo
         dataset = load(study.cfg.dataset, study.cfg.data_dir)
     original = runner._network(study.model, dataset)
     trainer = LongFinalTrainer(study, dataset, out, lf)
-    todo = [(original, "original")] + [
-        (parse_json(p["spec"]), f"{m}_r{p['repeat']}") for m in methods for p in chosen[m]
-        if p.get("spec")]
+    todo = [(parse_json(p["spec"]), f"{m}_r{p['repeat']}") for m in methods for p in chosen[m]
+            if p.get("spec")]
+    teacher_info = None
+    if lf.distill:
+        # The teacher first (every student needs it); the original as its own student last:
+        # the picks are the question, the born-again original a reference.
+        variables, teacher_info = teacher.load_or_train(
+            original, trainer.data, trainer.schedule, out, lf.chunk_epochs, log)
+        trainer.distil_from(original, variables)
+        todo.append((original, "original_distilled"))
+    else:
+        todo.insert(0, (original, "original"))
 
     def write(plot: bool = True) -> dict:
-        result = summarise(study, study_summary, lf, trainer, original, chosen, methods)
+        result = summarise(study, study_summary, lf, trainer, original, chosen, methods,
+                           teacher_info)
         runner._write_json(out / f"{lf.report_name}.json", result)
         settings = study_summary.get("ac_jax_settings")
         (out / f"{lf.report_name}.md").write_text(markdown(result, settings), encoding="utf-8")
-        if plot:
+        if plot and not lf.distill:  # the plot compares plain schedules' lengths
             lengths.write(out, lf.picks, lf.seeds, report.titles(settings))
         return result
 
@@ -135,7 +171,8 @@ def run_long_final(study: StudyConfig, out: str | Path, lf: LongFinalConfig = Lo
     return write()
 
 
-def summarise(study, study_summary, lf, trainer, original, chosen, methods) -> dict:
+def summarise(study, study_summary, lf, trainer, original, chosen, methods,
+              teacher_info: dict | None = None) -> dict:
     def trained(spec_or_arch):
         arch = parse_json(spec_or_arch) if isinstance(spec_or_arch, str) else spec_or_arch
         rec = trainer.record(arch)
@@ -160,9 +197,16 @@ def summarise(study, study_summary, lf, trainer, original, chosen, methods) -> d
                  **(trained(p["spec"]) if p.get("spec") else {"status": "failed search"})}
                 for p in chosen[m]] for m in methods}
     orig = trained(original)
-    study_original = study_summary["original"]
     pending = sum(r["status"] == "pending" for m in rows.values() for r in m) + (
         orig["status"] == "pending")
+    distillation = None
+    if lf.distill:  # the report's original is the teacher; the store's, its born-again self
+        distillation = {"temperature": lf.temperature, "alpha": lf.alpha,
+                        "teacher_seed": teacher.SEED, "original_distilled": orig}
+        orig = {"status": "ok", "test_accuracy": teacher_info["test_accuracy"],
+                "test_seed_accuracies": [teacher_info["test_accuracy"]],
+                "train_seconds": teacher_info["train_seconds"]}
+    study_original = study_summary["original"]
     return {
         "study": str(trainer.path.parent), "model": study.model,
         "constraint": study_summary["constraint"],
@@ -176,6 +220,7 @@ def summarise(study, study_summary, lf, trainer, original, chosen, methods) -> d
                          study_original.get("test_seed_accuracies"))},
         "methods": {m: {"repeats": r} for m, r in rows.items()},
         "pending": pending,
+        "distill": distillation,
         "machine": report._machine(),
     }
 
@@ -193,6 +238,8 @@ def in_progress(s: dict) -> str:
     epochs = s["schedule"]["epochs"]
     rows = [("original", s["original"])] + [
         (f"{m}_r{r['repeat']}", r) for m, v in s["methods"].items() for r in v["repeats"]]
+    if s.get("distill"):
+        rows.append(("original_distilled", s["distill"]["original_distilled"]))
     started = [f"{label} {r['checkpointed_epochs']} of {epochs} epochs" for label, r in rows
                if "checkpointed_epochs" in r]
     return f" (in progress: {', '.join(started)})" if started else ""
@@ -209,9 +256,11 @@ def markdown(s: dict, settings: dict | None = None) -> str:
         factor = f"{d['lr_decay_factor']:g}"
         return f"{d['epochs']} epochs ({f'lr /{factor} after {decay}' if decay else 'constant lr'})"
 
+    kd = s.get("distill")
+    teacher_note = f"the teacher, trained plainly, seed {kd['teacher_seed']}; " if kd else ""
     lines = [
         f"# Long final schedule: the study's picks and the original at {length(sched)} x "
-        f"{s['seeds']} seeds",
+        f"{s['seeds']} seeds" + (", distilled from the original" if kd else ""),
         "",
         f"Study: {s['study']} ({s['model']}, at most {s['constraint']['max_params']:,} "
         f"parameters). Picks: {'the searches' if s['picks'] == 'search' else s['picks']}, "
@@ -220,11 +269,24 @@ def markdown(s: dict, settings: dict | None = None) -> str:
         + (f" **{s['pending']} training(s) still pending**{in_progress(s)}: rerun the same "
            "command to continue." if s["pending"] else ""),
         "",
-        f"Original ({orig['params']:,} parameters): "
+        f"Original ({teacher_note}{orig['params']:,} parameters): "
         f"{pct(orig['test_accuracy']) + '%' if 'test_accuracy' in orig else status(orig)} "
         f"(study schedule {pct(orig['study_test_accuracy'])}%; over the same "
         f"{s['seeds']} seed(s): {pct(orig.get('study_same_seeds_accuracy'))}%).",
         "",
+    ]
+    if kd:
+        self_kd = kd["original_distilled"]
+        lines += [
+            f"Every pick learns from the teacher by knowledge distillation (Hinton et al.: "
+            f"T = {kd['temperature']:g}, alpha = {kd['alpha']:g} on the soft term), same "
+            "schedule and seeds; the study-schedule columns are the same picks trained plainly. "
+            "The original distilled from itself (born again), the like-for-like row: "
+            + (f"{pct(self_kd['test_accuracy'])}%." if "test_accuracy" in self_kd
+               else f"{status(self_kd)}."),
+            "",
+        ]
+    lines += [
         "| method | repeats done | test % at this length | per repeat | study schedule % "
         "| study schedule, same seeds % | >= original | params |",
         "|---|---:|---:|---|---:|---:|---:|---|",

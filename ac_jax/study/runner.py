@@ -28,7 +28,7 @@ from ac_jax.arch.spec import Arch
 from ac_jax.arch.json_spec import parse_json, to_json
 from ac_jax.archset.store import ArchsetStore, Record, arch_key, record_of
 from ac_jax.child import resume
-from ac_jax.child.trainer import ChildTrainer, to_device
+from ac_jax.child.trainer import ChildTrainer, TrainOptions, to_device
 from ac_jax.data import protocol
 from ac_jax.study import methods as methods_lib
 from ac_jax.study import report
@@ -64,6 +64,9 @@ class StoredTrainings:
     continues from its last checkpoint."""
 
     stage = "training"  # how the log names these trainings
+    # What every training here does besides cross-entropy (e.g. KD: `LongFinalTrainer`).
+    options = TrainOptions()
+    teacher_variables = None
 
     def __init__(self, data, schedule, seeds: list, path: Path, meta: dict,
                  chunk_epochs: int | None = None):
@@ -91,7 +94,8 @@ class StoredTrainings:
             return rec
         log(f"{self.stage}: {label} ({arch.num_params:,} parameters, {self._describe()})")
         if self._trainer is None:
-            self._trainer = ChildTrainer(self.data, self.schedule, len(self.seeds))
+            self._trainer = ChildTrainer(self.data, self.schedule, len(self.seeds),
+                                         self.options, self.teacher_variables)
         if self.chunk_epochs:
             checkpoint = self.checkpoint_path(arch)
             out = self._trainer.train_resumable(
