@@ -516,9 +516,8 @@ def test_long_final_schedule_retrains_the_fixed_picks_original_first_and_resumes
 def test_distilled_long_final_learns_from_one_stored_teacher_and_refuses_a_wrong_one(
         synthetic, fake_training, monkeypatch, tmp_path):
     import jax
-    import jax.numpy as jnp
 
-    from ac_jax.child.model import ChildNet
+    from ac_jax.child.model import init_variables
     from ac_jax.study import lengths, run_study, teacher
     from ac_jax.study.long_final import LongFinalConfig, run_long_final
 
@@ -532,10 +531,8 @@ def test_distilled_long_final_learns_from_one_stored_teacher_and_refuses_a_wrong
              if r["spec"] and r["within_constraint"]]
     calls = []  # (arch, its teacher's arch or None, the teacher's variables, weights kept)
 
-    def init_variables(arch, seed):  # real shapes, no training
-        model = ChildNet(arch, jnp.float32)
-        v = model.init({"params": jax.random.key(seed)}, jnp.zeros((1, *arch.input_shape)),
-                       train=False)
+    def initialised(arch, seed):  # real shapes, no training
+        v = init_variables(arch, jax.random.key(seed))
         return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
 
     def outcome(arch, distilled):  # made up; the distilled figure differs from the plain one
@@ -549,7 +546,7 @@ def test_distilled_long_final_learns_from_one_stored_teacher_and_refuses_a_wrong
         distill = self.options.distill
         calls.append((arch, distill and distill.teacher, self.teacher_variables,
                       self.options.keep_weights))
-        kept = tuple(init_variables(arch, s) for s in seeds) if self.options.keep_weights \
+        kept = tuple(initialised(arch, s) for s in seeds) if self.options.keep_weights \
             else None
         return TrainResult("ok", "", (outcome(arch, distill is not None),) * len(seeds),
                            ((1.0,) * 4,) * len(seeds), 0.0, 2.0, kept)
@@ -565,7 +562,7 @@ def test_distilled_long_final_learns_from_one_stored_teacher_and_refuses_a_wrong
     # The teacher trained once (the rerun read its file); then the picks in order, and the
     # original as its own student last; every student learnt from the stored teacher.
     assert [c[0] for c in calls] == [original, *dict.fromkeys(picks), original]
-    kept_teacher = init_variables(original, teacher.SEED)
+    kept_teacher = initialised(original, teacher.SEED)
     for arch, teacher_arch, variables, keep in calls[1:]:
         assert teacher_arch == original and not keep
         same = jax.tree_util.tree_map(np.array_equal, variables, kept_teacher)
@@ -595,7 +592,7 @@ def test_distilled_long_final_learns_from_one_stored_teacher_and_refuses_a_wrong
     teacher.write(stored, kept_teacher, {**info, "train_images": 7})
     with pytest.raises(ValueError, match="other settings .*train_images"):
         run_long_final(study, out, lf, dataset=synthetic, log=lambda *a: None)
-    teacher.write(stored, init_variables(picks[0], 0), info)
+    teacher.write(stored, initialised(picks[0], 0), info)
     with pytest.raises(ValueError, match="not the original's"):
         run_long_final(study, out, lf, dataset=synthetic, log=lambda *a: None)
     assert calls == []

@@ -20,7 +20,7 @@ import numpy as np
 
 from ac_jax.arch import shapes
 from ac_jax.arch.spec import Arch
-from ac_jax.child.model import ChildNet
+from ac_jax.child.model import init_variables
 from ac_jax.child import resume
 from ac_jax.child.program import (  # noqa: F401 (re-exported: the training API)
     TRACE_COUNTS,
@@ -224,10 +224,9 @@ class ChildTrainer:
             extra["teacher"] = self.teacher_variables
         if self.options.warm_start:
             if init is None:  # compiling ahead: only the shapes matter
-                model = ChildNet(arch, jnp.dtype(self.schedule.compute_dtype))
-                dummy = jnp.zeros((1, *arch.input_shape), jnp.float32)
-                init = jax.eval_shape(
-                    lambda k: model.init({"params": k}, dummy, train=False), jax.random.key(0))
+                dtype = jnp.dtype(self.schedule.compute_dtype)
+                init = jax.eval_shape(lambda k: init_variables(arch, k, dtype),
+                                      jax.random.key(0))
             # One tree structure whether or not the caller's variables carry (empty) batch
             # statistics: the compiled program checks the structure exactly.
             extra["init"] = {"params": init["params"], "batch_stats": init.get("batch_stats", {})}

@@ -16,14 +16,13 @@ import os
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
 from ac_jax.arch.spec import Arch
 from ac_jax.archset.store import arch_key
 from ac_jax.child import resume
-from ac_jax.child.model import ChildNet
+from ac_jax.child.model import init_variables
 from ac_jax.child.trainer import ChildTrainer, DeviceData, TrainOptions, TrainSchedule
 
 SEED = 0
@@ -63,7 +62,7 @@ def load_or_train(arch: Arch, data: DeviceData, schedule: TrainSchedule, out: Pa
             "train_seconds": result.train_seconds}
     write(path, result.variables[0], info)
     resume.discard(checkpoint)  # only once the file is in place
-    return read(path, arch, ident)
+    return read(path, arch, ident)  # the file's arrays, as every resumed run will see them
 
 
 def write(path: Path, variables: dict, info: dict) -> None:
@@ -92,10 +91,7 @@ def read(path: Path, arch: Arch, ident: dict) -> tuple[dict, dict]:
 
 def _check_shapes(path: Path, arch: Arch, variables: dict) -> None:
     """The stored arrays must be the network's: a mismatch would surface as an XLA error."""
-    model = ChildNet(arch, jnp.float32)
-    expected = jax.eval_shape(
-        lambda k: model.init({"params": k}, jnp.zeros((1, *arch.input_shape)), train=False),
-        jax.random.key(0))
+    expected = jax.eval_shape(lambda k: init_variables(arch, k), jax.random.key(0))
     expected = {"params": expected["params"], "batch_stats": expected.get("batch_stats", {})}
     got = {"params": variables.get("params", {}), "batch_stats": variables.get("batch_stats", {})}
     shape = lambda tree: jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), tree)  # noqa: E731
