@@ -346,6 +346,12 @@ def test_final_trainings_batch_on_a_runner_once_per_network(synthetic, fake_trai
     finals.prefetch(items, runner, log=lambda *a: None)  # a rerun submits nothing
     assert runner.batches == [["a_r0"]]
     finals.prefetch(items, None, log=lambda *a: None)  # no runner: `train` trains one by one
+    finals.options = trainer_lib.TrainOptions(
+        distill=trainer_lib.Distillation(small, temperature=4.0, alpha=0.9))
+    wider = small.replace_layers([layer._replace(o=3 * layer.o) if layer.t == 1 else layer
+                                  for layer in small.layers])  # not trained yet
+    finals.prefetch([(wider, "c_r0")], runner, log=lambda *a: None)
+    assert runner.batches == [["a_r0"]]  # the runner cannot distil: `train` trains them here
 
 
 def test_fidelity_stage_picks_on_the_longer_schedule_and_resumes(synthetic, fake_training,

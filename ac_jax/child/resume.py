@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import zipfile
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ac_jax.arch.json_spec import to_json
+from ac_jax.atomic import write_atomic
 
 
 @dataclasses.dataclass
@@ -73,14 +75,11 @@ def save(path: Path, ident: dict, progress: Progress) -> None:
     meta = {"identity": ident, "epochs_done": progress.epochs_done,
             "train_seconds": progress.train_seconds}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
-                 epoch_losses=np.asarray(progress.epoch_losses, np.float32),
-                 **{f"leaf{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    blob = io.BytesIO()
+    np.savez(blob, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+             epoch_losses=np.asarray(progress.epoch_losses, np.float32),
+             **{f"leaf{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
+    write_atomic(path, blob.getvalue(), durable=True)
 
 
 # What reading a damaged checkpoint raises, whatever part of it is damaged.

@@ -19,11 +19,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
 from ac_jax.arch import zoo
+from ac_jax.atomic import write_atomic
 from ac_jax.arch.spec import Arch
 from ac_jax.arch.json_spec import parse_json, to_json
 from ac_jax.archset.store import ArchsetStore, Record, arch_key, record_of
@@ -36,10 +36,7 @@ from ac_jax.study.config import LEGACY_AC_JAX, StudyConfig
 
 
 def _write_json(path: Path, obj) -> None:
-    """Atomic: a kill mid-write leaves the old file (or none), never half of one."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=1, default=str) + "\n")
 
 
 def _run_to_dict(run: methods_lib.MethodRun) -> dict:
@@ -135,8 +132,9 @@ class FinalTrainer(StoredTrainings):
     def prefetch(self, items: list, runner, log) -> None:
         """Trains the `(arch, label)` items not yet stored as one batch on `runner` (a
         `distributed.RayRunner`; None: nothing here, `train` trains them one by one), each
-        record written as it arrives."""
-        if runner is None:
+        record written as it arrives. The runner trains with plain cross-entropy, so
+        trainings with other options (e.g. distillation) are left to `train`."""
+        if runner is None or self.options != TrainOptions():
             return
         with ArchsetStore(self.path, self.meta) as db:  # one store for the whole batch
             done, todo = {r.arch for r in db.records()}, []

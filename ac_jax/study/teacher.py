@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import jax
 import numpy as np
 from flax import serialization
 
+from ac_jax.atomic import write_atomic
 from ac_jax.arch.spec import Arch
 from ac_jax.archset.store import arch_key
 from ac_jax.child import resume
@@ -69,9 +69,7 @@ def write(path: Path, variables: dict, info: dict) -> None:
     """Atomic: a kill mid-write leaves no file (the next run retrains), never half of one."""
     blob = serialization.msgpack_serialize(
         {"info": json.dumps(info), "variables": jax.device_get(variables)})
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(blob)
-    os.replace(tmp, path)
+    write_atomic(path, blob)
 
 
 def read(path: Path, arch: Arch, ident: dict) -> tuple[dict, dict]:

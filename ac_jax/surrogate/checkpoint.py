@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ac_jax.atomic import write_atomic
 from ac_jax.surrogate.config import SurrogateConfig
 from ac_jax.surrogate.model import Surrogate, SurrogateArch
 from ac_jax.surrogate.state import Normaliser, abstract_state, make_optimizer, state_from
@@ -51,9 +52,7 @@ def write_meta(run_dir: str | Path, meta: dict) -> None:
     """Atomic (write then rename), so a kill never leaves half a metadata file."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, run_dir / META_FILE)
+    write_atomic(run_dir / META_FILE, json.dumps(meta, indent=1))
 
 
 _RESUME_KEYS = ("arch", "optimizer", "lr", "momentum", "batch_size", "param_target", "seed")
