@@ -12,9 +12,13 @@ def write_atomic(path: str | os.PathLike, data: bytes | str, durable: bool = Fal
     before the rename, for checkpoints that must survive a machine losing power."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # an error (not a kill) leaves no scratch file behind either
+        tmp.unlink(missing_ok=True)
+        raise

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 from ac_jax.arch import zoo
-from ac_jax.atomic import write_atomic
 from ac_jax.arch.spec import Arch
 from ac_jax.arch.json_spec import parse_json, to_json
 from ac_jax.archset.store import ArchsetStore, Record, arch_key, record_of
+from ac_jax.atomic import write_atomic
 from ac_jax.child import resume
 from ac_jax.child.trainer import ChildTrainer, TrainOptions, to_device
 from ac_jax.data import protocol

@@ -18,9 +18,9 @@ import jax
 import numpy as np
 from flax import serialization
 
-from ac_jax.atomic import write_atomic
 from ac_jax.arch.spec import Arch
 from ac_jax.archset.store import arch_key
+from ac_jax.atomic import write_atomic
 from ac_jax.child import resume
 from ac_jax.child.model import init_variables
 from ac_jax.child.trainer import ChildTrainer, DeviceData, TrainOptions, TrainSchedule
