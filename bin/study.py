@@ -48,7 +48,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 def parse_args(argv):
     from ac_jax.compress.refine import DEFAULT_POOL
-    from ac_jax.study.config import METHODS, OPTIONAL_METHODS, REFERENCES
+    from ac_jax.study.config import METHODS, OPTIONAL_METHODS, OPTIONAL_REFERENCES, REFERENCES
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,7 +64,9 @@ def parse_args(argv):
                    help=f"comma-separated, of {','.join(METHODS + OPTIONAL_METHODS)} "
                         f"(default: {','.join(METHODS)})")
     p.add_argument("--references", type=_names, default=REFERENCES,
-                   help=f"reference rows: {','.join(REFERENCES)} or none (default: both)")
+                   help=f"reference rows: of {','.join(REFERENCES + OPTIONAL_REFERENCES)}, or "
+                        f"none (default: {','.join(REFERENCES)}; thin: the original uniformly "
+                        "thinned to the constraint, trained from scratch like the picks)")
     p.add_argument("--final-epochs", type=int, help="final schedule length (default 6; the "
                    "config's recipe with the learning rate /10 at 60%%)")
     p.add_argument("--final-seeds", type=int, default=2)

@@ -318,6 +318,35 @@ def test_random_search_can_draw_its_neighbours_from_the_region_sampler():
     assert [a for a, s in region if s == "appendix9"] == [a for a, s in edits if s == "appendix9"]
 
 
+def test_thin_reference_trains_the_thinned_original_like_a_pick(synthetic, fake_training,
+                                                               monkeypatch, tmp_path):
+    from ac_jax.baselines import common
+    from ac_jax.study import run_study
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the thin reference needs no trained original")
+
+    monkeypatch.setattr(common, "train_network", no_teacher)
+    study = _study(tmp_path, methods=("random_search",), repeats=1, references=("thin",))
+    out = tmp_path / "study"
+    summary = run_study(study, out, dataset=synthetic, progress=False, log=lambda *a: None)
+    row = summary["references"]["thin"]
+    thin = common.width_scaled_to(zoo.tinycnn(), summary["constraint"]["max_params"])
+    assert row["params"] == thin.num_params <= summary["constraint"]["max_params"]
+    assert row["test_accuracy"] == pytest.approx(made_up_accuracy(thin))
+    assert len(row["test_seed_accuracies"]) == study.final_seeds
+    with ArchsetStore(out / "final.sqlite", readonly=True) as db:  # stored like the picks
+        assert [r.source for r in db.records() if r.arch == thin] == ["thin_reference"]
+    assert "| uniform thinning, from scratch (reference, 2 seeds) |" in (
+        out / "summary.md").read_text()
+    fake_training["calls"].clear()  # a rerun reads the row back, training nothing
+    assert run_study(study, out, dataset=synthetic, progress=False,
+                     log=lambda *a: None)["references"] == summary["references"]
+    assert fake_training["calls"] == []
+    with pytest.raises(ValueError, match="thin"):  # unknown names list the optional one
+        _study(tmp_path, references=("thinner",))
+
+
 def test_final_trainings_batch_on_a_runner_once_per_network(synthetic, fake_training, tmp_path):
     from ac_jax.study.runner import FinalTrainer
 

@@ -22,6 +22,9 @@ METHODS = ("ac_jax", "ac_jax_rounds", "random_search", "n2n")
 OPTIONAL_METHODS = ("random_search_region",)
 # Reference rows at the constraint's size, trained once from the trained original (not searches).
 REFERENCES = ("pruning", "kd")
+# Optional: the original uniformly thinned to the constraint and trained from scratch with the
+# final schedule and seeds, like the picks: what compression gives with no search at all.
+OPTIONAL_REFERENCES = ("thin",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,10 +58,10 @@ class StudyConfig:
 
     def __post_init__(self):
         unknown = (set(self.methods) - set(METHODS) - set(OPTIONAL_METHODS)
-                   | set(self.references) - set(REFERENCES))
+                   | set(self.references) - set(REFERENCES) - set(OPTIONAL_REFERENCES))
         if unknown:
             raise ValueError(f"unknown method(s) {sorted(unknown)}; methods: {', '.join(METHODS)}"
-                             f"; references: {', '.join(REFERENCES)}")
+                             f"; references: {', '.join(REFERENCES + OPTIONAL_REFERENCES)}")
         if self.budget < 2 or self.repeats < 1 or self.final_seeds < 1:
             raise ValueError("a study needs budget >= 2, repeats >= 1 and final_seeds >= 1")
         if self.target_ratio <= 1:

@@ -196,8 +196,10 @@ def markdown(s: dict) -> str:
             f"| {_pm([r['seconds'] for r in rows], 1, 0)} |")
     for name, r in (s.get("references") or {}).items():
         val, acc = _pct(r.get("val_accuracy")), _pct(r.get("test_accuracy"))
+        runs = (f"{len(r['test_seed_accuracies'])} seeds" if r.get("test_seed_accuracies")
+                else "1 run")
         lines.append(
-            f"| {r['method']} (reference, 1 run) | — | {r['params']:,} "
+            f"| {r['method']} (reference, {runs}) | — | {r['params']:,} "
             f"| {o['params'] / r['params']:.1f}x | {val} | {acc} | — | — | {r['seconds']:.0f} |")
     ranked = [(method, [r["surrogate"] for r in m["repeats"] if "surrogate" in r])
               for method, m in s["methods"].items()]

@@ -152,7 +152,8 @@ class FinalTrainer(StoredTrainings):
 
 def _references(study: StudyConfig, ctx, finals: FinalTrainer, out: Path, log) -> dict:
     """Pruning and KD at the constraint's size, from the original trained with the final
-    schedule (one seed, weights kept); written to references.json once done."""
+    schedule (one seed, weights kept), and the uniformly thinned original trained from scratch
+    like the picks (`thin`: no teacher); written to references.json as each is done."""
     from ac_jax.baselines import common
     from ac_jax.baselines.distill import DistillConfig, distill
     from ac_jax.baselines.pruning import PruningConfig, prune
@@ -162,11 +163,24 @@ def _references(study: StudyConfig, ctx, finals: FinalTrainer, out: Path, log) -
     todo = [r for r in study.references if r not in rows]
     if not todo:
         return rows
-    log("references: training the original with weights kept (seed 0)")
-    teacher = common.train_network(ctx.original, finals.data, finals.schedule, 0)
-    choose = to_device(protocol.search_view(ctx.dataset), finals.schedule)
+    teacher = None
     for name in todo:
         start = time.perf_counter()
+        if name == "thin":  # stored in final.sqlite like a pick: a rerun reads it back
+            student = common.width_scaled_to(ctx.original, ctx.max_params)
+            rec = finals.train(student, "thin_reference", log)
+            rows[name] = {"method": "uniform thinning, from scratch", "params": student.num_params,
+                          "test_accuracy": final_accuracy(rec), "val_accuracy": None,
+                          "test_seed_accuracies": list(rec.seed_accuracies),
+                          "notes": f"the original's widths scaled to fit; final schedule, "
+                                   f"{len(finals.seeds)} seeds", "seconds": rec.train_seconds,
+                          "teacher_test_accuracy": None}
+            _write_json(path, rows)
+            continue
+        if teacher is None:
+            log("references: training the original with weights kept (seed 0)")
+            teacher = common.train_network(ctx.original, finals.data, finals.schedule, 0)
+            choose = to_device(protocol.search_view(ctx.dataset), finals.schedule)
         if name == "pruning":
             result = prune(teacher, choose, finals.schedule, ctx.max_params,
                            PruningConfig(iterations=6, finetune_steps=30, final_epochs=1),
