@@ -343,7 +343,7 @@ def test_thin_reference_trains_the_thinned_original_like_a_pick(synthetic, fake_
     assert run_study(study, out, dataset=synthetic, progress=False,
                      log=lambda *a: None)["references"] == summary["references"]
     assert fake_training["calls"] == []
-    with pytest.raises(ValueError, match="thin"):  # unknown names list the optional one
+    with pytest.raises(ValueError, match="references: pruning, kd, thin$"):  # names the optional
         _study(tmp_path, references=("thinner",))
 
 

@@ -163,36 +163,35 @@ def _references(study: StudyConfig, ctx, finals: FinalTrainer, out: Path, log) -
     todo = [r for r in study.references if r not in rows]
     if not todo:
         return rows
+    thin = common.width_scaled_to(ctx.original, ctx.max_params)  # KD's student; `thin` itself
     teacher = None
     for name in todo:
         start = time.perf_counter()
         if name == "thin":  # stored in final.sqlite like a pick: a rerun reads it back
-            student = common.width_scaled_to(ctx.original, ctx.max_params)
-            rec = finals.train(student, "thin_reference", log)
-            rows[name] = {"method": "uniform thinning, from scratch", "params": student.num_params,
+            rec = finals.train(thin, "thin_reference", log)
+            rows[name] = {"method": "uniform thinning, from scratch", "params": thin.num_params,
                           "test_accuracy": final_accuracy(rec), "val_accuracy": None,
                           "test_seed_accuracies": list(rec.seed_accuracies),
                           "notes": f"the original's widths scaled to fit; final schedule, "
                                    f"{len(finals.seeds)} seeds", "seconds": rec.train_seconds,
                           "teacher_test_accuracy": None}
-            _write_json(path, rows)
-            continue
-        if teacher is None:
-            log("references: training the original with weights kept (seed 0)")
-            teacher = common.train_network(ctx.original, finals.data, finals.schedule, 0)
-            choose = to_device(protocol.search_view(ctx.dataset), finals.schedule)
-        if name == "pruning":
-            result = prune(teacher, choose, finals.schedule, ctx.max_params,
-                           PruningConfig(iterations=6, finetune_steps=30, final_epochs=1),
-                           report_data=finals.data)
         else:
-            student = common.width_scaled_to(ctx.original, ctx.max_params)
-            result = distill(teacher, student, finals.data, finals.schedule,
-                             DistillConfig(seeds=tuple(finals.seeds)), scratch=False)["kd"]
-        rows[name] = {"method": result.method, "params": result.num_params,
-                      "test_accuracy": result.accuracy, "val_accuracy": result.search_accuracy,
-                      "notes": result.notes, "seconds": time.perf_counter() - start,
-                      "teacher_test_accuracy": teacher.accuracy}
+            if teacher is None:  # pruning and KD start from the trained original
+                log("references: training the original with weights kept (seed 0)")
+                teacher = common.train_network(ctx.original, finals.data, finals.schedule, 0)
+                choose = to_device(protocol.search_view(ctx.dataset), finals.schedule)
+            if name == "pruning":
+                result = prune(teacher, choose, finals.schedule, ctx.max_params,
+                               PruningConfig(iterations=6, finetune_steps=30, final_epochs=1),
+                               report_data=finals.data)
+            else:
+                result = distill(teacher, thin, finals.data, finals.schedule,
+                                 DistillConfig(seeds=tuple(finals.seeds)), scratch=False)["kd"]
+            rows[name] = {"method": result.method, "params": result.num_params,
+                          "test_accuracy": result.accuracy,
+                          "val_accuracy": result.search_accuracy, "notes": result.notes,
+                          "seconds": time.perf_counter() - start,
+                          "teacher_test_accuracy": teacher.accuracy}
         _write_json(path, rows)
     return rows
 
